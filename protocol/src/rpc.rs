@@ -1,0 +1,95 @@
+//! Messages of the filter → verifier gRPC API, service `tollway.v1.Payments`.
+//!
+//! Hand-written prost structs (no build script) so the wasm filter and the verifier share one
+//! definition. Tag numbers are the wire contract: never renumber, only add.
+
+/// Fully-qualified gRPC service name.
+pub const SERVICE: &str = "tollway.v1.Payments";
+pub const METHOD_VERIFY: &str = "Verify";
+pub const METHOD_SETTLE: &str = "Settle";
+pub const METHOD_RELEASE: &str = "Release";
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VerifyRequest {
+    /// Route name from the compiled table.
+    #[prost(string, tag = "1")]
+    pub route: String,
+    /// Raw header value as the client sent it (base64 JSON).
+    #[prost(string, tag = "2")]
+    pub payment: String,
+    /// `payment-signature` (v2) or `x-payment` (v1).
+    #[prost(string, tag = "3")]
+    pub header: String,
+    /// Absolute URL of the resource, as offered in the challenge.
+    #[prost(string, tag = "4")]
+    pub resource_url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VerifyOutcome {
+    Unspecified = 0,
+    Valid = 1,
+    /// The payment is wrong; `reason` holds the x402 error reason. Answer 402.
+    Invalid = 2,
+    /// Facilitator or store unreachable. Answer 503, never a free pass.
+    Unavailable = 3,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VerifyResponse {
+    #[prost(enumeration = "VerifyOutcome", tag = "1")]
+    pub outcome: i32,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    #[prost(string, tag = "3")]
+    pub payer: String,
+    /// Handle for `Settle` / `Release`.
+    #[prost(string, tag = "4")]
+    pub payment_id: String,
+    #[prost(uint32, tag = "5")]
+    pub x402_version: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SettleRequest {
+    #[prost(string, tag = "1")]
+    pub payment_id: String,
+    #[prost(uint32, tag = "2")]
+    pub upstream_status: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SettleOutcome {
+    Unspecified = 0,
+    Settled = 1,
+    /// Broadcast, receipt not seen yet: not a failure, the client keeps its response.
+    Pending = 2,
+    Failed = 3,
+    Unavailable = 4,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SettleResponse {
+    #[prost(enumeration = "SettleOutcome", tag = "1")]
+    pub outcome: i32,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// base64(JSON SettleResponse) for `PAYMENT-RESPONSE` (v2) or `X-PAYMENT-RESPONSE` (v1).
+    #[prost(string, tag = "3")]
+    pub payment_response: String,
+    #[prost(string, tag = "4")]
+    pub transaction: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReleaseRequest {
+    #[prost(string, tag = "1")]
+    pub payment_id: String,
+    #[prost(uint32, tag = "2")]
+    pub upstream_status: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReleaseResponse {}
