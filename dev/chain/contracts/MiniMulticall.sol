@@ -4,7 +4,7 @@ pragma solidity ^0.8.24;
 /// @title MiniMulticall — a small Multicall3-compatible batcher for the local dev chain.
 /// @notice deploy.mjs installs its runtime code at the canonical Multicall3 address
 /// 0xcA11bde05977b3631167028862bE2a173976CA11 (via anvil_setCode). It implements the subset of the
-/// Multicall3 ABI that matters here: `tryAggregate` (what @x402/evm's facilitator uses to diagnose
+/// Multicall3 ABI that matters here: `tryAggregate` (what the x402 EVM facilitator uses to diagnose
 /// failed simulations), `aggregate3` (what viem's `multicall` uses), `aggregate`, and a few views.
 /// @dev No constructor and no immutables, so the runtime code works when copied to any address.
 contract MiniMulticall {

@@ -9,7 +9,7 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 /// @notice ERC-20 with 6 decimals and EIP-3009 transfer authorizations. Its EIP-712 domain is
 /// name "USDC", version "2", so x402 clients sign for it exactly as they would for Base Sepolia
 /// USDC (`extra: {name: "USDC", version: "2"}`). Anyone may mint: this is a test token only.
-/// @dev Revert strings are chosen so that the @x402/evm facilitator's error classifier maps them
+/// @dev Revert strings are chosen so that the x402 EVM facilitator's error classifier maps them
 /// to its precise reason codes (not yet valid / expired / used / balance / signature).
 contract TestUSD is ERC20, EIP712 {
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(

@@ -54,5 +54,5 @@ export function errorMessage(err) {
 export function usage(text, problem) {
   if (problem) process.stderr.write(`error: ${problem}\n`);
   process.stderr.write(text);
-  process.exit(64);
+  process.exit(problem ? 64 : 0);
 }
