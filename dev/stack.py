@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,21 +43,27 @@ ROUTES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Ports:
-    envoy: int = field(default_factory=free_port)
-    admin: int = field(default_factory=free_port)
-    anvil: int = field(default_factory=free_port)
-    facilitator: int = field(default_factory=free_port)
-    upstream: int = field(default_factory=free_port)
-    grpc: int = field(default_factory=free_port)
-    http: int = field(default_factory=free_port)
+    envoy: int
+    admin: int
+    anvil: int
+    facilitator: int
+    upstream: int
+    grpc: int
+    http: int
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Distinct free loopback ports (all sockets held open at once so none repeats)."""
+        socks = [socket.socket() for _ in range(7)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            return cls(*(s.getsockname()[1] for s in socks))
+        finally:
+            for s in socks:
+                s.close()
 
     @classmethod
     def demo(cls) -> "Ports":
@@ -118,7 +124,7 @@ class Stack:
     def __init__(self, run_dir: Path, ports: Ports | None = None, mode: str = "filter", concurrency: int = 2):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = ports or Ports()
+        self.ports = ports or Ports.free()
         self.mode = mode
         self.concurrency = concurrency
         self.procs: dict[str, subprocess.Popen] = {}

@@ -61,7 +61,7 @@ def test_unpaid_request_gets_dual_dialect_402(stack):
 
     v2 = challenge(r)
     assert v2["x402Version"] == 2
-    assert v2["resource"]["url"] == stack.url + "/api/quote?symbol=TOLL"
+    assert v2["resource"]["url"] == stack.url + "/api/quote"  # query dropped: it may carry a lease token
     [offer] = v2["accepts"]
     assert offer["scheme"] == "exact"
     assert offer["network"] == "eip155:84532"
@@ -75,7 +75,7 @@ def test_unpaid_request_gets_dual_dialect_402(stack):
     [legacy] = v1["accepts"]
     assert legacy["network"] == "base-sepolia"
     assert legacy["maxAmountRequired"] == str(QUOTE_ATOMIC)
-    assert legacy["resource"] == stack.url + "/api/quote?symbol=TOLL"
+    assert legacy["resource"] == stack.url + "/api/quote"
     assert "outputSchema" not in legacy
     assert isinstance(legacy["mimeType"], str) and isinstance(legacy["description"], str)
     assert stack.upstream_hits().get("/api/quote", 0) == before, "a 402 must not reach the upstream"

@@ -1,0 +1,341 @@
+//! The JSON the wasm filter receives as its plugin configuration (rendered by `tollway envoy`
+//! from `tollway.yaml`), and its compiled form. The verifier compiles the same config for
+//! ext_authz mode, so both modes match and challenge identically.
+
+use serde::{Deserialize, Serialize};
+
+use crate::routes::{RouteError, RouteSpec, RouteTable};
+use crate::x402::{Challenge, Offer};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterConfig {
+    /// Envoy cluster of the verifier's gRPC API.
+    pub verifier_cluster: String,
+    pub verifier_timeout_ms: u64,
+    pub settle_timeout_ms: u64,
+    /// `https://api.example.com`: base of resource URLs in challenges; `None` = the request's
+    /// scheme and authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Empty = any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    pub path: String,
+    /// `None` = free route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid: Option<PaidRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidRoute {
+    pub offers: Vec<Offer>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub mime_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("verifier_cluster must not be empty")]
+    NoVerifierCluster,
+    #[error("{0} must be greater than 0")]
+    ZeroTimeout(&'static str),
+    #[error("public_url {0:?} must be an absolute http(s) URL without path, query or fragment")]
+    BadPublicUrl(String),
+    #[error("route {route:?}: a paid route needs at least one offer")]
+    NoOffers { route: String },
+    #[error("route {route:?}: offer {offer} is on {network}, which is not an EVM (eip155) chain")]
+    NotEvm {
+        route: String,
+        offer: usize,
+        network: String,
+    },
+    #[error("route {route:?}: offer {offer} has a zero amount")]
+    ZeroAmount { route: String, offer: usize },
+    #[error("route {route:?}: offer {offer} has max_timeout_seconds 0")]
+    ZeroTimeoutSeconds { route: String, offer: usize },
+    #[error("route {route:?}: offer {offer} has an empty EIP-712 name or version")]
+    NoEip712Domain { route: String, offer: usize },
+}
+
+/// The config, ready for the hot path: the route table plus, per route (same index as
+/// `FilterConfig::routes` and as `RouteMatch::index`), its offers and precomputed challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledConfig {
+    pub table: RouteTable,
+    pub routes: Vec<CompiledRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledRoute {
+    pub name: String,
+    pub paid: Option<CompiledPaid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPaid {
+    pub offers: Vec<Offer>,
+    pub challenge: Challenge,
+}
+
+impl CompiledConfig {
+    /// The route called `name` (as sent in gRPC requests).
+    pub fn route(&self, name: &str) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+impl FilterConfig {
+    pub fn compile(&self) -> Result<CompiledConfig, ConfigError> {
+        if self.verifier_cluster.is_empty() {
+            return Err(ConfigError::NoVerifierCluster);
+        }
+        if self.verifier_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimeout("verifier_timeout_ms"));
+        }
+        if self.settle_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimeout("settle_timeout_ms"));
+        }
+        if let Some(url) = &self.public_url {
+            if !is_base_url(url) {
+                return Err(ConfigError::BadPublicUrl(url.clone()));
+            }
+        }
+        let specs = self
+            .routes
+            .iter()
+            .map(|r| RouteSpec {
+                name: r.name.clone(),
+                host: r.host.clone(),
+                methods: r.methods.clone(),
+                path: r.path.clone(),
+            })
+            .collect();
+        let table = RouteTable::compile(specs)?;
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| {
+                let paid = r
+                    .paid
+                    .as_ref()
+                    .map(|p| compile_paid(&r.name, p))
+                    .transpose()?;
+                Ok(CompiledRoute {
+                    name: r.name.clone(),
+                    paid,
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(CompiledConfig { table, routes })
+    }
+}
+
+fn compile_paid(route: &str, paid: &PaidRoute) -> Result<CompiledPaid, ConfigError> {
+    if paid.offers.is_empty() {
+        return Err(ConfigError::NoOffers {
+            route: route.to_owned(),
+        });
+    }
+    for (offer, o) in paid.offers.iter().enumerate() {
+        let route = route.to_owned();
+        if o.network.evm_chain_id().is_none() {
+            return Err(ConfigError::NotEvm {
+                route,
+                offer,
+                network: o.network.to_string(),
+            });
+        }
+        if o.amount.get() == 0 {
+            return Err(ConfigError::ZeroAmount { route, offer });
+        }
+        if o.max_timeout_seconds == 0 {
+            return Err(ConfigError::ZeroTimeoutSeconds { route, offer });
+        }
+        if o.eip712_name.is_empty() || o.eip712_version.is_empty() {
+            return Err(ConfigError::NoEip712Domain { route, offer });
+        }
+    }
+    Ok(CompiledPaid {
+        offers: paid.offers.clone(),
+        challenge: Challenge::new(&paid.offers, &paid.description, &paid.mime_type),
+    })
+}
+
+/// `http(s)://authority` with an optional trailing `/` and nothing else.
+fn is_base_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    !authority.is_empty()
+        && !authority.contains(['/', '?', '#', ' ', '@'])
+        && authority.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config_json() -> serde_json::Value {
+        json!({
+            "verifier_cluster": "tollway_verifier",
+            "verifier_timeout_ms": 2000,
+            "settle_timeout_ms": 10000,
+            "public_url": "https://api.example.com",
+            "routes": [
+                {
+                    "name": "quote",
+                    "methods": ["GET"],
+                    "path": "/api/quote",
+                    "paid": {
+                        "offers": [{
+                            "network": "eip155:84532",
+                            "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+                            "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+                            "amount": "1000",
+                            "max_timeout_seconds": 300,
+                            "eip712_name": "USDC",
+                            "eip712_version": "2"
+                        }],
+                        "description": "A quote",
+                        "mime_type": "application/json"
+                    }
+                },
+                {"name": "free", "path": "/free"}
+            ]
+        })
+    }
+
+    fn config() -> FilterConfig {
+        serde_json::from_value(config_json()).unwrap()
+    }
+
+    #[test]
+    fn parses_and_compiles() {
+        let c = config();
+        assert_eq!(serde_json::to_value(&c).unwrap(), config_json());
+        let compiled = c.compile().unwrap();
+        assert_eq!(compiled.routes.len(), 2);
+        let m = compiled
+            .table
+            .find("api.example.com", "GET", "/api/quote")
+            .unwrap();
+        let route = &compiled.routes[m.index];
+        assert_eq!(route.name, "quote");
+        let paid = route.paid.as_ref().unwrap();
+        assert_eq!(paid.offers[0].amount.get(), 1000);
+        let rendered = paid
+            .challenge
+            .render("https://api.example.com/api/quote", None);
+        assert!(rendered.body.contains("\"maxAmountRequired\":\"1000\""));
+        let free = compiled.table.find("x", "POST", "/free").unwrap();
+        assert!(compiled.routes[free.index].paid.is_none());
+        assert_eq!(compiled.route("free").unwrap().name, "free");
+        assert!(compiled.route("nope").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let mut c = config();
+        c.verifier_cluster.clear();
+        assert_eq!(c.compile().unwrap_err(), ConfigError::NoVerifierCluster);
+
+        let mut c = config();
+        c.settle_timeout_ms = 0;
+        assert_eq!(
+            c.compile().unwrap_err(),
+            ConfigError::ZeroTimeout("settle_timeout_ms")
+        );
+
+        for bad in [
+            "api.example.com",
+            "https://",
+            "https://a.com/base",
+            "ftp://a.com",
+            "https://a.com?x",
+        ] {
+            let mut c = config();
+            c.public_url = Some(bad.into());
+            assert!(
+                matches!(c.compile().unwrap_err(), ConfigError::BadPublicUrl(_)),
+                "{bad}"
+            );
+        }
+        let mut c = config();
+        c.public_url = Some("http://127.0.0.1:10000/".into());
+        assert!(c.compile().is_ok());
+
+        let paid = |c: &mut FilterConfig| c.routes[0].paid.as_mut().unwrap().offers.clone();
+        let mut c = config();
+        c.routes[0].paid.as_mut().unwrap().offers.clear();
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::NoOffers { .. }
+        ));
+
+        let mut c = config();
+        let mut offers = paid(&mut c);
+        offers[0].network = "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp".parse().unwrap();
+        c.routes[0].paid.as_mut().unwrap().offers = offers;
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::NotEvm { offer: 0, .. }
+        ));
+
+        let mut c = config();
+        c.routes[0].paid.as_mut().unwrap().offers[0].amount = crate::amount::AtomicAmount(0);
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::ZeroAmount { .. }
+        ));
+
+        let mut c = config();
+        c.routes[0].paid.as_mut().unwrap().offers[0].max_timeout_seconds = 0;
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::ZeroTimeoutSeconds { .. }
+        ));
+
+        let mut c = config();
+        c.routes[0].paid.as_mut().unwrap().offers[0]
+            .eip712_version
+            .clear();
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::NoEip712Domain { .. }
+        ));
+
+        let mut c = config();
+        c.routes[1].path = "free".into();
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::Route(RouteError::PathNotAbsolute { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_json() {
+        let mut v = config_json();
+        v["routes"][0]["paid"]["offers"][0]["amount"] = json!(1000);
+        assert!(serde_json::from_value::<FilterConfig>(v).is_err());
+        let mut v = config_json();
+        v["routes"][0]["paid"]["offers"][0]["pay_to"] = json!("0x1234");
+        assert!(serde_json::from_value::<FilterConfig>(v).is_err());
+    }
+}
