@@ -1,0 +1,56 @@
+//! Envoy counters (`wasmcustom.tollway.*` in `/stats`, `tollway_*` in Prometheus).
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Metric ids of this VM. Defined once per VM (ids are per VM, the stats are shared).
+#[derive(Clone, Copy, Debug)]
+pub struct Metrics {
+    /// Requests on a route declared `free`.
+    pub requests_free: u32,
+    /// 402 challenges sent to requests without a payment.
+    pub challenges: u32,
+    /// Payments refused: malformed, duplicated, oversized, locally wrong or INVALID at the verifier.
+    pub rejected: u32,
+    /// Payments the verifier accepted (the request went upstream).
+    pub verified: u32,
+    /// Settlements that succeeded or are pending (the client kept its response).
+    pub settled: u32,
+    /// Settlements that failed: the upstream response was replaced by a 402.
+    pub settle_failed: u32,
+    /// Verifier unreachable or answering UNAVAILABLE: 503, fail closed.
+    pub verifier_unavailable: u32,
+    /// Upstream answered >= 400: the payment was released, nothing charged.
+    pub upstream_failed_not_charged: u32,
+}
+
+impl Metrics {
+    pub fn define() -> Option<Metrics> {
+        Some(Metrics {
+            requests_free: counter("tollway.requests_free")?,
+            challenges: counter("tollway.challenges")?,
+            rejected: counter("tollway.rejected")?,
+            verified: counter("tollway.verified")?,
+            settled: counter("tollway.settled")?,
+            settle_failed: counter("tollway.settle_failed")?,
+            verifier_unavailable: counter("tollway.verifier_unavailable")?,
+            upstream_failed_not_charged: counter("tollway.upstream_failed_not_charged")?,
+        })
+    }
+}
+
+fn counter(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Adds one to a counter. A failure to count never affects the request.
+#[inline]
+pub fn inc(id: u32) {
+    let _ = hostcalls::increment_metric(id, 1);
+}
