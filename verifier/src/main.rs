@@ -1,1 +1,113 @@
-fn main() {}
+//! `tollway`: the Tollway verifier sidecar and CLI.
+
+mod cdp_jwt;
+mod cli;
+mod clock;
+mod config;
+mod envoy_config;
+mod ext_authz;
+mod facilitator;
+mod grpc;
+mod http;
+mod ledger;
+mod metrics;
+mod payments;
+mod replay;
+mod secret;
+mod serve;
+#[cfg(test)]
+mod testkit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogFormat};
+use crate::config::{Config, Secrets};
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load(path: &std::path::Path, secrets: Secrets) -> Result<Config, ExitCode> {
+    Config::load(path, secrets).map_err(|errors| {
+        eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+        for p in &errors.0 {
+            eprintln!("{p}");
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match load(&config, Secrets::Resolve) {
+            Ok(c) => {
+                println!("ok: {} routes ({} paid)", c.routes.len(), c.paid_routes());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Envoy { config, mode, wasm } => {
+            let c = match load(&config, Secrets::Skip) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if mode == envoy_config::Mode::Filter {
+                let path = wasm
+                    .as_deref()
+                    .or(c.envoy.as_ref().and_then(|e| e.wasm.as_deref()));
+                if let Some(p) = path.filter(|p| !p.exists()) {
+                    eprintln!("warning: wasm module {} does not exist (yet)", p.display());
+                }
+            }
+            match envoy_config::render(&c, mode, wasm.as_deref(), &config) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Serve { config } => {
+            let c = match load(&config, Secrets::Resolve) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let result = runtime.block_on(serve::run(c));
+            // Everything that matters (ledger) is flushed by now; do not wait for idle tasks.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(250));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "verifier failed");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

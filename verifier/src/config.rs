@@ -1,0 +1,1560 @@
+//! `tollway.yaml`: parsing, validation and compilation into the filter's [`FilterConfig`].
+//!
+//! Two passes. Serde (with `deny_unknown_fields` and `serde_path_to_error`) reads the shape and
+//! stops at the first structural error; fields that users get wrong in many ways (prices,
+//! addresses, networks, secrets, paths) are read loosely and checked afterwards, where every
+//! problem is collected and reported as `path: message (hint: ...)`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use tollway_protocol::amount::{AmountError, UsdPrice};
+use tollway_protocol::evm::EvmAddress;
+use tollway_protocol::filter_config::{FilterConfig, PaidRoute, RouteConfig};
+use tollway_protocol::network::Network;
+use tollway_protocol::routes::{RouteError, RouteSpec, RouteTable};
+use tollway_protocol::x402::Offer;
+
+use crate::cdp_jwt::CdpCredentials;
+use crate::facilitator::{FacilitatorAuth, FacilitatorSettings};
+use crate::secret::{SecretRef, MIN_SECRET_BYTES};
+
+/// Envoy cluster name of the verifier in rendered bootstraps.
+pub const VERIFIER_CLUSTER: &str = "tollway_verifier";
+pub const DEFAULT_FACILITATOR_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_TIMEOUT_SECONDS: u32 = 300;
+const MAX_FACILITATOR_TIMEOUT_MS: u64 = 120_000;
+/// The filter's gRPC deadline exceeds the facilitator timeout by this much, so the verifier
+/// answers UNAVAILABLE itself instead of the filter timing out.
+const VERIFIER_TIMEOUT_MARGIN_MS: u64 = 1_000;
+
+// ------------------------------------------------------------------------------------------
+// Problems
+
+/// One thing wrong with the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `routes[1].price`, `rails.usdc.network`, or the file name for file-level problems.
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found, one per line when displayed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+        });
+    }
+
+    fn hint(
+        &mut self,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: Some(hint.into()),
+        });
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Raw shape (what serde reads)
+
+/// A YAML mapping kept in file order, duplicate keys refused.
+#[derive(Debug)]
+struct Named<T>(Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of names to entries")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Named(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("duplicate name `{key}`")));
+                    }
+                    let value = map.next_value::<T>()?;
+                    out.push((key, value));
+                }
+                Ok(Named(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    verifier: RawVerifier,
+    #[serde(default)]
+    envoy: Option<RawEnvoy>,
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default)]
+    facilitators: Named<RawFacilitator>,
+    #[serde(default)]
+    rails: Named<RawRail>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerifier {
+    #[serde(default = "default_grpc")]
+    grpc: String,
+    #[serde(default = "default_http")]
+    http: String,
+    #[serde(default = "default_ledger")]
+    ledger: String,
+}
+
+impl Default for RawVerifier {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+            ledger: default_ledger(),
+        }
+    }
+}
+
+fn default_grpc() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_http() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_ledger() -> String {
+    "tollway-ledger.db".into()
+}
+fn default_listen() -> String {
+    "0.0.0.0:10000".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9901".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvoy {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_admin")]
+    admin: String,
+    upstream: String,
+    #[serde(default)]
+    wasm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFacilitator {
+    url: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+}
+
+/// `{ bearer: env:X }` or `{ cdp: { key_id: ..., key_secret: ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    bearer: Option<String>,
+    #[serde(default)]
+    cdp: Option<RawCdp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdp {
+    key_id: String,
+    key_secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRail {
+    network: String,
+    asset: String,
+    decimals: u8,
+    eip712: RawEip712,
+    pay_to: String,
+    facilitator: String,
+    #[serde(default)]
+    max_timeout_seconds: Option<u32>,
+    #[serde(default)]
+    v1_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEip712 {
+    name: String,
+    version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    path: String,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    host: Option<String>,
+    /// Read as any YAML value so an unquoted number gets a precise message.
+    #[serde(default)]
+    price: Option<serde_yaml::Value>,
+    #[serde(default)]
+    free: bool,
+    #[serde(default)]
+    rails: Option<Vec<String>>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    mime_type: String,
+}
+
+// ------------------------------------------------------------------------------------------
+// Validated config
+
+#[derive(Clone, Debug)]
+pub struct VerifierSettings {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub ledger: PathBuf,
+}
+
+/// `host:port`, where host is an IP literal or a DNS name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EnvoySettings {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: HostPort,
+    pub wasm: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rail {
+    pub name: String,
+    pub network: Network,
+    pub asset: EvmAddress,
+    pub decimals: u8,
+    pub pay_to: EvmAddress,
+    pub eip712_name: String,
+    pub eip712_version: String,
+    pub facilitator: String,
+    pub max_timeout_seconds: u32,
+    pub v1_name: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    pub price: Option<UsdPrice>,
+    /// Rail names, in offer order (`offers[i]` of the compiled route comes from `rails[i]`).
+    pub rails: Vec<String>,
+    /// Facilitator name per offer, same order.
+    pub facilitators: Vec<String>,
+}
+
+/// A validated `tollway.yaml`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub verifier: VerifierSettings,
+    pub envoy: Option<EnvoySettings>,
+    /// Auth is [`FacilitatorAuth::None`] when loaded with [`Secrets::Skip`].
+    pub facilitators: Vec<(String, FacilitatorSettings)>,
+    pub rails: Vec<Rail>,
+    pub routes: Vec<Route>,
+    /// What the filter receives (and what ext_authz mode compiles too).
+    pub filter: FilterConfig,
+}
+
+impl Config {
+    pub fn paid_routes(&self) -> usize {
+        self.routes.iter().filter(|r| r.price.is_some()).count()
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// Whether secret references are read (`check`, `serve`) or only syntax-checked (`envoy`, which
+/// runs where the secrets may not exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    Resolve,
+    Skip,
+}
+
+impl Config {
+    pub fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![Problem {
+                path: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::parse(&text, secrets)
+    }
+
+    pub fn parse(text: &str, secrets: Secrets) -> Result<Config, ConfigErrors> {
+        let raw = parse_raw(text)?;
+        let mut problems = Problems::default();
+        let config = validate(raw, secrets, &mut problems);
+        match config {
+            Some(c) if problems.0.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(problems.0)),
+        }
+    }
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = strip_path_prefix(&e.inner().to_string(), &path);
+        let (path, hint) = if path == "." {
+            ("(top level)".to_owned(), None)
+        } else {
+            let hint = serde_hint(&path, &message);
+            (path, hint)
+        };
+        ConfigErrors(vec![Problem {
+            path,
+            message,
+            hint,
+        }])
+    })
+}
+
+/// serde_yaml prefixes its own (sometimes shorter) path; ours is printed already.
+fn strip_path_prefix(message: &str, path: &str) -> String {
+    let mut candidate = path;
+    loop {
+        if let Some(rest) = message.strip_prefix(&format!("{candidate}: ")) {
+            return rest.to_owned();
+        }
+        match candidate.rfind(['.', '[']) {
+            Some(i) if i > 0 => candidate = &candidate[..i],
+            _ => return message.to_owned(),
+        }
+    }
+}
+
+fn serde_hint(path: &str, message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        return Some("check the spelling; docs/internals.md lists every field".into());
+    }
+    if path.ends_with("decimals") {
+        return Some("the token's decimals, e.g. 6 for USDC".into());
+    }
+    None
+}
+
+// ------------------------------------------------------------------------------------------
+// Validation
+
+fn socket_addr(p: &mut Problems, path: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.hint(
+                path,
+                format!("{text:?} is not an ip:port address"),
+                "e.g. 127.0.0.1:50051 or [::1]:50051",
+            );
+            None
+        }
+    }
+}
+
+fn host_port(p: &mut Problems, path: &str, text: &str) -> Option<HostPort> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(HostPort {
+            host: a.ip().to_string(),
+            port: a.port(),
+        });
+    }
+    let bad = |p: &mut Problems| {
+        p.hint(
+            path,
+            format!("{text:?} is not host:port"),
+            "e.g. 127.0.0.1:8080 or api.internal:80",
+        )
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        bad(p);
+        return None;
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    match (host_ok, port.parse::<u16>()) {
+        (true, Ok(port)) if port > 0 => Some(HostPort {
+            host: host.to_owned(),
+            port,
+        }),
+        _ => {
+            bad(p);
+            None
+        }
+    }
+}
+
+fn evm_address(p: &mut Problems, path: &str, text: &str) -> Option<EvmAddress> {
+    match text.parse::<EvmAddress>() {
+        Ok(a) => {
+            let digits = &text[2..];
+            let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
+                && digits.bytes().any(|b| b.is_ascii_uppercase());
+            let checksummed = a.to_string();
+            if mixed && text != checksummed {
+                p.hint(
+                    path,
+                    format!("{text} fails its EIP-55 checksum"),
+                    format!("a typo? the checksummed form of these bytes is {checksummed}"),
+                );
+                return None;
+            }
+            Some(a)
+        }
+        Err(e) => {
+            p.hint(
+                path,
+                format!("{text:?} is not an EVM address: {e}"),
+                "0x followed by 40 hex digits, quoted",
+            );
+            None
+        }
+    }
+}
+
+fn network(p: &mut Problems, path: &str, text: &str) -> Option<Network> {
+    match text.parse::<Network>() {
+        Ok(n) => {
+            if n.evm_chain_id().is_none() {
+                p.hint(
+                    path,
+                    format!("{text} is not an EVM chain; only eip155 networks are supported (scheme exact with EIP-3009)"),
+                    "e.g. eip155:8453 (Base) or eip155:84532 (Base Sepolia)",
+                );
+                return None;
+            }
+            Some(n)
+        }
+        Err(e) => {
+            let hint = match Network::from_v1_name(text) {
+                Some(caip) => format!("{text} is a v1 name; write the CAIP-2 id: network: {caip}"),
+                None => "CAIP-2 namespace:reference, e.g. eip155:84532".into(),
+            };
+            p.hint(path, format!("{text:?} is not a CAIP-2 network: {e}"), hint);
+            None
+        }
+    }
+}
+
+fn secret_ref(p: &mut Problems, path: &str, text: &str) -> Option<SecretRef> {
+    match SecretRef::parse(text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // The value might be the secret itself: never echo it.
+            p.add(path, e.to_string());
+            None
+        }
+    }
+}
+
+fn resolve(
+    p: &mut Problems,
+    path: &str,
+    r: &SecretRef,
+    min: usize,
+) -> Option<crate::secret::Secret> {
+    match r.resolve(min) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.add(path, e.to_string());
+            None
+        }
+    }
+}
+
+fn facilitator(
+    p: &mut Problems,
+    name: &str,
+    raw: &RawFacilitator,
+    secrets: Secrets,
+) -> Option<FacilitatorSettings> {
+    let base = format!("facilitators.{name}");
+    let mut ok = true;
+    let url = match reqwest::Url::parse(&raw.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            if u.query().is_some() || u.fragment().is_some() {
+                p.add(format!("{base}.url"), "must not have a query or fragment");
+                ok = false;
+            }
+            if !u.username().is_empty() || u.password().is_some() {
+                // Never echo the URL: it holds a credential.
+                p.hint(
+                    format!("{base}.url"),
+                    "credentials in the URL are not allowed",
+                    "auth: { bearer: env:FACILITATOR_TOKEN }",
+                );
+                ok = false;
+            }
+            Some(u)
+        }
+        Ok(u) => {
+            p.hint(
+                format!("{base}.url"),
+                format!("scheme {:?} is not http or https", u.scheme()),
+                "e.g. https://x402.org/facilitator or http://127.0.0.1:4020",
+            );
+            None
+        }
+        Err(e) => {
+            p.hint(
+                format!("{base}.url"),
+                format!("{:?} is not a URL: {e}", raw.url),
+                "e.g. https://x402.org/facilitator or http://127.0.0.1:4020",
+            );
+            None
+        }
+    };
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_FACILITATOR_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > MAX_FACILITATOR_TIMEOUT_MS {
+        p.hint(
+            format!("{base}.timeout_ms"),
+            format!("{timeout_ms} is out of range 1..={MAX_FACILITATOR_TIMEOUT_MS}"),
+            "settlement waits for a receipt: 10000 is a good start",
+        );
+        ok = false;
+    }
+    let auth = match &raw.auth {
+        None => Some(FacilitatorAuth::None),
+        Some(RawAuth {
+            bearer: Some(_),
+            cdp: Some(_),
+        })
+        | Some(RawAuth {
+            bearer: None,
+            cdp: None,
+        }) => {
+            p.hint(
+                format!("{base}.auth"),
+                "give exactly one of bearer or cdp",
+                "auth: { bearer: env:FACILITATOR_TOKEN } or auth: { cdp: { key_id: env:CDP_API_KEY_ID, key_secret: env:CDP_API_KEY_SECRET } }",
+            );
+            None
+        }
+        Some(RawAuth {
+            bearer: Some(token),
+            cdp: None,
+        }) => {
+            let path = format!("{base}.auth.bearer");
+            let r = secret_ref(p, &path, token)?;
+            match secrets {
+                Secrets::Skip => Some(FacilitatorAuth::None),
+                Secrets::Resolve => resolve(p, &path, &r, 0).map(FacilitatorAuth::Bearer),
+            }
+        }
+        Some(RawAuth {
+            bearer: None,
+            cdp: Some(cdp),
+        }) => {
+            let id_path = format!("{base}.auth.cdp.key_id");
+            let secret_path = format!("{base}.auth.cdp.key_secret");
+            let id_ref = secret_ref(p, &id_path, &cdp.key_id);
+            let secret_ref_ = secret_ref(p, &secret_path, &cdp.key_secret);
+            match (id_ref, secret_ref_, secrets) {
+                (Some(_), Some(_), Secrets::Skip) => Some(FacilitatorAuth::None),
+                (Some(id_ref), Some(secret_ref_), Secrets::Resolve) => {
+                    let id = resolve(p, &id_path, &id_ref, 0);
+                    let secret = resolve(p, &secret_path, &secret_ref_, MIN_SECRET_BYTES);
+                    match (id, secret) {
+                        (Some(id), Some(secret)) => {
+                            match CdpCredentials::new(id.expose(), secret.expose()) {
+                                Ok(c) => Some(FacilitatorAuth::Cdp(Arc::new(c))),
+                                Err(e) => {
+                                    p.hint(
+                                        secret_path,
+                                        e.to_string(),
+                                        "the CDP API key secret: a PEM EC key or base64 Ed25519 key",
+                                    );
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+    };
+    match (url, auth, ok) {
+        (Some(url), Some(auth), true) => Some(FacilitatorSettings {
+            url,
+            timeout: Duration::from_millis(timeout_ms),
+            auth,
+        }),
+        _ => None,
+    }
+}
+
+fn rail(p: &mut Problems, name: &str, raw: &RawRail, facilitators: &[String]) -> Option<Rail> {
+    let base = format!("rails.{name}");
+    let before = p.0.len();
+    let network = network(p, &format!("{base}.network"), raw.network.trim());
+    let asset = evm_address(p, &format!("{base}.asset"), raw.asset.trim());
+    let pay_to = evm_address(p, &format!("{base}.pay_to"), raw.pay_to.trim());
+    if pay_to == Some(EvmAddress([0u8; 20])) {
+        p.hint(
+            format!("{base}.pay_to"),
+            "the zero address burns every payment",
+            "your wallet address",
+        );
+    }
+    if raw.decimals > 36 {
+        p.hint(
+            format!("{base}.decimals"),
+            format!("{} decimals is more than any token uses", raw.decimals),
+            "6 for USDC, 18 for most ERC-20s",
+        );
+    }
+    if raw.eip712.name.trim().is_empty() {
+        p.hint(
+            format!("{base}.eip712.name"),
+            "must not be empty",
+            "the token's name(), e.g. \"USD Coin\" on Base, \"USDC\" on Base Sepolia",
+        );
+    }
+    if raw.eip712.version.trim().is_empty() {
+        p.hint(
+            format!("{base}.eip712.version"),
+            "must not be empty",
+            "the token's EIP-712 version(), \"2\" for USDC",
+        );
+    }
+    if !facilitators.contains(&raw.facilitator) {
+        p.hint(
+            format!("{base}.facilitator"),
+            format!("unknown facilitator {:?}", raw.facilitator),
+            defined("facilitators", facilitators),
+        );
+    }
+    let max_timeout_seconds = raw
+        .max_timeout_seconds
+        .unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS);
+    if max_timeout_seconds == 0 || max_timeout_seconds > 86_400 {
+        p.hint(
+            format!("{base}.max_timeout_seconds"),
+            format!("{max_timeout_seconds} is out of range 1..=86400"),
+            "clients sign validBefore = now + this; 300 is common",
+        );
+    }
+    if let Some(v1) = &raw.v1_name {
+        let ok = !v1.is_empty()
+            && v1
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            p.hint(
+                format!("{base}.v1_name"),
+                format!("{v1:?} is not a v1 network name"),
+                "lower-case like base-sepolia",
+            );
+        }
+    }
+    if p.0.len() != before {
+        return None;
+    }
+    Some(Rail {
+        name: name.to_owned(),
+        network: network?,
+        asset: asset?,
+        decimals: raw.decimals,
+        pay_to: pay_to?,
+        eip712_name: raw.eip712.name.clone(),
+        eip712_version: raw.eip712.version.clone(),
+        facilitator: raw.facilitator.clone(),
+        max_timeout_seconds,
+        v1_name: raw.v1_name.clone(),
+    })
+}
+
+fn defined(what: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        format!("no {what} are defined")
+    } else {
+        format!("defined {what}: {}", names.join(", "))
+    }
+}
+
+fn price(p: &mut Problems, path: &str, value: &serde_yaml::Value) -> Option<UsdPrice> {
+    use serde_yaml::Value;
+    let text = match value {
+        Value::String(s) => s.trim(),
+        Value::Number(n) => {
+            p.hint(
+                path,
+                format!("{n} is a YAML number; prices must be quoted decimal strings so they stay exact"),
+                format!("quote it: price: \"{n}\""),
+            );
+            return None;
+        }
+        other => {
+            p.hint(
+                path,
+                format!("expected a quoted decimal string, got {}", yaml_kind(other)),
+                "price: \"0.001\" (USD)",
+            );
+            return None;
+        }
+    };
+    match text.strip_prefix('$').unwrap_or(text).parse::<UsdPrice>() {
+        Ok(v) if v.is_zero() => {
+            p.hint(
+                path,
+                "price must be greater than 0",
+                "use free: true for a free route",
+            );
+            None
+        }
+        Ok(v) => {
+            if let Some(bare) = text.strip_prefix('$') {
+                p.hint(
+                    path,
+                    format!("{text:?} has a currency sign"),
+                    format!("price: \"{bare}\" (USD is implied)"),
+                );
+                return None;
+            }
+            Some(v)
+        }
+        Err(e) => {
+            let hint = match e {
+                AmountError::Exponent => "write the number out, e.g. \"0.001\"",
+                _ => "a decimal USD amount like \"0.001\"",
+            };
+            p.hint(path, format!("{text:?} is not a price: {e}"), hint);
+            None
+        }
+    }
+}
+
+fn yaml_kind(v: &serde_yaml::Value) -> &'static str {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// Maps a protocol route error to the field it is about; strips the `route "x": ` prefix.
+fn route_error(p: &mut Problems, base: &str, e: &RouteError) {
+    const PATH_HINT: &str =
+        "segments are literals, `*` (one segment), `[name]` (one captured segment) or a final `**` (any depth)";
+    let text = e.to_string();
+    // `route "name": message` or `route "name" matches ...`: the path already says which route.
+    let message = text
+        .strip_prefix("route \"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(_, rest)| rest.trim_start_matches(':').trim_start().to_owned())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| text.clone());
+    match e {
+        RouteError::EmptyName => p.add(format!("{base}.name"), message),
+        RouteError::DuplicateName(_) => p.add(format!("{base}.name"), message),
+        RouteError::PathNotAbsolute { path, .. } => p.hint(
+            format!("{base}.path"),
+            message,
+            format!("path: /{}", path.trim_start_matches('/')),
+        ),
+        RouteError::EmptySegment { .. }
+        | RouteError::RestNotLast { .. }
+        | RouteError::BadParamName { .. }
+        | RouteError::DuplicateParam { .. }
+        | RouteError::BadSegment { .. } => p.hint(format!("{base}.path"), message, PATH_HINT),
+        RouteError::BadHost { .. } => p.hint(
+            format!("{base}.host"),
+            message,
+            "api.example.com or *.example.com",
+        ),
+        RouteError::BadMethod { .. } => {
+            p.hint(format!("{base}.methods"), message, "e.g. [GET, POST]")
+        }
+        RouteError::Shadowed { .. } => p.hint(
+            base.to_owned(),
+            message,
+            "give it a different path, host or methods, or remove one",
+        ),
+    }
+}
+
+fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config> {
+    // verifier
+    let grpc = socket_addr(p, "verifier.grpc", &raw.verifier.grpc);
+    let http = socket_addr(p, "verifier.http", &raw.verifier.http);
+    if raw.verifier.ledger.trim().is_empty() {
+        p.hint(
+            "verifier.ledger",
+            "must not be empty",
+            "a SQLite file path, e.g. tollway-ledger.db",
+        );
+    }
+    if let (Some(g), Some(h)) = (grpc, http) {
+        if g == h {
+            p.add(
+                "verifier.http",
+                format!("same address as verifier.grpc ({g})"),
+            );
+        }
+    }
+
+    // envoy
+    let envoy = raw.envoy.as_ref().and_then(|e| {
+        let listen = socket_addr(p, "envoy.listen", &e.listen);
+        let admin = socket_addr(p, "envoy.admin", &e.admin);
+        let upstream = host_port(p, "envoy.upstream", &e.upstream);
+        Some(EnvoySettings {
+            listen: listen?,
+            admin: admin?,
+            upstream: upstream?,
+            wasm: e.wasm.as_ref().map(PathBuf::from),
+        })
+    });
+
+    // public_url
+    let public_url = raw.public_url.as_ref().and_then(|u| {
+        let u = u.trim();
+        let parsed = reqwest::Url::parse(u).ok();
+        let ok = parsed.as_ref().is_some_and(|x| {
+            matches!(x.scheme(), "http" | "https")
+                && x.host_str().is_some()
+                && x.path() == "/"
+                && x.query().is_none()
+                && x.fragment().is_none()
+                && x.username().is_empty()
+        });
+        if ok {
+            Some(u.trim_end_matches('/').to_owned())
+        } else {
+            p.hint(
+                "public_url",
+                format!("{u:?} must be an absolute http(s) URL without path, query or fragment"),
+                "e.g. https://api.example.com",
+            );
+            None
+        }
+    });
+
+    // facilitators
+    let facilitator_names: Vec<String> =
+        raw.facilitators.0.iter().map(|(n, _)| n.clone()).collect();
+    let mut facilitators = Vec::new();
+    for (name, f) in &raw.facilitators.0 {
+        if let Some(s) = facilitator(p, name, f, secrets) {
+            facilitators.push((name.clone(), s));
+        }
+    }
+
+    // rails
+    let rail_names: Vec<String> = raw.rails.0.iter().map(|(n, _)| n.clone()).collect();
+    let rails: Vec<Rail> = raw
+        .rails
+        .0
+        .iter()
+        .filter_map(|(name, r)| rail(p, name, r, &facilitator_names))
+        .collect();
+
+    // routes
+    let mut routes = Vec::new();
+    let mut route_configs = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let base = format!("routes[{i}]");
+        let before = p.0.len();
+        let name_ok = !r.name.is_empty()
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !name_ok {
+            p.hint(
+                format!("{base}.name"),
+                format!("{:?} is not a route name", r.name),
+                "letters, digits, '-', '_' or '.': it appears in metrics and the ledger",
+            );
+        } else if let Some(j) = seen.get(r.name.as_str()) {
+            p.hint(
+                format!("{base}.name"),
+                format!("duplicate route name {:?} (also routes[{j}])", r.name),
+                "route names must be unique",
+            );
+        } else {
+            seen.insert(&r.name, i);
+        }
+        let methods: Vec<String> = r
+            .methods
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m.trim().to_ascii_uppercase())
+            .collect();
+        if r.methods.as_ref().is_some_and(Vec::is_empty) {
+            p.hint(
+                format!("{base}.methods"),
+                "an empty list matches nothing",
+                "omit methods to accept any method",
+            );
+        }
+        let spec = RouteSpec {
+            name: if r.name.is_empty() {
+                format!("#{i}")
+            } else {
+                r.name.clone()
+            },
+            host: r.host.clone(),
+            methods: methods.clone(),
+            path: r.path.clone(),
+        };
+        // Syntax of this route alone, so each route reports its own errors.
+        if let Err(e) = RouteTable::compile(vec![spec]) {
+            route_error(p, &base, &e);
+        }
+
+        let price = match (&r.price, r.free) {
+            (Some(_), true) => {
+                p.hint(
+                    format!("{base}.price"),
+                    "a free route has no price",
+                    "remove price, or remove free: true",
+                );
+                None
+            }
+            (None, false) => {
+                p.hint(
+                    format!("{base}.price"),
+                    "missing: a route is paid (price: \"0.001\") or free (free: true)",
+                    "price: \"0.001\"",
+                );
+                None
+            }
+            (None, true) => None,
+            (Some(v), false) => price(p, &format!("{base}.price"), v),
+        };
+        let paid = r.price.is_some() && !r.free;
+        if r.free && r.rails.is_some() {
+            p.hint(
+                format!("{base}.rails"),
+                "a free route takes no rails",
+                "remove rails, or free: true",
+            );
+        }
+
+        // Rails of a paid route: listed, or every rail.
+        let mut route_rails: Vec<&Rail> = Vec::new();
+        if paid {
+            match &r.rails {
+                Some(list) => {
+                    if list.is_empty() {
+                        p.hint(
+                            format!("{base}.rails"),
+                            "a paid route needs at least one rail",
+                            format!(
+                                "omit rails to accept every rail, or list some ({})",
+                                defined("rails", &rail_names)
+                            ),
+                        );
+                    }
+                    for (k, rail_name) in list.iter().enumerate() {
+                        if !rail_names.contains(rail_name) {
+                            p.hint(
+                                format!("{base}.rails[{k}]"),
+                                format!("unknown rail {rail_name:?}"),
+                                defined("rails", &rail_names),
+                            );
+                        } else if list[..k].contains(rail_name) {
+                            p.add(
+                                format!("{base}.rails[{k}]"),
+                                format!("rail {rail_name:?} is listed twice"),
+                            );
+                        } else if let Some(rail) = rails.iter().find(|x| x.name == *rail_name) {
+                            route_rails.push(rail);
+                        }
+                    }
+                }
+                None => {
+                    if rail_names.is_empty() {
+                        p.hint(
+                            base.clone(),
+                            "paid route but no rail is defined",
+                            "define a rail under rails: (network, asset, pay_to, facilitator)",
+                        );
+                    }
+                    route_rails.extend(rails.iter());
+                }
+            }
+        }
+
+        // Offers: the price in each rail's token units.
+        let mut offers = Vec::new();
+        if let Some(price) = price {
+            for rail in &route_rails {
+                match price.to_atomic(rail.decimals) {
+                    Ok(amount) => offers.push(Offer {
+                        network: rail.network.clone(),
+                        asset: rail.asset,
+                        pay_to: rail.pay_to,
+                        amount,
+                        max_timeout_seconds: rail.max_timeout_seconds,
+                        eip712_name: rail.eip712_name.clone(),
+                        eip712_version: rail.eip712_version.clone(),
+                        v1_name: rail.v1_name.clone(),
+                    }),
+                    Err(AmountError::NotRepresentable { .. }) => p.hint(
+                        format!("{base}.price"),
+                        format!(
+                            "{price} USD is not a whole number of units of rail {} ({} decimals)",
+                            rail.name, rail.decimals
+                        ),
+                        format!("use at most {} decimal places", rail.decimals),
+                    ),
+                    Err(e) => p.add(
+                        format!("{base}.price"),
+                        format!("{price} USD on rail {}: {e}", rail.name),
+                    ),
+                }
+            }
+        }
+
+        if p.0.len() != before {
+            continue;
+        }
+        routes.push(Route {
+            name: r.name.clone(),
+            price,
+            rails: route_rails.iter().map(|x| x.name.clone()).collect(),
+            facilitators: route_rails.iter().map(|x| x.facilitator.clone()).collect(),
+        });
+        route_configs.push(RouteConfig {
+            name: r.name.clone(),
+            host: r.host.clone(),
+            methods,
+            path: r.path.clone(),
+            paid: price.map(|_| PaidRoute {
+                offers,
+                description: r.description.clone(),
+                mime_type: r.mime_type.clone(),
+            }),
+        });
+    }
+
+    if !p.0.is_empty() {
+        return None;
+    }
+
+    // Cross-route checks (shadowing) and the filter's own validation, on a clean config.
+    let max_timeout = facilitators
+        .iter()
+        .map(|(_, f)| u64::try_from(f.timeout.as_millis()).unwrap_or(u64::MAX))
+        .max()
+        .unwrap_or(DEFAULT_FACILITATOR_TIMEOUT_MS);
+    let filter = FilterConfig {
+        verifier_cluster: VERIFIER_CLUSTER.to_owned(),
+        verifier_timeout_ms: max_timeout + VERIFIER_TIMEOUT_MARGIN_MS,
+        settle_timeout_ms: max_timeout + VERIFIER_TIMEOUT_MARGIN_MS,
+        public_url,
+        routes: route_configs,
+    };
+    if let Err(e) = filter.compile() {
+        use tollway_protocol::filter_config::ConfigError as E;
+        match &e {
+            E::Route(re) => {
+                let name = match re {
+                    RouteError::Shadowed { route, .. } | RouteError::DuplicateName(route) => {
+                        Some(route.as_str())
+                    }
+                    _ => None,
+                };
+                let idx = name.and_then(|n| raw.routes.iter().rposition(|r| r.name == n));
+                let base = idx.map_or_else(|| "routes".to_owned(), |i| format!("routes[{i}]"));
+                route_error(p, &base, re);
+            }
+            other => p.add("routes", other.to_string()),
+        }
+        return None;
+    }
+
+    Some(Config {
+        verifier: VerifierSettings {
+            grpc: grpc?,
+            http: http?,
+            ledger: PathBuf::from(raw.verifier.ledger.trim()),
+        },
+        envoy,
+        facilitators,
+        rails,
+        routes,
+        filter,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+    const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+    fn good() -> String {
+        format!(
+            r#"
+verifier:
+  grpc: 127.0.0.1:50051
+  http: 127.0.0.1:9090
+  ledger: ledger.db
+envoy:
+  listen: 0.0.0.0:10000
+  admin: 127.0.0.1:9901
+  upstream: 127.0.0.1:18080
+facilitators:
+  local:
+    url: http://127.0.0.1:4020
+    timeout_ms: 5000
+rails:
+  usdc:
+    network: eip155:84532
+    asset: "{ASSET}"
+    decimals: 6
+    eip712: {{ name: USDC, version: "2" }}
+    pay_to: "{PAY_TO}"
+    facilitator: local
+routes:
+  - name: quote
+    path: /api/quote
+    methods: [GET]
+    price: "0.001"
+    description: A quote
+    mime_type: application/json
+  - name: echo
+    path: /api/echo
+    methods: [post]
+    price: "0.002"
+    rails: [usdc]
+  - name: free
+    path: /free/**
+    free: true
+"#
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, Secrets::Resolve) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn assert_problem(text: &str, expected: &str) {
+        let ps = problems(text);
+        assert!(
+            ps.iter().any(|p| p == expected),
+            "expected {expected:?} in {ps:#?}"
+        );
+    }
+
+    #[test]
+    fn good_config_compiles() {
+        let c = Config::parse(&good(), Secrets::Resolve).expect("valid");
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.paid_routes(), 2);
+        assert_eq!(c.verifier.grpc, "127.0.0.1:50051".parse().expect("addr"));
+        let quote = &c.filter.routes[0];
+        let paid = quote.paid.as_ref().expect("paid");
+        assert_eq!(paid.offers[0].amount.get(), 1000);
+        assert_eq!(
+            paid.offers[0].max_timeout_seconds,
+            DEFAULT_MAX_TIMEOUT_SECONDS
+        );
+        assert_eq!(c.filter.routes[1].methods, vec!["POST"]);
+        assert_eq!(
+            c.filter.routes[1].paid.as_ref().expect("paid").offers[0]
+                .amount
+                .get(),
+            2000
+        );
+        assert!(c.filter.routes[2].paid.is_none());
+        assert_eq!(c.filter.verifier_cluster, VERIFIER_CLUSTER);
+        assert_eq!(c.filter.verifier_timeout_ms, 6000);
+        assert_eq!(c.route("echo").expect("echo").facilitators, vec!["local"]);
+        assert!(c.filter.compile().is_ok());
+    }
+
+    #[test]
+    fn float_price_gets_quote_hint() {
+        let text = good().replace("price: \"0.001\"", "price: 0.001");
+        assert_problem(
+            &text,
+            "routes[0].price: 0.001 is a YAML number; prices must be quoted decimal strings so they stay exact (hint: quote it: price: \"0.001\")",
+        );
+    }
+
+    #[test]
+    fn price_not_representable() {
+        let text = good().replace("price: \"0.001\"", "price: \"0.0000001\"");
+        assert_problem(
+            &text,
+            "routes[0].price: 0.0000001 USD is not a whole number of units of rail usdc (6 decimals) (hint: use at most 6 decimal places)",
+        );
+    }
+
+    #[test]
+    fn bad_price_text_and_zero_and_missing() {
+        let text = good().replace("price: \"0.001\"", "price: \"1e-3\"");
+        assert_problem(
+            &text,
+            "routes[0].price: \"1e-3\" is not a price: exponent notation is not allowed; write the number out (hint: write the number out, e.g. \"0.001\")",
+        );
+        let text = good().replace("price: \"0.001\"", "price: \"0\"");
+        assert_problem(
+            &text,
+            "routes[0].price: price must be greater than 0 (hint: use free: true for a free route)",
+        );
+        let text = good().replace("    price: \"0.001\"\n", "");
+        assert_problem(
+            &text,
+            "routes[0].price: missing: a route is paid (price: \"0.001\") or free (free: true) (hint: price: \"0.001\")",
+        );
+    }
+
+    #[test]
+    fn unknown_rail_and_facilitator() {
+        let text = good().replace("rails: [usdc]", "rails: [usdt]");
+        assert_problem(
+            &text,
+            "routes[1].rails[0]: unknown rail \"usdt\" (hint: defined rails: usdc)",
+        );
+        let text = good().replace("facilitator: local", "facilitator: cdp");
+        assert_problem(
+            &text,
+            "rails.usdc.facilitator: unknown facilitator \"cdp\" (hint: defined facilitators: local)",
+        );
+    }
+
+    #[test]
+    fn bad_network() {
+        let text = good().replace("network: eip155:84532", "network: base-sepolia");
+        assert_problem(
+            &text,
+            "rails.usdc.network: \"base-sepolia\" is not a CAIP-2 network: network \"base-sepolia\" is not CAIP-2 `namespace:reference` (hint: base-sepolia is a v1 name; write the CAIP-2 id: network: eip155:84532)",
+        );
+        let text = good().replace(
+            "network: eip155:84532",
+            "network: solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp",
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter().any(|p| p.starts_with(
+                "rails.usdc.network: solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp is not an EVM chain"
+            )),
+            "{ps:#?}"
+        );
+    }
+
+    #[test]
+    fn bad_addresses() {
+        let text = good().replace(PAY_TO, "0x1234");
+        assert_problem(
+            &text,
+            "rails.usdc.pay_to: \"0x1234\" is not an EVM address: EVM address must have 40 hex digits after 0x, got 4 characters (hint: 0x followed by 40 hex digits, quoted)",
+        );
+        // One flipped case letter: checksum error, with the right form as hint.
+        let typo = ASSET.replace("CbD", "cbD");
+        let text = good().replace(ASSET, &typo);
+        assert_problem(
+            &text,
+            &format!("rails.usdc.asset: {typo} fails its EIP-55 checksum (hint: a typo? the checksummed form of these bytes is {ASSET})"),
+        );
+        // All lower-case is fine.
+        let text = good().replace(ASSET, &ASSET.to_lowercase());
+        assert!(problems(&text).is_empty());
+    }
+
+    #[test]
+    fn bad_route_path_and_duplicate_name() {
+        let text = good().replace("path: /api/quote", "path: api/quote");
+        assert_problem(
+            &text,
+            "routes[0].path: path \"api/quote\" must start with '/' (hint: path: /api/quote)",
+        );
+        let text = good().replace("path: /free/**", "path: /free/**/x");
+        assert_problem(
+            &text,
+            "routes[2].path: `**` is only allowed as the last segment (hint: segments are literals, `*` (one segment), `[name]` (one captured segment) or a final `**` (any depth))",
+        );
+        let text = good().replace("name: echo", "name: quote");
+        assert_problem(
+            &text,
+            "routes[1].name: duplicate route name \"quote\" (also routes[0]) (hint: route names must be unique)",
+        );
+    }
+
+    #[test]
+    fn shadowed_route() {
+        let text = good().replace(
+            "path: /api/echo\n    methods: [post]",
+            "path: /api/quote\n    methods: [GET]",
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter().any(|p| p
+                .starts_with("routes[1]: matches exactly the same requests as route \"quote\"")),
+            "{ps:#?}"
+        );
+    }
+
+    #[test]
+    fn paid_route_without_rails() {
+        let text = good().replace("rails: [usdc]", "rails: []");
+        assert_problem(
+            &text,
+            "routes[1].rails: a paid route needs at least one rail (hint: omit rails to accept every rail, or list some (defined rails: usdc))",
+        );
+        let start = good().find("rails:\n  usdc:").expect("rails");
+        let end = good().find("routes:").expect("routes");
+        let mut text = good();
+        text.replace_range(start..end, "");
+        let text = text.replace("    rails: [usdc]\n", "");
+        let ps = problems(&text);
+        assert!(ps.contains(&"routes[0]: paid route but no rail is defined (hint: define a rail under rails: (network, asset, pay_to, facilitator))".to_owned()), "{ps:#?}");
+    }
+
+    #[test]
+    fn secrets() {
+        let with_auth = |auth: &str| {
+            good().replace(
+                "    timeout_ms: 5000\n",
+                &format!("    timeout_ms: 5000\n    auth: {auth}\n"),
+            )
+        };
+        assert_problem(
+            &with_auth("{ bearer: env:TOLLWAY_TEST_UNSET_TOKEN }"),
+            "facilitators.local.auth.bearer: environment variable TOLLWAY_TEST_UNSET_TOKEN is not set (hint: export TOLLWAY_TEST_UNSET_TOKEN=...)",
+        );
+        assert_problem(
+            &with_auth("{ bearer: sk_live_inline }"),
+            "facilitators.local.auth.bearer: not a secret reference (hint: write env:NAME or file:PATH; secrets are never inline)",
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tooshort").expect("write");
+        let id = dir.path().join("id");
+        std::fs::write(&id, "key-id").expect("write");
+        let text = with_auth(&format!(
+            "{{ cdp: {{ key_id: \"file:{}\", key_secret: \"file:{}\" }} }}",
+            id.display(),
+            short.display()
+        ));
+        assert_problem(
+            &text,
+            &format!(
+                "facilitators.local.auth.cdp.key_secret: secret from file:{} is 8 bytes, need at least 32 (hint: generate one with `openssl rand -hex 32`)",
+                short.display()
+            ),
+        );
+        // A good bearer file resolves; Skip mode does not read it at all.
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "t0ken\n").expect("write");
+        let text = with_auth(&format!("{{ bearer: \"file:{}\" }}", tok.display()));
+        let c = Config::parse(&text, Secrets::Resolve).expect("valid");
+        assert!(
+            matches!(c.facilitators[0].1.auth, FacilitatorAuth::Bearer(ref s) if s.expose() == "t0ken")
+        );
+        let text = with_auth("{ bearer: env:TOLLWAY_TEST_UNSET_TOKEN }");
+        assert!(Config::parse(&text, Secrets::Skip).is_ok());
+        assert_problem(
+            &with_auth("{ }"),
+            "facilitators.local.auth: give exactly one of bearer or cdp (hint: auth: { bearer: env:FACILITATOR_TOKEN } or auth: { cdp: { key_id: env:CDP_API_KEY_ID, key_secret: env:CDP_API_KEY_SECRET } })",
+        );
+    }
+
+    #[test]
+    fn facilitator_url() {
+        let text = good().replace("url: http://127.0.0.1:4020", "url: ftp://127.0.0.1:4020");
+        assert_problem(
+            &text,
+            "facilitators.local.url: scheme \"ftp\" is not http or https (hint: e.g. https://x402.org/facilitator or http://127.0.0.1:4020)",
+        );
+        let text = good().replace(
+            "url: http://127.0.0.1:4020",
+            "url: https://user:pw@f.example",
+        );
+        assert_problem(
+            &text,
+            "facilitators.local.url: credentials in the URL are not allowed (hint: auth: { bearer: env:FACILITATOR_TOKEN })",
+        );
+        let text = good().replace("url: http://127.0.0.1:4020", "url: localhost");
+        let ps = problems(&text);
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("facilitators.local.url: \"localhost\" is not a URL")),
+            "{ps:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_has_path() {
+        let text = good().replace("    decimals: 6\n", "    decimals: 6\n    decimal: 6\n");
+        let ps = problems(&text);
+        assert_eq!(ps.len(), 1, "{ps:#?}");
+        assert!(
+            ps[0].starts_with("rails.usdc.decimal: unknown field `decimal`, expected one of"),
+            "{ps:#?}"
+        );
+    }
+
+    #[test]
+    fn all_problems_collected() {
+        let text = good()
+            .replace("price: \"0.001\"", "price: 0.001")
+            .replace("rails: [usdc]", "rails: [nope]")
+            .replace("path: /free/**", "path: free")
+            .replace("grpc: 127.0.0.1:50051", "grpc: localhost");
+        let ps = problems(&text);
+        assert_eq!(ps.len(), 4, "{ps:#?}");
+        assert!(ps[0].starts_with("verifier.grpc: \"localhost\" is not an ip:port address"));
+    }
+
+    #[test]
+    fn bad_host_and_public_url() {
+        let text = good().replace(
+            "path: /api/quote\n",
+            "path: /api/quote\n    host: \"a b\"\n",
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("routes[0].host: host \"a b\" must be a host name")),
+            "{ps:#?}"
+        );
+        let text = format!("public_url: https://api.example.com/v1\n{}", good());
+        assert_problem(
+            &text,
+            "public_url: \"https://api.example.com/v1\" must be an absolute http(s) URL without path, query or fragment (hint: e.g. https://api.example.com)",
+        );
+        let text = format!("public_url: https://api.example.com/\n{}", good());
+        let c = Config::parse(&text, Secrets::Resolve).expect("valid");
+        assert_eq!(
+            c.filter.public_url.as_deref(),
+            Some("https://api.example.com")
+        );
+    }
+
+    #[test]
+    fn upstream_hostname() {
+        let text = good().replace("upstream: 127.0.0.1:18080", "upstream: api.internal:8080");
+        let c = Config::parse(&text, Secrets::Resolve).expect("valid");
+        let up = &c.envoy.expect("envoy").upstream;
+        assert_eq!(
+            (up.host.as_str(), up.port, up.is_ip()),
+            ("api.internal", 8080, false)
+        );
+        let text = good().replace("upstream: 127.0.0.1:18080", "upstream: api.internal");
+        assert_problem(
+            &text,
+            "envoy.upstream: \"api.internal\" is not host:port (hint: e.g. 127.0.0.1:8080 or api.internal:80)",
+        );
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
+        let c = Config::load(&path, Secrets::Resolve).expect("example config is valid");
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.paid_routes(), 2);
+    }
+}

@@ -1,0 +1,417 @@
+//! `tollway envoy`: renders a complete Envoy v3 bootstrap from `tollway.yaml`, built as a
+//! `serde_json::Value` and printed as YAML (no string templates).
+//!
+//! Filter mode (default): HCM → wasm filter (the compiled route table as its configuration) →
+//! router. ext_authz mode: HCM → ext_authz (gRPC to the verifier, which also settles) → router.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::config::{Config, HostPort, VERIFIER_CLUSTER};
+
+pub const UPSTREAM_CLUSTER: &str = "upstream";
+/// Upstream route timeout.
+const ROUTE_TIMEOUT: &str = "30s";
+/// Minimum ext_authz deadline: the Check verifies *and* settles.
+const EXT_AUTHZ_MIN_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The Tollway wasm filter calls the verifier (settles after the upstream answered).
+    Filter,
+    /// Envoy's native ext_authz filter calls the verifier's Check (settles before forwarding).
+    ExtAuthz,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvoyConfigError {
+    #[error("tollway.yaml has no `envoy:` section (hint: add envoy: {{ listen: 0.0.0.0:10000, admin: 127.0.0.1:9901, upstream: 127.0.0.1:8080 }})")]
+    NoEnvoySection,
+    #[error("no wasm module path (hint: pass --wasm PATH or set envoy.wasm)")]
+    NoWasm,
+    #[error("cannot resolve the current directory: {0}")]
+    Cwd(std::io::Error),
+    #[error("cannot serialise: {0}")]
+    Serialize(String),
+}
+
+fn socket_address(address: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": address, "port_value": port } })
+}
+
+fn load_assignment(cluster: &str, address: &str, port: u16) -> Value {
+    json!({
+        "cluster_name": cluster,
+        "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(address, port) } }] }]
+    })
+}
+
+/// Where Envoy reaches the verifier: its gRPC address, with a wildcard bind turned into loopback.
+fn verifier_target(addr: SocketAddr) -> (String, u16) {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    (ip.to_string(), addr.port())
+}
+
+fn upstream_cluster(up: &HostPort) -> Value {
+    let mut c = json!({
+        "name": UPSTREAM_CLUSTER,
+        "type": if up.is_ip() { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "load_assignment": load_assignment(UPSTREAM_CLUSTER, &up.host, up.port),
+    });
+    if !up.is_ip() {
+        c["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    c
+}
+
+fn verifier_cluster(addr: SocketAddr) -> Value {
+    let (host, port) = verifier_target(addr);
+    json!({
+        "name": VERIFIER_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        },
+        "load_assignment": load_assignment(VERIFIER_CLUSTER, &host, port),
+    })
+}
+
+fn router_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+    })
+}
+
+fn wasm_filter(config: &Config, wasm: &Path) -> Result<Value, EnvoyConfigError> {
+    let filter_json = serde_json::to_string(&config.filter)
+        .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
+    Ok(json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "tollway",
+                "root_id": "tollway",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": filter_json,
+                },
+                "failure_policy": "FAIL_RELOAD",
+                "vm_config": {
+                    "vm_id": "tollway",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": wasm.display().to_string() } }
+                }
+            }
+        }
+    }))
+}
+
+/// The Check verifies and settles, so its deadline covers two facilitator calls.
+fn ext_authz_timeout_ms(config: &Config) -> u64 {
+    let facilitator_max = config
+        .facilitators
+        .iter()
+        .map(|(_, f)| u64::try_from(f.timeout.as_millis()).unwrap_or(u64::MAX))
+        .max()
+        .unwrap_or(0);
+    (facilitator_max.saturating_mul(2).saturating_add(1_000)).max(EXT_AUTHZ_MIN_TIMEOUT_MS)
+}
+
+fn ext_authz_filter(config: &Config) -> Value {
+    let ms = ext_authz_timeout_ms(config);
+    json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": VERIFIER_CLUSTER },
+                "timeout": format!("{}.{:03}s", ms / 1000, ms % 1000),
+            },
+            "failure_mode_allow": false,
+            "status_on_error": { "code": 503 }
+        }
+    })
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, EnvoyConfigError> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    let cwd = std::env::current_dir().map_err(EnvoyConfigError::Cwd)?;
+    Ok(cwd.join(path))
+}
+
+/// The bootstrap as a JSON value. `wasm` overrides `envoy.wasm` (filter mode only).
+pub fn bootstrap(
+    config: &Config,
+    mode: Mode,
+    wasm: Option<&Path>,
+) -> Result<Value, EnvoyConfigError> {
+    let envoy = config
+        .envoy
+        .as_ref()
+        .ok_or(EnvoyConfigError::NoEnvoySection)?;
+    let auth_filter = match mode {
+        Mode::Filter => {
+            let path = wasm
+                .or(envoy.wasm.as_deref())
+                .ok_or(EnvoyConfigError::NoWasm)?;
+            wasm_filter(config, &absolute(path)?)?
+        }
+        Mode::ExtAuthz => ext_authz_filter(config),
+    };
+    let hcm = json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "tollway",
+            "codec_type": "AUTO",
+            "upgrade_configs": [{ "upgrade_type": "websocket" }],
+            "route_config": {
+                "name": "tollway",
+                "virtual_hosts": [{
+                    "name": "upstream",
+                    "domains": ["*"],
+                    "routes": [{
+                        "name": "upstream",
+                        "match": { "prefix": "/" },
+                        "route": { "cluster": UPSTREAM_CLUSTER, "timeout": ROUTE_TIMEOUT }
+                    }]
+                }]
+            },
+            "http_filters": [auth_filter, router_filter()]
+        }
+    });
+    Ok(json!({
+        "admin": { "address": socket_address(&envoy.admin.ip().to_string(), envoy.admin.port()) },
+        "static_resources": {
+            "listeners": [{
+                "name": "tollway",
+                "address": socket_address(&envoy.listen.ip().to_string(), envoy.listen.port()),
+                "filter_chains": [{ "filters": [hcm] }]
+            }],
+            "clusters": [upstream_cluster(&envoy.upstream), verifier_cluster(config.verifier.grpc)]
+        }
+    }))
+}
+
+/// Keys printed first in every mapping (the rest follow alphabetically), so each block reads
+/// like Envoy's docs: what it is, then its settings.
+const LEADING_KEYS: &[&str] = &["@type", "name", "type", "address"];
+
+/// JSON → YAML value with readable key order.
+fn to_yaml(value: &Value) -> serde_yaml::Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|k| {
+                let rank = LEADING_KEYS
+                    .iter()
+                    .position(|l| l == k)
+                    .unwrap_or(LEADING_KEYS.len());
+                (rank, k.as_str())
+            });
+            let mut out = serde_yaml::Mapping::new();
+            for k in keys {
+                out.insert(
+                    serde_yaml::Value::String(k.clone()),
+                    to_yaml(&map[k.as_str()]),
+                );
+            }
+            serde_yaml::Value::Mapping(out)
+        }
+        Value::Array(items) => serde_yaml::Value::Sequence(items.iter().map(to_yaml).collect()),
+        Value::String(s) => serde_yaml::Value::String(s.clone()),
+        Value::Bool(b) => serde_yaml::Value::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => serde_yaml::Value::Number(u.into()),
+            (None, Some(i), _) => serde_yaml::Value::Number(i.into()),
+            (None, None, Some(f)) => serde_yaml::Value::Number(f.into()),
+            _ => serde_yaml::Value::Null,
+        },
+        Value::Null => serde_yaml::Value::Null,
+    }
+}
+
+/// The bootstrap as YAML text, with a header comment naming its source.
+pub fn render(
+    config: &Config,
+    mode: Mode,
+    wasm: Option<&Path>,
+    source: &Path,
+) -> Result<String, EnvoyConfigError> {
+    let value = bootstrap(config, mode, wasm)?;
+    let yaml = serde_yaml::to_string(&to_yaml(&value))
+        .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
+    let mode = match mode {
+        Mode::Filter => "filter",
+        Mode::ExtAuthz => "ext-authz",
+    };
+    Ok(format!(
+        "# Envoy bootstrap rendered by `tollway envoy --mode {mode}` from {}. Do not edit: re-render.\n{yaml}",
+        source.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secrets;
+    use tollway_protocol::filter_config::FilterConfig;
+
+    fn example() -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
+        Config::load(&path, Secrets::Skip).expect("example config")
+    }
+
+    fn parse(text: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(text).expect("valid YAML")
+    }
+
+    #[test]
+    fn filter_mode() {
+        let c = example();
+        let text = render(&c, Mode::Filter, None, Path::new("tollway.yaml")).expect("render");
+        let y = parse(&text);
+        let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(hcm["codec_type"], "AUTO");
+        assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
+        let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
+        assert_eq!(route["match"]["prefix"], "/");
+        assert_eq!(route["route"]["cluster"], "upstream");
+        assert_eq!(route["route"]["timeout"], "30s");
+        let filters = hcm["http_filters"].as_sequence().expect("filters");
+        assert_eq!(filters.len(), 2);
+        assert_eq!(filters[1]["name"], "envoy.filters.http.router");
+        let wasm = &filters[0]["typed_config"]["config"];
+        assert_eq!(filters[0]["name"], "envoy.filters.http.wasm");
+        assert_eq!(wasm["name"], "tollway");
+        assert_eq!(wasm["root_id"], "tollway");
+        assert_eq!(wasm["failure_policy"], "FAIL_RELOAD");
+        assert_eq!(wasm["vm_config"]["vm_id"], "tollway");
+        assert_eq!(wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
+        let file = wasm["vm_config"]["code"]["local"]["filename"]
+            .as_str()
+            .expect("filename");
+        assert!(Path::new(file).is_absolute(), "{file}");
+        assert!(file.ends_with(".build/tollway_filter.wasm"), "{file}");
+        // The configuration is the FilterConfig, verbatim.
+        let json = wasm["configuration"]["value"]
+            .as_str()
+            .expect("StringValue");
+        let fc: FilterConfig = serde_json::from_str(json).expect("FilterConfig");
+        assert_eq!(fc, c.filter);
+        assert_eq!(fc.verifier_cluster, "tollway_verifier");
+        assert!(fc.compile().is_ok());
+
+        let clusters = y["static_resources"]["clusters"]
+            .as_sequence()
+            .expect("clusters");
+        assert_eq!(clusters[0]["name"], "upstream");
+        assert_eq!(clusters[0]["type"], "STATIC");
+        assert_eq!(clusters[1]["name"], "tollway_verifier");
+        assert_eq!(clusters[1]["connect_timeout"], "0.25s");
+        assert!(clusters[1]["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+            ["http2_protocol_options"]
+            .is_mapping());
+        let ep = &clusters[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"];
+        assert_eq!(ep["address"], "127.0.0.1");
+        assert_eq!(ep["port_value"], 50051);
+        assert_eq!(y["admin"]["address"]["socket_address"]["port_value"], 9901);
+    }
+
+    #[test]
+    fn wasm_flag_overrides_and_is_made_absolute() {
+        let c = example();
+        let v = bootstrap(&c, Mode::Filter, Some(Path::new("x/f.wasm"))).expect("render");
+        let file = v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]
+            ["local"]["filename"]
+            .as_str()
+            .expect("filename")
+            .to_owned();
+        assert_eq!(
+            PathBuf::from(file),
+            std::env::current_dir().expect("cwd").join("x/f.wasm")
+        );
+    }
+
+    #[test]
+    fn ext_authz_mode() {
+        let c = example();
+        let y = parse(&render(&c, Mode::ExtAuthz, None, Path::new("t.yaml")).expect("render"));
+        let filters = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"];
+        let authz = &filters[0];
+        assert_eq!(authz["name"], "envoy.filters.http.ext_authz");
+        let t = &authz["typed_config"];
+        assert_eq!(t["transport_api_version"], "V3");
+        assert_eq!(
+            t["grpc_service"]["envoy_grpc"]["cluster_name"],
+            "tollway_verifier"
+        );
+        // Two facilitator calls of 10 s each fit in the deadline.
+        assert_eq!(t["grpc_service"]["timeout"], "21.000s");
+        assert_eq!(t["failure_mode_allow"], false);
+        assert_eq!(t["status_on_error"]["code"], 503);
+        assert!(t.get("allowed_headers").is_none());
+        assert_eq!(filters[1]["name"], "envoy.filters.http.router");
+    }
+
+    #[test]
+    fn dns_upstream_and_wildcard_verifier() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml"),
+        )
+        .expect("read")
+        .replace("upstream: 127.0.0.1:18080", "upstream: api.internal:8080")
+        .replace("grpc: 127.0.0.1:50051", "grpc: 0.0.0.0:50051");
+        let c = Config::parse(&text, Secrets::Skip).expect("valid");
+        let v = bootstrap(&c, Mode::ExtAuthz, None).expect("render");
+        let clusters = &v["static_resources"]["clusters"];
+        assert_eq!(clusters[0]["type"], "STRICT_DNS");
+        assert_eq!(
+            clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["address"],
+            "api.internal"
+        );
+        assert_eq!(
+            clusters[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn missing_pieces() {
+        let mut c = example();
+        c.envoy.as_mut().expect("envoy").wasm = None;
+        assert!(matches!(
+            bootstrap(&c, Mode::Filter, None),
+            Err(EnvoyConfigError::NoWasm)
+        ));
+        assert!(bootstrap(&c, Mode::ExtAuthz, None).is_ok());
+        c.envoy = None;
+        assert!(matches!(
+            bootstrap(&c, Mode::ExtAuthz, None),
+            Err(EnvoyConfigError::NoEnvoySection)
+        ));
+    }
+}

@@ -1,0 +1,234 @@
+//! The gRPC server on `verifier.grpc`: the filter's API (`tollway.v1.Payments`, generated in
+//! build.rs from the prost messages in `tollway_protocol::rpc`) and Envoy's
+//! `envoy.service.auth.v3.Authorization` for ext_authz-only mode, on one HTTP/2 port.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollway_protocol::rpc;
+
+use crate::ext_authz::ExtAuthz;
+use crate::payments::{Payments, SettleOutcome, Verified};
+
+/// Generated server and client for `tollway.v1.Payments`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod generated {
+    include!(concat!(env!("OUT_DIR"), "/tollway.v1.Payments.rs"));
+}
+
+pub use generated::payments_server::PaymentsServer;
+
+/// Longest payment header accepted over gRPC (base64 of protocol's MAX_PAYMENT_BYTES, rounded up).
+const MAX_PAYMENT_HEADER: usize = 16 * 1024;
+
+pub struct PaymentsService {
+    payments: Arc<Payments>,
+}
+
+impl PaymentsService {
+    pub fn new(payments: Arc<Payments>) -> Self {
+        Self { payments }
+    }
+}
+
+fn verify_response(v: Verified) -> rpc::VerifyResponse {
+    match v {
+        Verified::Valid {
+            payment_id,
+            payer,
+            x402_version,
+        } => rpc::VerifyResponse {
+            outcome: rpc::VerifyOutcome::Valid as i32,
+            reason: String::new(),
+            payer,
+            payment_id,
+            x402_version: u32::from(x402_version),
+        },
+        Verified::Invalid { reason, payer } => rpc::VerifyResponse {
+            outcome: rpc::VerifyOutcome::Invalid as i32,
+            reason,
+            payer: payer.unwrap_or_default(),
+            ..rpc::VerifyResponse::default()
+        },
+        Verified::Unavailable { reason } => rpc::VerifyResponse {
+            outcome: rpc::VerifyOutcome::Unavailable as i32,
+            reason,
+            ..rpc::VerifyResponse::default()
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl generated::payments_server::Payments for PaymentsService {
+    async fn verify(
+        &self,
+        request: tonic::Request<rpc::VerifyRequest>,
+    ) -> Result<tonic::Response<rpc::VerifyResponse>, tonic::Status> {
+        let r = request.into_inner();
+        if r.payment.len() > MAX_PAYMENT_HEADER {
+            return Ok(tonic::Response::new(verify_response(Verified::Invalid {
+                reason: tollway_protocol::x402::ErrorReason::InvalidPayload
+                    .as_str()
+                    .into(),
+                payer: None,
+            })));
+        }
+        let v = self
+            .payments
+            .verify(&r.route, &r.header, &r.payment, &r.resource_url)
+            .await;
+        Ok(tonic::Response::new(verify_response(v)))
+    }
+
+    async fn settle(
+        &self,
+        request: tonic::Request<rpc::SettleRequest>,
+    ) -> Result<tonic::Response<rpc::SettleResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let s = self.payments.settle(&r.payment_id, r.upstream_status).await;
+        let outcome = match s.outcome {
+            SettleOutcome::Settled => rpc::SettleOutcome::Settled,
+            SettleOutcome::Pending => rpc::SettleOutcome::Pending,
+            SettleOutcome::Failed => rpc::SettleOutcome::Failed,
+            SettleOutcome::Unavailable => rpc::SettleOutcome::Unavailable,
+        };
+        Ok(tonic::Response::new(rpc::SettleResponse {
+            outcome: outcome as i32,
+            reason: s.reason,
+            payment_response: s.payment_response,
+            transaction: s.transaction,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: tonic::Request<rpc::ReleaseRequest>,
+    ) -> Result<tonic::Response<rpc::ReleaseResponse>, tonic::Status> {
+        let r = request.into_inner();
+        self.payments.release(&r.payment_id, r.upstream_status);
+        Ok(tonic::Response::new(rpc::ReleaseResponse {}))
+    }
+}
+
+/// Serves both services on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    payments: PaymentsService,
+    ext_authz: ExtAuthz,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(PaymentsServer::new(payments))
+        .add_service(AuthorizationServer::new(ext_authz))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generated::payments_client::PaymentsClient;
+    use super::*;
+    use crate::clock::unix_now;
+    use crate::ext_authz::tests::check_request;
+    use crate::facilitator::fake::FakeFacilitator;
+    use crate::testkit::{harness, offer, Payer};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    #[tokio::test]
+    async fn both_services_over_the_wire() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            PaymentsService::new(h.payments.clone()),
+            ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let url = format!("http://{addr}");
+        let mut client = PaymentsClient::connect(url.clone()).await.expect("connect");
+
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(31);
+        let auth = payer.authorization(&offer, unix_now(), 1);
+        let resource = "http://api.test/api/quote";
+        let v = client
+            .verify(rpc::VerifyRequest {
+                route: "quote".into(),
+                payment: payer.header_v2(&offer, &auth, resource),
+                header: "payment-signature".into(),
+                resource_url: resource.into(),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        assert_eq!(v.outcome, rpc::VerifyOutcome::Valid as i32, "{v:?}");
+        assert_eq!(v.x402_version, 2);
+        assert_eq!(v.payer, payer.address().to_string());
+        let s = client
+            .settle(rpc::SettleRequest {
+                payment_id: v.payment_id,
+                upstream_status: 200,
+            })
+            .await
+            .expect("settle")
+            .into_inner();
+        assert_eq!(s.outcome, rpc::SettleOutcome::Settled as i32);
+        assert!(!s.payment_response.is_empty());
+        assert!(s.transaction.starts_with("0x"));
+
+        // Release of a fresh payment.
+        let auth = payer.authorization(&offer, unix_now(), 2);
+        let v = client
+            .verify(rpc::VerifyRequest {
+                route: "quote".into(),
+                payment: payer.header_v2(&offer, &auth, resource),
+                header: "payment-signature".into(),
+                resource_url: resource.into(),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        client
+            .release(rpc::ReleaseRequest {
+                payment_id: v.payment_id,
+                upstream_status: 500,
+            })
+            .await
+            .expect("release");
+        assert_eq!(h.payments.pending_count(), 0);
+
+        // Invalid.
+        let v = client
+            .verify(rpc::VerifyRequest {
+                route: "quote".into(),
+                payment: "e30=".into(),
+                header: "payment-signature".into(),
+                resource_url: resource.into(),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        assert_eq!(v.outcome, rpc::VerifyOutcome::Invalid as i32);
+        assert_eq!(v.reason, "invalid_x402_version");
+
+        // ext_authz on the same port.
+        let mut authz = AuthorizationClient::connect(url).await.expect("connect");
+        let r = authz
+            .check(check_request("GET", "/free", &[]))
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(r.status.map(|s| s.code), Some(0));
+
+        let _ = stop_tx.send(());
+        server.await.expect("join").expect("server");
+    }
+}

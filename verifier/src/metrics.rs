@@ -1,0 +1,221 @@
+//! Prometheus metrics of the verifier, served as text on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeReason {
+    pub outcome: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Endpoint {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+type HistogramFamily = Family<Endpoint, Histogram, fn() -> Histogram>;
+
+fn facilitator_histogram() -> Histogram {
+    // 5 ms .. ~20 s: verify is tens of ms, settle waits for a receipt (seconds).
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    ])
+}
+
+/// Every metric the verifier exports. Cheap to clone handles are inside; share it in an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    verify: Family<OutcomeReason, Counter>,
+    settle: Family<Outcome, Counter>,
+    facilitator_duration: HistogramFamily,
+    facilitator_errors: Family<Endpoint, Counter>,
+    ledger_write_errors: Counter,
+    replay_claims: Family<ResultLabel, Counter>,
+    check: Family<ResultLabel, Counter>,
+    pending_payments: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let verify = Family::<OutcomeReason, Counter>::default();
+        let settle = Family::<Outcome, Counter>::default();
+        let facilitator_duration: HistogramFamily =
+            Family::new_with_constructor(facilitator_histogram);
+        let facilitator_errors = Family::<Endpoint, Counter>::default();
+        let ledger_write_errors = Counter::default();
+        let replay_claims = Family::<ResultLabel, Counter>::default();
+        let check = Family::<ResultLabel, Counter>::default();
+        let pending_payments = Gauge::default();
+        // Counters get the `_total` suffix from the encoder.
+        registry.register(
+            "tollway_verify",
+            "Payment verifications by outcome and x402 reason",
+            verify.clone(),
+        );
+        registry.register("tollway_settle", "Settlements by outcome", settle.clone());
+        registry.register(
+            "tollway_facilitator_request_duration_seconds",
+            "Facilitator HTTP request duration by endpoint",
+            facilitator_duration.clone(),
+        );
+        registry.register(
+            "tollway_facilitator_errors",
+            "Facilitator requests that failed (connect, timeout, 5xx, bad body)",
+            facilitator_errors.clone(),
+        );
+        registry.register(
+            "tollway_ledger_write_errors",
+            "Ledger events that could not be written (each is logged at error level)",
+            ledger_write_errors.clone(),
+        );
+        registry.register(
+            "tollway_replay_claims",
+            "Nonce claims in the replay guard by result",
+            replay_claims.clone(),
+        );
+        registry.register(
+            "tollway_check",
+            "ext_authz Check calls by result",
+            check.clone(),
+        );
+        registry.register(
+            "tollway_pending_payments",
+            "Verified payments waiting for settle or release",
+            pending_payments.clone(),
+        );
+        Self {
+            registry,
+            verify,
+            settle,
+            facilitator_duration,
+            facilitator_errors,
+            ledger_write_errors,
+            replay_claims,
+            check,
+            pending_payments,
+        }
+    }
+
+    pub fn verify(&self, outcome: &str, reason: &str) {
+        self.verify
+            .get_or_create(&OutcomeReason {
+                outcome: outcome.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn settle(&self, outcome: &str) {
+        self.settle
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn facilitator_duration(&self, endpoint: &str, seconds: f64) {
+        self.facilitator_duration
+            .get_or_create(&Endpoint {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn facilitator_error(&self, endpoint: &str) {
+        self.facilitator_errors
+            .get_or_create(&Endpoint {
+                endpoint: endpoint.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn ledger_write_error(&self) {
+        self.ledger_write_errors.inc();
+    }
+
+    #[cfg(test)]
+    pub fn ledger_write_errors(&self) -> u64 {
+        self.ledger_write_errors.get()
+    }
+
+    pub fn replay_claim(&self, result: &str) {
+        self.replay_claims
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn check(&self, result: &str) {
+        self.check
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_pending(&self, n: usize) {
+        self.pending_payments
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_exposition() {
+        let m = Metrics::new();
+        m.verify("valid", "");
+        m.settle("settled");
+        m.facilitator_duration("verify", 0.02);
+        m.facilitator_error("settle");
+        m.ledger_write_error();
+        m.replay_claim("claimed");
+        m.check("free");
+        let text = m.encode();
+        for name in [
+            "tollway_verify_total{outcome=\"valid\",reason=\"\"} 1",
+            "tollway_settle_total{outcome=\"settled\"} 1",
+            "tollway_facilitator_request_duration_seconds_bucket{le=\"0.025\",endpoint=\"verify\"} 1",
+            "tollway_facilitator_errors_total{endpoint=\"settle\"} 1",
+            "tollway_ledger_write_errors_total 1",
+            "tollway_replay_claims_total{result=\"claimed\"} 1",
+            "tollway_check_total{result=\"free\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,991 @@
+//! The payment core shared by the filter API (gRPC `tollway.v1.Payments`) and ext_authz:
+//! verify a client's payment, hold it while the upstream answers, then settle or release it.
+//!
+//! verify: decode → check against the route's offers (the filter checked too: defence in depth)
+//! → recover the EIP-712 signer → claim the nonce → facilitator `/verify`. The nonce stays
+//! claimed only if the payment is valid; a facilitator outage gives the claim back and answers
+//! UNAVAILABLE (503 upstream of us, never a free pass).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tollway_protocol::b64;
+use tollway_protocol::filter_config::CompiledConfig;
+use tollway_protocol::x402::{
+    check_payment, decode_payment, ErrorReason, Offer, ReplayKey, MAX_PAYMENT_BYTES,
+};
+
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
+use crate::ledger::{EventKind, Ledger, LedgerEvent};
+use crate::metrics::Metrics;
+use crate::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
+
+/// Reason given when the facilitator (or the replay store) cannot be reached.
+pub const REASON_UNAVAILABLE: &str = "facilitator_unavailable";
+pub const REASON_STORE_UNAVAILABLE: &str = "replay_store_unavailable";
+/// `errorReason` of a settlement that was broadcast but not yet confirmed: not a failure.
+pub const SETTLEMENT_PENDING: &str = "settlement_pending";
+pub const REASON_UNKNOWN_PAYMENT: &str = "unknown_payment_id";
+pub const REASON_UNKNOWN_ROUTE: &str = "unknown_route";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verified {
+    Valid {
+        payment_id: String,
+        payer: String,
+        x402_version: u8,
+    },
+    Invalid {
+        reason: String,
+        payer: Option<String>,
+    },
+    Unavailable {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettleOutcome {
+    Settled,
+    /// Broadcast, receipt not seen: the client keeps its response; reconcile later.
+    Pending,
+    Failed,
+    Unavailable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub outcome: SettleOutcome,
+    pub reason: String,
+    /// base64(JSON SettleResponse) for `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE`; may be empty
+    /// when there is nothing to report (unknown payment id).
+    pub payment_response: String,
+    pub transaction: String,
+    /// 1 or 2 (0 when the payment id is unknown): which response header to use.
+    pub x402_version: u8,
+}
+
+/// A verified payment waiting for the upstream's answer.
+struct Pending {
+    route: String,
+    x402_version: u8,
+    payload: Value,
+    requirements: Value,
+    facilitator: Arc<FacilitatorClient>,
+    payer: String,
+    /// Network in the payment's dialect (v1 name or CAIP-2), for receipts.
+    wire_network: String,
+    event: LedgerEvent,
+    expires_at: u64,
+}
+
+struct RouteInfo {
+    offers: Vec<Offer>,
+    facilitators: Vec<Arc<FacilitatorClient>>,
+    description: String,
+    mime_type: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentsError {
+    #[error("filter config does not compile: {0}")]
+    Compile(String),
+    #[error("route {route}: facilitator {facilitator} has no client")]
+    MissingFacilitator { route: String, facilitator: String },
+}
+
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub struct Payments {
+    compiled: Arc<CompiledConfig>,
+    public_url: Option<String>,
+    routes: HashMap<String, RouteInfo>,
+    replay: Arc<dyn ReplayGuard>,
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    pending: Mutex<HashMap<String, Pending>>,
+    clock: Clock,
+}
+
+impl Payments {
+    pub fn new(
+        config: &Config,
+        facilitators: HashMap<String, Arc<FacilitatorClient>>,
+        replay: Arc<dyn ReplayGuard>,
+        ledger: Arc<Ledger>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PaymentsError> {
+        let compiled = config
+            .filter
+            .compile()
+            .map_err(|e| PaymentsError::Compile(e.to_string()))?;
+        let mut routes = HashMap::new();
+        for rc in &config.filter.routes {
+            let Some(paid) = &rc.paid else { continue };
+            let names = config
+                .route(&rc.name)
+                .map(|r| r.facilitators.clone())
+                .unwrap_or_default();
+            let mut clients = Vec::new();
+            for name in &names {
+                let c =
+                    facilitators
+                        .get(name)
+                        .ok_or_else(|| PaymentsError::MissingFacilitator {
+                            route: rc.name.clone(),
+                            facilitator: name.clone(),
+                        })?;
+                clients.push(c.clone());
+            }
+            if clients.len() != paid.offers.len() {
+                return Err(PaymentsError::Compile(format!(
+                    "route {}: {} offers but {} facilitators",
+                    rc.name,
+                    paid.offers.len(),
+                    clients.len()
+                )));
+            }
+            routes.insert(
+                rc.name.clone(),
+                RouteInfo {
+                    offers: paid.offers.clone(),
+                    facilitators: clients,
+                    description: paid.description.clone(),
+                    mime_type: paid.mime_type.clone(),
+                },
+            );
+        }
+        Ok(Self {
+            compiled: Arc::new(compiled),
+            public_url: config.filter.public_url.clone(),
+            routes,
+            replay,
+            ledger,
+            metrics,
+            pending: Mutex::new(HashMap::new()),
+            clock: Arc::new(unix_now),
+        })
+    }
+
+    /// Replaces the wall clock (tests).
+    #[cfg(test)]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn compiled(&self) -> &CompiledConfig {
+        &self.compiled
+    }
+
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.as_deref()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    fn reject(&self, route: &str, reason: &str, event: LedgerEvent) -> Verified {
+        self.metrics.verify("invalid", reason);
+        self.ledger.record(LedgerEvent {
+            reason: Some(reason.to_owned()),
+            ..event
+        });
+        tracing::info!(route = %route, reason = %reason, "payment rejected");
+        Verified::Invalid {
+            reason: reason.to_owned(),
+            payer: None,
+        }
+    }
+
+    /// Verifies the payment in `raw_header` (the `header_name` header's value) for `route`.
+    pub async fn verify(
+        &self,
+        route: &str,
+        header_name: &str,
+        raw_header: &str,
+        resource_url: &str,
+    ) -> Verified {
+        let now = (self.clock)();
+        let base_event = LedgerEvent::new(EventKind::Rejected, route);
+        let Some(info) = self.routes.get(route) else {
+            tracing::warn!(
+                route = %route,
+                "verify for a route that is not a paid route here (stale filter config?)"
+            );
+            return self.reject(route, REASON_UNKNOWN_ROUTE, base_event);
+        };
+
+        // Decode: typed for the checks, raw JSON to forward unchanged to the facilitator.
+        let payment = match decode_payment(raw_header.trim()) {
+            Ok(p) => p,
+            Err(reason) => return self.reject(route, reason.as_str(), base_event),
+        };
+        let payload_json: Value = match b64::decode_strict(raw_header.trim(), MAX_PAYMENT_BYTES)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        {
+            Some(v) => v,
+            None => return self.reject(route, ErrorReason::InvalidPayload.as_str(), base_event),
+        };
+        let version = payment.x402_version();
+        let expected_header = if version == 1 {
+            "x-payment"
+        } else {
+            "payment-signature"
+        };
+        if !header_name.eq_ignore_ascii_case(expected_header) {
+            tracing::debug!(
+                route = %route,
+                header = %header_name,
+                version,
+                "payment version differs from its header"
+            );
+        }
+
+        let checked = match check_payment(&info.offers, &payment, now) {
+            Ok(c) => c,
+            Err(reason) => return self.reject(route, reason.as_str(), base_event),
+        };
+        let Some(offer) = info.offers.get(checked.offer_index) else {
+            return self.reject(
+                route,
+                ErrorReason::InvalidPaymentRequirements.as_str(),
+                base_event,
+            );
+        };
+        let payer = checked.payer().to_string();
+        let event = LedgerEvent {
+            network: Some(checked.network.to_string()),
+            asset: Some(checked.asset.to_string()),
+            payer: Some(payer.clone()),
+            amount: Some(offer.amount.to_string()),
+            nonce: Some(format!("0x{}", hex::encode(checked.authorization.nonce))),
+            ..base_event
+        };
+        if let Err(reason) = checked.verify_signature(offer) {
+            return self.reject(route, reason.as_str(), event);
+        }
+
+        // Claim before asking the facilitator: a concurrent replay loses here.
+        let key: ReplayKey = checked.replay_key();
+        let expires_at = checked
+            .authorization
+            .valid_before
+            .saturating_add(EXPIRY_MARGIN_SECS);
+        match self.replay.claim(&key, expires_at, now).await {
+            Ok(Claim::Claimed) => self.metrics.replay_claim("claimed"),
+            Ok(Claim::AlreadyUsed) => {
+                self.metrics.replay_claim("already_used");
+                return self.reject(
+                    route,
+                    ErrorReason::InvalidExactEvmNonceAlreadyUsed.as_str(),
+                    event,
+                );
+            }
+            Err(e) => {
+                self.metrics.replay_claim("error");
+                self.metrics.verify("unavailable", REASON_STORE_UNAVAILABLE);
+                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                return Verified::Unavailable {
+                    reason: REASON_STORE_UNAVAILABLE.into(),
+                };
+            }
+        }
+
+        // Our own requirement, in the payload's dialect.
+        let (requirements, wire_network) = if version == 1 {
+            match offer.requirements_v1(resource_url, &info.description, &info.mime_type) {
+                Some(r) => {
+                    let net = r.network.clone();
+                    (serde_json::to_value(r).unwrap_or(Value::Null), net)
+                }
+                None => {
+                    self.release_claim(&key).await;
+                    return self.reject(route, ErrorReason::InvalidNetwork.as_str(), event);
+                }
+            }
+        } else {
+            (offer.requirements_v2_value(), offer.network.to_string())
+        };
+        let Some(facilitator) = info.facilitators.get(checked.offer_index).cloned() else {
+            self.release_claim(&key).await;
+            return self.reject(
+                route,
+                ErrorReason::InvalidPaymentRequirements.as_str(),
+                event,
+            );
+        };
+        let request = FacilitatorRequest {
+            x402_version: u32::from(version),
+            payment_payload: &payload_json,
+            payment_requirements: &requirements,
+        };
+        let answer = match facilitator.verify(&request).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.release_claim(&key).await;
+                self.metrics.verify("unavailable", REASON_UNAVAILABLE);
+                tracing::warn!(route = %route, facilitator = %facilitator.name(), error = %e, "verify: facilitator unavailable");
+                return Verified::Unavailable {
+                    reason: REASON_UNAVAILABLE.into(),
+                };
+            }
+        };
+        if !answer.is_valid {
+            self.release_claim(&key).await;
+            let reason = answer
+                .invalid_reason
+                .clone()
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| ErrorReason::UnexpectedVerifyError.as_str().to_owned());
+            if let Some(msg) = &answer.invalid_message {
+                tracing::debug!(route = %route, reason = %reason, message = %msg, "facilitator: invalid");
+            }
+            let out = self.reject(route, &reason, event);
+            return match out {
+                Verified::Invalid { reason, .. } => Verified::Invalid {
+                    reason,
+                    payer: Some(answer.payer.unwrap_or(payer)),
+                },
+                other => other,
+            };
+        }
+
+        let payment_id = hex::encode(rand::random::<[u8; 16]>());
+        let payer = answer.payer.filter(|p| !p.is_empty()).unwrap_or(payer);
+        let ttl = u64::from(offer.max_timeout_seconds);
+        let pending = Pending {
+            route: route.to_owned(),
+            x402_version: version,
+            payload: payload_json,
+            requirements,
+            facilitator,
+            payer: payer.clone(),
+            wire_network,
+            event: event.clone(),
+            expires_at: now
+                .saturating_add(ttl)
+                .min(checked.authorization.valid_before),
+        };
+        self.ledger.record(LedgerEvent {
+            event: EventKind::Verified,
+            ..event
+        });
+        self.metrics.verify("valid", "");
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(payment_id.clone(), pending);
+            self.metrics.set_pending(p.len());
+        }
+        tracing::info!(route = %route, payer = %payer, payment_id = %payment_id, version, "payment verified");
+        Verified::Valid {
+            payment_id,
+            payer,
+            x402_version: version,
+        }
+    }
+
+    async fn release_claim(&self, key: &ReplayKey) {
+        if let Err(e) = self.replay.release(key).await {
+            tracing::warn!(error = %e, "could not release a nonce claim");
+        }
+    }
+
+    fn take(&self, payment_id: &str) -> Option<Pending> {
+        let mut p = self.pending.lock().ok()?;
+        let out = p.remove(payment_id);
+        self.metrics.set_pending(p.len());
+        out
+    }
+
+    /// Settles a verified payment after the upstream answered `upstream_status` (0 = not
+    /// known, as in ext_authz mode where settlement happens before forwarding).
+    pub async fn settle(&self, payment_id: &str, upstream_status: u32) -> Settled {
+        let Some(p) = self.take(payment_id) else {
+            self.metrics.settle("failed");
+            tracing::warn!(payment_id = %payment_id, "settle: unknown or expired payment id");
+            return Settled {
+                outcome: SettleOutcome::Failed,
+                reason: REASON_UNKNOWN_PAYMENT.into(),
+                payment_response: String::new(),
+                transaction: String::new(),
+                x402_version: 0,
+            };
+        };
+        if upstream_status >= 400 {
+            // Never charge for a failed upstream: the filter should have called Release.
+            tracing::warn!(
+                payment_id = %payment_id,
+                upstream_status,
+                "settle called for a failed upstream; releasing instead"
+            );
+            let reason = format!("upstream_status_{upstream_status}");
+            self.record_release(&p, &reason);
+            self.metrics.settle("failed");
+            return Settled {
+                outcome: SettleOutcome::Failed,
+                reason,
+                payment_response: String::new(),
+                transaction: String::new(),
+                x402_version: p.x402_version,
+            };
+        }
+        let request = FacilitatorRequest {
+            x402_version: u32::from(p.x402_version),
+            payment_payload: &p.payload,
+            payment_requirements: &p.requirements,
+        };
+        let (outcome, mut answer) = match p.facilitator.settle(&request).await {
+            Ok(a) if a.success => (SettleOutcome::Settled, a),
+            Ok(a) if a.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
+                (SettleOutcome::Pending, a)
+            }
+            Ok(a) => (SettleOutcome::Failed, a),
+            Err(e) => {
+                tracing::error!(route = %p.route, payment_id = %payment_id, error = %e, "settle: facilitator unavailable");
+                (
+                    SettleOutcome::Unavailable,
+                    SettleAnswer {
+                        success: false,
+                        error_reason: Some(ErrorReason::UnexpectedSettleError.as_str().into()),
+                        ..SettleAnswer::default()
+                    },
+                )
+            }
+        };
+        if answer.network.is_empty() {
+            answer.network = p.wire_network.clone();
+        }
+        if answer.payer.as_deref().is_none_or(str::is_empty) {
+            answer.payer = Some(p.payer.clone());
+        }
+        let reason = match outcome {
+            SettleOutcome::Settled => String::new(),
+            SettleOutcome::Unavailable => REASON_UNAVAILABLE.to_owned(),
+            _ => answer
+                .error_reason
+                .clone()
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| ErrorReason::UnexpectedSettleError.as_str().to_owned()),
+        };
+        let (kind, label) = match outcome {
+            SettleOutcome::Settled => (EventKind::Settled, "settled"),
+            SettleOutcome::Pending => (EventKind::SettlementPending, "pending"),
+            SettleOutcome::Failed => (EventKind::SettlementFailed, "failed"),
+            SettleOutcome::Unavailable => (EventKind::SettlementFailed, "unavailable"),
+        };
+        let transaction = answer.transaction.clone();
+        self.ledger.record(LedgerEvent {
+            event: kind,
+            reason: (!reason.is_empty()).then(|| reason.clone()),
+            transaction: (!transaction.is_empty()).then(|| transaction.clone()),
+            at: crate::clock::unix_now_millis(),
+            ..p.event.clone()
+        });
+        self.metrics.settle(label);
+        match outcome {
+            SettleOutcome::Settled => {
+                tracing::info!(route = %p.route, payment_id = %payment_id, transaction = %transaction, "payment settled")
+            }
+            SettleOutcome::Pending => tracing::warn!(
+                route = %p.route, payment_id = %payment_id, transaction = %transaction,
+                "settlement pending: broadcast, receipt not seen; reconcile from the ledger"
+            ),
+            _ => {
+                tracing::warn!(route = %p.route, payment_id = %payment_id, reason = %reason, "settlement failed")
+            }
+        }
+        let payment_response = serde_json::to_vec(&answer)
+            .map(|json| b64::encode(&json))
+            .unwrap_or_default();
+        Settled {
+            outcome,
+            reason,
+            payment_response,
+            transaction,
+            x402_version: p.x402_version,
+        }
+    }
+
+    fn record_release(&self, p: &Pending, reason: &str) {
+        self.ledger.record(LedgerEvent {
+            event: EventKind::Released,
+            reason: Some(reason.to_owned()),
+            at: crate::clock::unix_now_millis(),
+            ..p.event.clone()
+        });
+    }
+
+    /// The upstream failed: nothing is charged. The nonce stays claimed (the authorization was
+    /// presented once; the client signs a new one to retry).
+    pub fn release(&self, payment_id: &str, upstream_status: u32) {
+        match self.take(payment_id) {
+            Some(p) => {
+                self.record_release(&p, &format!("upstream_status_{upstream_status}"));
+                tracing::info!(route = %p.route, payment_id = %payment_id, upstream_status, "payment released, not charged");
+            }
+            None => {
+                tracing::debug!(payment_id = %payment_id, "release: unknown or expired payment id")
+            }
+        }
+    }
+
+    /// Drops pending payments nobody settled or released in time; records them as released.
+    pub fn sweep_expired(&self) -> usize {
+        let now = (self.clock)();
+        let expired: Vec<Pending> = match self.pending.lock() {
+            Ok(mut p) => {
+                let ids: Vec<String> = p
+                    .iter()
+                    .filter(|(_, v)| v.expires_at <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let out = ids.iter().filter_map(|id| p.remove(id)).collect();
+                self.metrics.set_pending(p.len());
+                out
+            }
+            Err(_) => Vec::new(),
+        };
+        for p in &expired {
+            self.record_release(p, "expired");
+            tracing::warn!(route = %p.route, "pending payment expired without settle or release");
+        }
+        expired.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facilitator::fake::{dead_url, FakeFacilitator, Reply};
+    use crate::testkit::{harness, offer, Payer};
+    use serde_json::json;
+
+    const URL: &str = "http://api.test/api/quote";
+
+    fn decode(resp: &str) -> Value {
+        serde_json::from_slice(&b64::decode_strict(resp, 4096).expect("b64")).expect("json")
+    }
+
+    #[tokio::test]
+    async fn verify_then_settle_v2() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(1);
+        let auth = payer.authorization(&offer, unix_now(), 1);
+        let header = payer.header_v2(&offer, &auth, URL);
+        let v = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await;
+        let Verified::Valid {
+            payment_id,
+            payer: who,
+            x402_version,
+        } = v
+        else {
+            panic!("expected valid, got {v:?}");
+        };
+        assert_eq!(x402_version, 2);
+        assert_eq!(who, payer.address().to_string());
+        assert_eq!(payment_id.len(), 32);
+        // The facilitator got our requirement and the client's payload verbatim.
+        let calls = fake.calls();
+        assert_eq!(calls[0].1["x402Version"], 2);
+        assert_eq!(
+            calls[0].1["paymentRequirements"],
+            offer.requirements_v2_value()
+        );
+        assert_eq!(calls[0].1["paymentPayload"]["resource"]["url"], URL);
+
+        let s = h.payments.settle(&payment_id, 200).await;
+        assert_eq!(s.outcome, SettleOutcome::Settled);
+        assert_eq!(s.x402_version, 2);
+        let receipt = decode(&s.payment_response);
+        assert_eq!(receipt["success"], true);
+        assert_eq!(receipt["network"], "eip155:84532");
+        assert_eq!(receipt["transaction"], s.transaction);
+        // Settling twice: the id is gone.
+        assert_eq!(
+            h.payments.settle(&payment_id, 200).await.reason,
+            REASON_UNKNOWN_PAYMENT
+        );
+
+        h.ledger.flush().await.expect("flush");
+        let events = h.ledger.recent(10).await.expect("events");
+        assert_eq!(events[0].event, EventKind::Settled);
+        assert_eq!(
+            events[0].transaction.as_deref(),
+            Some(s.transaction.as_str())
+        );
+        assert_eq!(events[1].event, EventKind::Verified);
+        assert_eq!(events[1].amount.as_deref(), Some("1000"));
+        assert_eq!(
+            events[1].payer.as_deref(),
+            Some(payer.address().to_string().as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn v1_payment_uses_v1_requirements() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "echo");
+        let payer = Payer::new(2);
+        let auth = payer.authorization(&offer, unix_now(), 7);
+        let v = h
+            .payments
+            .verify(
+                "echo",
+                "x-payment",
+                &payer.header_v1(&offer, &auth),
+                "http://api.test/api/echo",
+            )
+            .await;
+        let Verified::Valid {
+            payment_id,
+            x402_version: 1,
+            ..
+        } = v
+        else {
+            panic!("expected valid v1, got {v:?}");
+        };
+        let body = &fake.calls()[0].1;
+        assert_eq!(body["x402Version"], 1);
+        assert_eq!(body["paymentRequirements"]["network"], "base-sepolia");
+        assert_eq!(body["paymentRequirements"]["maxAmountRequired"], "2000");
+        assert_eq!(
+            body["paymentRequirements"]["resource"],
+            "http://api.test/api/echo"
+        );
+        let s = h.payments.settle(&payment_id, 201).await;
+        assert_eq!(s.outcome, SettleOutcome::Settled);
+        assert_eq!(decode(&s.payment_response)["network"], "base-sepolia");
+    }
+
+    #[tokio::test]
+    async fn replay_is_rejected_even_before_settlement() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(3);
+        let auth = payer.authorization(&offer, unix_now(), 9);
+        let header = payer.header_v2(&offer, &auth, URL);
+        assert!(matches!(
+            h.payments
+                .verify("quote", "payment-signature", &header, URL)
+                .await,
+            Verified::Valid { .. }
+        ));
+        let again = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await;
+        assert_eq!(
+            again,
+            Verified::Invalid {
+                reason: "invalid_exact_evm_nonce_already_used".into(),
+                payer: None
+            }
+        );
+        // Only one facilitator call: the replay never left the verifier.
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn local_checks_reject_without_facilitator() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(4);
+        let now = unix_now();
+
+        // Garbage.
+        let v = h
+            .payments
+            .verify("quote", "payment-signature", "not base64!", URL)
+            .await;
+        assert!(
+            matches!(v, Verified::Invalid { ref reason, .. } if reason == "invalid_payload"),
+            "{v:?}"
+        );
+
+        // Signed by someone else than `from`.
+        let mut auth = payer.authorization(&offer, now, 1);
+        let mallory = Payer::new(5);
+        let mut payload = payer.exact_payload(&offer, &auth);
+        payload["signature"] = json!(mallory.sign(&offer, &auth));
+        let header = b64::encode(
+            json!({"x402Version": 2, "accepted": offer.requirements_v2_value(), "payload": payload})
+                .to_string()
+                .as_bytes(),
+        );
+        let v = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await;
+        assert!(
+            matches!(v, Verified::Invalid { ref reason, .. } if reason == "invalid_exact_evm_payload_signature"),
+            "{v:?}"
+        );
+
+        // Wrong amount.
+        auth.value = 1;
+        let v = h
+            .payments
+            .verify(
+                "quote",
+                "payment-signature",
+                &payer.header_v2(&offer, &auth, URL),
+                URL,
+            )
+            .await;
+        assert!(matches!(v, Verified::Invalid { .. }), "{v:?}");
+
+        // Unknown or free route.
+        let v = h
+            .payments
+            .verify("free", "payment-signature", &header, URL)
+            .await;
+        assert!(
+            matches!(v, Verified::Invalid { ref reason, .. } if reason == REASON_UNKNOWN_ROUTE)
+        );
+
+        assert!(fake.calls().is_empty());
+        h.ledger.flush().await.expect("flush");
+        let events = h.ledger.recent(10).await.expect("events");
+        assert_eq!(events.len(), 4);
+        assert!(events.iter().all(|e| e.event == EventKind::Rejected));
+        assert_eq!(
+            events[2].reason.as_deref(),
+            Some("invalid_exact_evm_payload_signature")
+        );
+        assert!(h.metrics.encode().contains(
+            "tollway_verify_total{outcome=\"invalid\",reason=\"invalid_exact_evm_payload_signature\"} 1"
+        ));
+    }
+
+    #[tokio::test]
+    async fn facilitator_invalid_releases_the_claim() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(6);
+        let auth = payer.authorization(&offer, unix_now(), 2);
+        let header = payer.header_v2(&offer, &auth, URL);
+        fake.set_verify(Reply::Json(
+            200,
+            json!({"isValid": false, "invalidReason": "invalid_exact_evm_insufficient_balance", "payer": payer.address().to_string()}),
+        ));
+        let v = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await;
+        assert_eq!(
+            v,
+            Verified::Invalid {
+                reason: "invalid_exact_evm_insufficient_balance".into(),
+                payer: Some(payer.address().to_string())
+            }
+        );
+        // Funds arrive, the same authorization is presented again: not a replay.
+        fake.set_verify(Reply::Json(200, json!({"isValid": true})));
+        let v = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await;
+        assert!(matches!(v, Verified::Valid { .. }), "{v:?}");
+    }
+
+    #[tokio::test]
+    async fn facilitator_down_is_unavailable_and_releases_the_claim() {
+        let h = harness(&dead_url().await);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(7);
+        let auth = payer.authorization(&offer, unix_now(), 3);
+        let header = payer.header_v2(&offer, &auth, URL);
+        for _ in 0..2 {
+            let v = h
+                .payments
+                .verify("quote", "payment-signature", &header, URL)
+                .await;
+            assert_eq!(
+                v,
+                Verified::Unavailable {
+                    reason: REASON_UNAVAILABLE.into()
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn settle_failure_pending_and_unavailable() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(8);
+        let mut n = 10u8;
+        let mut verify = || {
+            n += 1;
+            let auth = payer.authorization(&offer, unix_now(), n);
+            payer.header_v2(&offer, &auth, URL)
+        };
+        let id = |v: Verified| match v {
+            Verified::Valid { payment_id, .. } => payment_id,
+            other => panic!("expected valid, got {other:?}"),
+        };
+
+        fake.set_settle(Reply::Json(
+            200,
+            json!({"success": false, "errorReason": "invalid_exact_evm_transaction_failed", "transaction": "", "network": "eip155:84532"}),
+        ));
+        let pid = id(h
+            .payments
+            .verify("quote", "payment-signature", &verify(), URL)
+            .await);
+        let s = h.payments.settle(&pid, 200).await;
+        assert_eq!(s.outcome, SettleOutcome::Failed);
+        assert_eq!(s.reason, "invalid_exact_evm_transaction_failed");
+        let receipt = decode(&s.payment_response);
+        assert_eq!(receipt["success"], false);
+        assert_eq!(
+            receipt["errorReason"],
+            "invalid_exact_evm_transaction_failed"
+        );
+        assert_eq!(receipt["payer"], payer.address().to_string());
+
+        fake.set_settle(Reply::Json(
+            200,
+            json!({"success": false, "errorReason": "settlement_pending", "transaction": "0xfeed", "network": "eip155:84532"}),
+        ));
+        let pid = id(h
+            .payments
+            .verify("quote", "payment-signature", &verify(), URL)
+            .await);
+        let s = h.payments.settle(&pid, 200).await;
+        assert_eq!(s.outcome, SettleOutcome::Pending);
+        assert_eq!(s.transaction, "0xfeed");
+
+        fake.set_settle(Reply::Json(503, json!({"error": "down"})));
+        let pid = id(h
+            .payments
+            .verify("quote", "payment-signature", &verify(), URL)
+            .await);
+        let s = h.payments.settle(&pid, 200).await;
+        assert_eq!(s.outcome, SettleOutcome::Unavailable);
+        assert_eq!(
+            decode(&s.payment_response)["errorReason"],
+            "unexpected_settle_error"
+        );
+
+        h.ledger.flush().await.expect("flush");
+        let kinds: Vec<EventKind> = h
+            .ledger
+            .recent(10)
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::SettlementFailed,
+                EventKind::Verified,
+                EventKind::SettlementPending,
+                EventKind::Verified,
+                EventKind::SettlementFailed,
+                EventKind::Verified
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn release_and_expiry() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(9);
+        let now = unix_now();
+        let auth = payer.authorization(&offer, now, 1);
+        let header = payer.header_v2(&offer, &auth, URL);
+        let Verified::Valid { payment_id, .. } = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await
+        else {
+            panic!("valid");
+        };
+        h.payments.release(&payment_id, 502);
+        assert_eq!(h.payments.pending_count(), 0);
+        // The nonce stays claimed after a release.
+        let v = h
+            .payments
+            .verify("quote", "payment-signature", &header, URL)
+            .await;
+        assert!(
+            matches!(v, Verified::Invalid { ref reason, .. } if reason == "invalid_exact_evm_nonce_already_used")
+        );
+        // Settle with a failed upstream status releases instead of charging.
+        let auth = payer.authorization(&offer, now, 2);
+        let Verified::Valid { payment_id, .. } = h
+            .payments
+            .verify(
+                "quote",
+                "payment-signature",
+                &payer.header_v2(&offer, &auth, URL),
+                URL,
+            )
+            .await
+        else {
+            panic!("valid");
+        };
+        let s = h.payments.settle(&payment_id, 500).await;
+        assert_eq!(
+            (s.outcome, s.reason.as_str()),
+            (SettleOutcome::Failed, "upstream_status_500")
+        );
+        assert_eq!(fake.calls().iter().filter(|c| c.0 == "settle").count(), 0);
+
+        h.ledger.flush().await.expect("flush");
+        let events = h.ledger.recent(10).await.expect("events");
+        assert_eq!(events[0].event, EventKind::Released);
+        assert_eq!(events[2].event, EventKind::Rejected);
+        assert_eq!(events[3].event, EventKind::Released);
+        assert_eq!(events[3].reason.as_deref(), Some("upstream_status_502"));
+    }
+
+    #[tokio::test]
+    async fn sweep_drops_expired_pending() {
+        let fake = FakeFacilitator::start().await;
+        let now = unix_now();
+        let clock = Arc::new(std::sync::atomic::AtomicU64::new(now));
+        let c2 = clock.clone();
+        let h = crate::testkit::harness_with_clock(
+            &fake.url,
+            Arc::new(move || c2.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+        let payments = &h.payments;
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(10);
+        let auth = payer.authorization(&offer, now, 1);
+        let v = payments
+            .verify(
+                "quote",
+                "payment-signature",
+                &payer.header_v2(&offer, &auth, URL),
+                URL,
+            )
+            .await;
+        assert!(matches!(v, Verified::Valid { .. }));
+        assert_eq!(payments.sweep_expired(), 0);
+        clock.store(now + 301, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(payments.sweep_expired(), 1);
+        assert_eq!(payments.pending_count(), 0);
+    }
+}

@@ -1,0 +1,220 @@
+//! `tollway serve`: wires config, ledger, replay guard, facilitator clients and payments, then
+//! runs the gRPC and ops HTTP servers until SIGTERM / SIGINT.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::ext_authz::ExtAuthz;
+use crate::facilitator::FacilitatorClient;
+use crate::grpc::{self, PaymentsService};
+use crate::http::{self, OpsState};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::payments::Payments;
+use crate::replay::MemoryReplayGuard;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error(transparent)]
+    Facilitator(#[from] crate::facilitator::FacilitatorError),
+    #[error(transparent)]
+    Payments(#[from] crate::payments::PaymentsError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// How often pending payments that were never settled or released are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Kinds `(x402Version, scheme, network)` a facilitator must list for our rails.
+fn needed_kinds(config: &Config, facilitator: &str) -> Vec<(u32, String, String)> {
+    let mut out = Vec::new();
+    for rail in config.rails.iter().filter(|r| r.facilitator == facilitator) {
+        out.push((2, "exact".to_owned(), rail.network.to_string()));
+        let v1 = rail.v1_name.as_deref().or_else(|| rail.network.v1_name());
+        if let Some(v1) = v1 {
+            out.push((1, "exact".to_owned(), v1.to_owned()));
+        }
+    }
+    out
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+    let _ = tx.send(true);
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let ledger = Arc::new(Ledger::open(&config.verifier.ledger, metrics.clone())?);
+    tracing::info!(path = %ledger.path().display(), "ledger open");
+    for route in &config.routes {
+        match &route.price {
+            Some(price) => {
+                tracing::info!(route = %route.name, price_usd = %price, rails = ?route.rails, "paid route")
+            }
+            None => tracing::info!(route = %route.name, "free route"),
+        }
+    }
+
+    let mut clients = HashMap::new();
+    for (name, settings) in &config.facilitators {
+        let client = Arc::new(FacilitatorClient::new(name, settings, metrics.clone())?);
+        tracing::info!(facilitator = %name, url = %settings.url, timeout_ms = settings.timeout.as_millis() as u64, "facilitator configured");
+        clients.insert(name.clone(), client);
+    }
+    let payments = Arc::new(Payments::new(
+        &config,
+        clients.clone(),
+        Arc::new(MemoryReplayGuard::new()),
+        ledger.clone(),
+        metrics.clone(),
+    )?);
+
+    let grpc_listener = TcpListener::bind(config.verifier.grpc)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "grpc",
+            addr: config.verifier.grpc,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(config.verifier.http)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "http",
+            addr: config.verifier.http,
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(config.verifier.grpc);
+    let http_addr = http_listener.local_addr().unwrap_or(config.verifier.http);
+
+    // Start-up probes run in the background: a facilitator that is down must not stop us.
+    for (name, client) in &clients {
+        tokio::spawn(client.clone().probe_supported(needed_kinds(&config, name)));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(shutdown_signal(stop_tx));
+
+    let sweeper = {
+        let payments = payments.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { payments.sweep_expired(); }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+
+    let mut facilitator_list: Vec<Arc<FacilitatorClient>> = clients.values().cloned().collect();
+    facilitator_list.sort_by(|a, b| a.name().cmp(b.name()));
+    let ops = Arc::new(OpsState {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+        facilitators: facilitator_list,
+        payments: payments.clone(),
+        routes: config.routes.len(),
+        paid_routes: config.paid_routes(),
+        ledger: config.verifier.ledger.display().to_string(),
+    });
+
+    let grpc_task = tokio::spawn(grpc::serve(
+        grpc_listener,
+        PaymentsService::new(payments.clone()),
+        ExtAuthz::new(payments.clone(), metrics.clone()),
+        wait_for(stop_rx.clone()),
+    ));
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        ops.clone(),
+        wait_for(stop_rx.clone()),
+    ));
+    ops.ready.store(true, Ordering::Release);
+    tracing::info!(
+        grpc = %grpc_addr, http = %http_addr,
+        routes = config.routes.len(), paid = config.paid_routes(),
+        "tollway verifier listening (gRPC: tollway.v1.Payments + envoy ext_authz; HTTP: /healthz /readyz /metrics)"
+    );
+
+    let grpc_result = grpc_task.await;
+    let http_result = http_task.await;
+    let _ = sweeper.await;
+
+    // Pending payments that will never be settled now: record them, then flush the ledger.
+    let pending = payments.pending_count();
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "shutting down with verified payments not yet settled or released"
+        );
+    }
+    if let Err(e) = ledger.flush().await {
+        tracing::error!(error = %e, "ledger flush failed at shutdown");
+    }
+    let l = ledger.clone();
+    let _ = tokio::task::spawn_blocking(move || l.close()).await;
+    tracing::info!("stopped");
+
+    match grpc_result {
+        Ok(Err(e)) => return Err(ServeError::Grpc(e)),
+        Err(e) => tracing::error!(error = %e, "gRPC task panicked"),
+        Ok(Ok(())) => {}
+    }
+    match http_result {
+        Ok(Err(e)) => return Err(ServeError::Http(e)),
+        Err(e) => tracing::error!(error = %e, "HTTP task panicked"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}

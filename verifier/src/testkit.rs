@@ -1,0 +1,197 @@
+//! Test helpers shared by the module tests: a config pointing at a fake facilitator and a payer
+//! that signs real EIP-3009 authorizations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tollway_protocol::evm::{
+    keccak256, transfer_with_authorization_digest, EvmAddress, TransferAuthorization,
+};
+use tollway_protocol::x402::Offer;
+
+use crate::config::{Config, Secrets};
+use crate::facilitator::FacilitatorClient;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::payments::Payments;
+use crate::replay::MemoryReplayGuard;
+
+pub const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+pub fn config_text(facilitator_url: &str) -> String {
+    format!(
+        r#"
+verifier: {{ grpc: 127.0.0.1:0, http: 127.0.0.1:1, ledger: unused.db }}
+facilitators:
+  local: {{ url: "{facilitator_url}", timeout_ms: 1000 }}
+rails:
+  usdc:
+    network: eip155:84532
+    asset: "{ASSET}"
+    decimals: 6
+    eip712: {{ name: USDC, version: "2" }}
+    pay_to: "{PAY_TO}"
+    facilitator: local
+    max_timeout_seconds: 300
+routes:
+  - name: quote
+    path: /api/quote
+    methods: [GET]
+    price: "0.001"
+    description: A quote
+    mime_type: application/json
+  - name: echo
+    path: /api/echo
+    methods: [POST]
+    price: "0.002"
+  - name: free
+    path: /free
+    free: true
+"#
+    )
+}
+
+pub fn config(facilitator_url: &str) -> Config {
+    Config::parse(&config_text(facilitator_url), Secrets::Resolve).expect("test config is valid")
+}
+
+pub struct Harness {
+    pub payments: Arc<Payments>,
+    pub ledger: Arc<Ledger>,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+pub fn harness(facilitator_url: &str) -> Harness {
+    harness_with_clock(facilitator_url, Arc::new(crate::clock::unix_now))
+}
+
+pub fn harness_with_clock(facilitator_url: &str, clock: crate::payments::Clock) -> Harness {
+    let config = config(facilitator_url);
+    let metrics = Arc::new(Metrics::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger =
+        Arc::new(Ledger::open(&dir.path().join("ledger.db"), metrics.clone()).expect("ledger"));
+    let mut clients = HashMap::new();
+    for (name, settings) in &config.facilitators {
+        clients.insert(
+            name.clone(),
+            Arc::new(FacilitatorClient::new(name, settings, metrics.clone()).expect("client")),
+        );
+    }
+    let payments = Arc::new(
+        Payments::new(
+            &config,
+            clients,
+            Arc::new(MemoryReplayGuard::new()),
+            ledger.clone(),
+            metrics.clone(),
+        )
+        .expect("payments")
+        .with_clock(clock),
+    );
+    Harness {
+        payments,
+        ledger,
+        metrics,
+        config,
+        _dir: dir,
+    }
+}
+
+/// A wallet that signs `transferWithAuthorization` like the official clients.
+pub struct Payer {
+    key: k256::ecdsa::SigningKey,
+}
+
+impl Payer {
+    pub fn new(seed: u8) -> Self {
+        Self {
+            key: k256::ecdsa::SigningKey::from_slice(&[seed; 32]).expect("key"),
+        }
+    }
+
+    pub fn address(&self) -> EvmAddress {
+        let point = self.key.verifying_key().to_encoded_point(false);
+        let hash = keccak256(&point.as_bytes()[1..]);
+        let mut a = [0u8; 20];
+        a.copy_from_slice(&hash[12..]);
+        EvmAddress(a)
+    }
+
+    pub fn sign(&self, offer: &Offer, auth: &TransferAuthorization) -> String {
+        let domain = offer.eip712_domain().expect("evm offer");
+        let digest = transfer_with_authorization_digest(&domain, auth);
+        let (sig, recid) = self.key.sign_prehash_recoverable(&digest).expect("sign");
+        let mut bytes = sig.to_bytes().to_vec();
+        bytes.push(27 + recid.to_byte());
+        format!("0x{}", hex::encode(bytes))
+    }
+
+    pub fn authorization(&self, offer: &Offer, now: u64, nonce: u8) -> TransferAuthorization {
+        TransferAuthorization {
+            from: self.address(),
+            to: offer.pay_to,
+            value: offer.amount.get(),
+            valid_after: 0,
+            valid_before: now + 300,
+            nonce: [nonce; 32],
+        }
+    }
+
+    /// The `payload` object of an exact EVM payment.
+    pub fn exact_payload(&self, offer: &Offer, auth: &TransferAuthorization) -> Value {
+        json!({
+            "signature": self.sign(offer, auth),
+            "authorization": {
+                "from": auth.from.to_string(),
+                "to": auth.to.to_string(),
+                "value": auth.value.to_string(),
+                "validAfter": auth.valid_after.to_string(),
+                "validBefore": auth.valid_before.to_string(),
+                "nonce": format!("0x{}", hex::encode(auth.nonce)),
+            }
+        })
+    }
+
+    /// A `PAYMENT-SIGNATURE` header value (v2).
+    pub fn header_v2(
+        &self,
+        offer: &Offer,
+        auth: &TransferAuthorization,
+        resource_url: &str,
+    ) -> String {
+        let payment = json!({
+            "x402Version": 2,
+            "resource": {"url": resource_url, "description": "", "mimeType": ""},
+            "accepted": offer.requirements_v2_value(),
+            "payload": self.exact_payload(offer, auth),
+        });
+        tollway_protocol::b64::encode(payment.to_string().as_bytes())
+    }
+
+    /// An `X-PAYMENT` header value (v1).
+    pub fn header_v1(&self, offer: &Offer, auth: &TransferAuthorization) -> String {
+        let payment = json!({
+            "x402Version": 1,
+            "scheme": "exact",
+            "network": offer.v1_network().expect("v1 name"),
+            "payload": self.exact_payload(offer, auth),
+        });
+        tollway_protocol::b64::encode(payment.to_string().as_bytes())
+    }
+}
+
+pub fn offer(config: &Config, route: &str) -> Offer {
+    config
+        .filter
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .and_then(|r| r.paid.as_ref())
+        .map(|p| p.offers[0].clone())
+        .expect("paid route")
+}
