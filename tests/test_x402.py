@@ -1,6 +1,7 @@
 """x402 end to end through the real Envoy binary, the real wasm filter, the real verifier over gRPC,
 the official facilitator on anvil, and the official x402 clients paying for real."""
 
+import http.client
 import json
 import sqlite3
 import subprocess
@@ -79,6 +80,18 @@ def test_unpaid_request_gets_dual_dialect_402(stack):
     assert "outputSchema" not in legacy
     assert isinstance(legacy["mimeType"], str) and isinstance(legacy["description"], str)
     assert stack.upstream_hits().get("/api/quote", 0) == before, "a 402 must not reach the upstream"
+
+
+@pytest.mark.parametrize("path", ["/free/../api/quote", "//api/quote", "/api//quote", "/free/%2e%2e/api/quote"])
+def test_path_tricks_do_not_make_a_paid_route_free(stack, path):
+    before = stack.upstream_hits().get("/api/quote", 0)
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.envoy, timeout=10)
+    conn.request("GET", path)  # sent verbatim: no client-side normalisation
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status in (402, 404), (path, r.status)
+    assert stack.upstream_hits().get("/api/quote", 0) == before
 
 
 # -- the official clients pay ----------------------------------------------------------

@@ -180,6 +180,11 @@ pub fn bootstrap(
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "tollway",
             "codec_type": "AUTO",
+            // Route matching must see the path the upstream will see: no `//`, `.`/`..` or
+            // encoded slashes that could make a paid path look free.
+            "normalize_path": true,
+            "merge_slashes": true,
+            "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
             "upgrade_configs": [{ "upgrade_type": "websocket" }],
             "route_config": {
                 "name": "tollway",
@@ -290,6 +295,8 @@ mod tests {
         let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         assert_eq!(hcm["codec_type"], "AUTO");
+        assert_eq!(hcm["normalize_path"], true);
+        assert_eq!(hcm["merge_slashes"], true);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
         assert_eq!(route["match"]["prefix"], "/");
