@@ -8,6 +8,8 @@ pub const SERVICE: &str = "tollway.v1.Payments";
 pub const METHOD_VERIFY: &str = "Verify";
 pub const METHOD_SETTLE: &str = "Settle";
 pub const METHOD_RELEASE: &str = "Release";
+pub const METHOD_CHALLENGE: &str = "Challenge";
+pub const METHOD_CLAIM: &str = "Claim";
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VerifyRequest {
@@ -93,3 +95,69 @@ pub struct ReleaseRequest {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReleaseResponse {}
+
+/// Mint the Lightning part of a 402 for a route that sells Lightning access: a fresh invoice and
+/// the L402 macaroon bound to its payment hash (and the x402 `bip122` offer carrying it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChallengeRequest {
+    #[prost(string, tag = "1")]
+    pub route: String,
+    /// Concrete request path (no query) the macaroon may be bound to.
+    #[prost(string, tag = "2")]
+    pub path: String,
+    #[prost(string, tag = "3")]
+    pub method: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ChallengeOutcome {
+    Unspecified = 0,
+    Minted = 1,
+    /// Node or verifier trouble: the 402 degrades to the x402 rails it can offer alone.
+    Unavailable = 2,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChallengeResponse {
+    #[prost(enumeration = "ChallengeOutcome", tag = "1")]
+    pub outcome: i32,
+    /// BOLT11 invoice.
+    #[prost(string, tag = "2")]
+    pub invoice: String,
+    /// Standard padded base64 of the v2 binary macaroon.
+    #[prost(string, tag = "3")]
+    pub macaroon: String,
+    /// JSON of the v2 x402 `bip122` requirement carrying the invoice (empty: not offered).
+    #[prost(string, tag = "4")]
+    pub x402_offer: String,
+}
+
+/// Claim a single-use credential (an L402 payment hash) once, across every Envoy worker and
+/// verifier replica.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClaimRequest {
+    /// `l402:<payment hash hex>`.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub route: String,
+    /// Unix seconds after which the claim may be forgotten (the credential's own expiry).
+    #[prost(uint64, tag = "3")]
+    pub expires_at: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ClaimOutcome {
+    Unspecified = 0,
+    Claimed = 1,
+    AlreadyUsed = 2,
+    Unavailable = 3,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClaimResponse {
+    #[prost(enumeration = "ClaimOutcome", tag = "1")]
+    pub outcome: i32,
+}
