@@ -8,7 +8,7 @@ BUILD  := .build
 WASM   := $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_filter.wasm
 BIN    := $(CARGO_TARGET_DIR)/release/tollway
 
-.PHONY: all deps build demo test test-unit test-e2e check fmt clippy clean
+.PHONY: all deps build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps
 
 all: build
 
@@ -31,8 +31,27 @@ build: deps
 	cargo build --release -p tollway-verifier
 	cargo build --profile wasm --target wasm32-wasip1 -p tollway-filter
 	mkdir -p $(BUILD)
-	cp $(BIN) $(BUILD)/tollway
-	cp $(WASM) $(BUILD)/tollway_filter.wasm
+	cp -f $(BIN) $(BUILD)/tollway
+	cp -f $(WASM) $(BUILD)/tollway_filter.wasm
+
+## bench: Tollway vs bare Envoy vs @x402/express, pinned on 2 cores; writes BENCHMARKS.md (~6 min, never part of `make test`)
+bench: bench-deps
+	$(PY) bench/run.py
+
+## bench-smoke: every bench scenario once for 2 s; fails only if one answers the wrong status
+bench-smoke: bench-deps
+	$(PY) bench/run.py --smoke
+
+bench-deps: build bench/peer/node_modules/.installed
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
+	cargo build --release -p tollway-bench
+	cargo build --profile wasm --target wasm32-wasip1 -p tollway-bench-noop-filter
+	cp $(CARGO_TARGET_DIR)/release/bench-upstream $(CARGO_TARGET_DIR)/release/bench-facilitator $(CARGO_TARGET_DIR)/release/bench-payments $(BUILD)/
+	cp $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_bench_noop_filter.wasm $(BUILD)/bench_noop_filter.wasm
+
+bench/peer/node_modules/.installed: bench/peer/package.json bench/peer/package-lock.json
+	cd bench/peer && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## demo: anvil + token + official facilitator + upstream + verifier + Envoy on 127.0.0.1:10000
 demo: build
