@@ -27,6 +27,10 @@ pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }
 
+pub fn add_request_header(name: &str, value: &[u8]) {
+    let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+}
+
 #[inline]
 pub fn response_header(name: &str) -> Option<Bytes> {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)

@@ -2,15 +2,25 @@
 //!
 //! ```text
 //! request headers ─ no route / free ───────────────────────────────► Continue
-//!                 ─ paid, no payment ──────────────────────────────► 402 challenge
-//!                 ─ paid, bad payment (local checks) ──────────────► 402 with reason
+//!                 ─ paid, no payment ──────────────────────────────► 402 challenge (*)
+//!                 ─ paid, bad payment (local checks) ──────────────► 402 with reason (*)
 //!                 ─ paid, plausible ─ strip header, Verify ─ Pause
 //!                       Verify VALID ─ resume ─► upstream
-//!                       Verify INVALID ─► 402 with reason; gRPC error / UNAVAILABLE ─► 503
+//!                       Verify INVALID ─► 402 with reason (*); gRPC error / UNAVAILABLE ─► 503
+//!                 ─ Lightning route, L402/LSAT Authorization ─ verified here (no call)
+//!                       invalid ─► 402 with the reason code (*)
+//!                       valid ─ strip credential ─ reusable ─► Continue
+//!                                               ─ single_use ─ Claim ─ Pause
+//!                             CLAIMED ─ resume; ALREADY_USED ─► 402 (*); error ─► 503
 //! response headers (verified) ─ status < 400 ─ Settle ─ Pause
 //!                       SETTLED / PENDING ─ add PAYMENT-RESPONSE ─ resume
 //!                       FAILED / UNAVAILABLE / error ─► 402 (upstream body withheld)
 //!                  ─ status >= 400 ─ Release (nothing charged) ─ Continue
+//!
+//! (*) x402-only route: the precomputed challenge, no call. Lightning route: Challenge ─ Pause,
+//!     MINTED ─► 402 with x402 (EVM offers + the bip122 entry) and the LSAT and L402
+//!     WWW-Authenticate lines; UNAVAILABLE / error ─► the x402-only 402 (503 if the route has no
+//!     EVM offer).
 //! ```
 //!
 //! Phase rules (a header call outside its phase makes the SDK panic): request headers are only
@@ -26,14 +36,23 @@ use log::warn;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use proxy_wasm::types::Bytes;
+use tollway_protocol::filter_config::{CompiledL402, LightningPrice};
+use tollway_protocol::l402::{
+    carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
+    L402Error, HEADER_AUTHORIZATION, REASON_TOKEN_ALREADY_USED,
+};
 use tollway_protocol::resource_url;
 use tollway_protocol::rpc::{
-    ReleaseRequest, SettleOutcome, SettleRequest, SettleResponse, VerifyOutcome, VerifyRequest,
-    VerifyResponse, METHOD_RELEASE, METHOD_SETTLE, METHOD_VERIFY, SERVICE,
+    ChallengeOutcome, ChallengeRequest, ChallengeResponse, ClaimOutcome, ClaimRequest,
+    ClaimResponse, ReleaseRequest, SettleOutcome, SettleRequest, SettleResponse, VerifyOutcome,
+    VerifyRequest, VerifyResponse, METHOD_CHALLENGE, METHOD_CLAIM, METHOD_RELEASE, METHOD_SETTLE,
+    METHOD_VERIFY, SERVICE,
 };
 use tollway_protocol::x402::{
-    self, check_payment, decode_payment, ErrorReason, HEADER_PAYMENT_RESPONSE,
-    HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE, MAX_PAYMENT_BYTES,
+    self, check_lightning_payment, check_payment, decode_payment, is_json_object, ErrorReason,
+    PaymentKind, HEADER_PAYMENT_RESPONSE, HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT,
+    HEADER_X_PAYMENT_RESPONSE, MAX_PAYMENT_BYTES,
 };
 
 use crate::host;
@@ -53,6 +72,10 @@ enum State {
     Idle,
     /// Paused in the request headers until the Verify call with this token answers.
     Verifying(u32),
+    /// Paused until the Challenge call (a fresh invoice and macaroon for a 402) answers.
+    Challenging(u32),
+    /// Paused until the Claim of a single-use L402 token answers.
+    Claiming(u32),
     /// Forwarded upstream with a verified payment, not settled yet.
     Verified,
     /// Paused in the response headers until the Settle call with this token answers.
@@ -65,8 +88,33 @@ enum State {
 struct Payment {
     route: usize,
     resource_url: String,
+    /// Path (no query) and method, kept on Lightning routes only: a rejection's fresh 402 binds
+    /// its macaroon to them.
+    path: String,
+    method: String,
     payment_id: String,
     x402_version: u32,
+}
+
+/// A 402 in the making on a Lightning route (waiting for Challenge), or a single-use token
+/// waiting for its Claim (whose refusal becomes such a 402).
+struct Pending {
+    route: usize,
+    url: String,
+    /// What a minted macaroon is bound to: the path without query, and the method.
+    path: String,
+    method: String,
+    /// The 402's `error` (a rejection reason), `None` for a plain challenge.
+    error: Option<Cow<'static, str>>,
+}
+
+/// An L402 credential presented on a route that sells Lightning.
+struct L402Request<'a> {
+    route: usize,
+    price: LightningPrice,
+    l402: &'a CompiledL402,
+    path: &'a str,
+    method: &'a str,
 }
 
 pub struct Stream {
@@ -78,6 +126,7 @@ pub struct Stream {
     /// let it through untouched.
     replied: bool,
     payment: Option<Box<Payment>>,
+    pending: Option<Box<Pending>>,
 }
 
 impl Stream {
@@ -89,6 +138,7 @@ impl Stream {
             state: State::Idle,
             replied: false,
             payment: None,
+            pending: None,
         }
     }
 
@@ -125,36 +175,119 @@ impl Stream {
         }
     }
 
-    fn challenge(
-        &mut self,
-        shared: &Shared,
-        route: usize,
-        resource_url: &str,
-        error: Option<&str>,
-    ) -> Action {
-        let Some(paid) = shared
-            .config
-            .routes
-            .get(route)
-            .and_then(|r| r.paid.as_ref())
-        else {
+    /// Answers 402 for `pending.route`. A route that sells Lightning first asks the verifier
+    /// for a fresh invoice and macaroon (paused until it answers, see `challenge_answer`); other
+    /// routes get their precomputed x402 challenge at once, with no call.
+    fn payment_required(&mut self, shared: &Shared, mut pending: Pending) -> Action {
+        let Some(compiled) = shared.config.routes.get(pending.route) else {
             // Unreachable (only paid routes get here); fail closed rather than pass.
             return self.unavailable(shared);
         };
-        self.answered();
-        reply::challenge(&paid.challenge, resource_url, error);
-        Action::Pause
+        let Some(paid) = compiled.paid.as_ref() else {
+            return self.unavailable(shared);
+        };
+        if paid.lightning.is_none() || shared.config.l402.is_none() {
+            self.answered();
+            reply::challenge(&paid.challenge, &pending.url, pending.error.as_deref());
+            return Action::Pause;
+        }
+        let request = ChallengeRequest {
+            route: compiled.name.clone(),
+            path: std::mem::take(&mut pending.path),
+            method: std::mem::take(&mut pending.method),
+        };
+        match self.dispatch(
+            shared,
+            METHOD_CHALLENGE,
+            &request.encode_to_vec(),
+            shared.verify_timeout,
+        ) {
+            Some(token) => {
+                self.state = State::Challenging(token);
+                self.pending = Some(Box::new(pending));
+                Action::Pause
+            }
+            None => self.lightning_unavailable(shared, &pending),
+        }
     }
 
-    fn reject(
-        &mut self,
-        shared: &Shared,
-        route: usize,
-        resource_url: &str,
-        reason: &str,
-    ) -> Action {
+    /// The verifier could not mint the Lightning part: the 402 offers x402 alone, or, on a
+    /// Lightning-only route, nothing can be offered (503).
+    fn lightning_unavailable(&mut self, shared: &Shared, pending: &Pending) -> Action {
+        inc(shared.metrics.lightning_challenge_unavailable);
+        match shared
+            .config
+            .routes
+            .get(pending.route)
+            .and_then(|r| r.paid.as_ref())
+        {
+            Some(paid) if paid.challenge.has_offers() => {
+                self.answered();
+                reply::challenge(&paid.challenge, &pending.url, pending.error.as_deref());
+                Action::Pause
+            }
+            _ => self.unavailable(shared),
+        }
+    }
+
+    fn challenge_answer(&mut self, shared: &Shared, status: u32, size: usize) {
+        let answer = if status == 0 {
+            host::grpc_response_body(size)
+                .and_then(|b| ChallengeResponse::decode(b.as_slice()).ok())
+        } else {
+            warn!("Challenge failed with gRPC status {status}");
+            None
+        };
+        let Some(pending) = self.pending.take() else {
+            self.unavailable(shared);
+            return;
+        };
+        let Some(paid) = shared
+            .config
+            .routes
+            .get(pending.route)
+            .and_then(|r| r.paid.as_ref())
+        else {
+            self.unavailable(shared);
+            return;
+        };
+        let minted = answer
+            .filter(|a| a.outcome() == ChallengeOutcome::Minted)
+            .and_then(|a| match www_authenticate(&a.macaroon, &a.invoice) {
+                Ok(lines) => Some((lines, a.x402_offer)),
+                Err(_) => {
+                    warn!("Challenge answer has an unusable macaroon or invoice");
+                    None
+                }
+            });
+        let Some((www_authenticate, x402_offer)) = minted else {
+            self.lightning_unavailable(shared, &pending);
+            return;
+        };
+        // Spliced verbatim into the x402 JSON, so it must be one JSON object.
+        let x402_offer = match x402_offer.as_str() {
+            "" => None,
+            offer if is_json_object(offer) => Some(offer),
+            _ => {
+                warn!("Challenge answer has a malformed x402 offer; offering L402 only");
+                None
+            }
+        };
+        self.answered();
+        reply::payment_required(
+            &paid.challenge,
+            &pending.url,
+            pending.error.as_deref(),
+            Some(reply::Lightning {
+                www_authenticate: &www_authenticate,
+                x402_offer,
+            }),
+        );
+    }
+
+    fn reject(&mut self, shared: &Shared, pending: Pending) -> Action {
         inc(shared.metrics.rejected);
-        self.challenge(shared, route, resource_url, Some(reason))
+        self.payment_required(shared, pending)
     }
 
     fn unavailable(&mut self, shared: &Shared) -> Action {
@@ -203,14 +336,33 @@ impl Stream {
             &authority,
             &path,
         );
+        let lightning = paid.lightning.zip(shared.config.l402.as_ref());
+        // What a Lightning 402 binds its macaroon to; x402-only routes never need it.
+        let (bound_path, bound_method) = match lightning {
+            Some(_) => (path_without_query(&path), &*method),
+            None => ("", ""),
+        };
+        let pending = |url: String, error: Option<Cow<'static, str>>| Pending {
+            route,
+            url,
+            path: bound_path.to_owned(),
+            method: bound_method.to_owned(),
+            error,
+        };
 
         // All values of both payment headers: a second one is refused, never ignored (the SDK's
-        // single-header getter would only show the first).
+        // single-header getter would only show the first). On a Lightning route, every
+        // Authorization value too (an L402 client may send an LSAT and an L402 line).
         let mut payment: Option<(&'static str, Vec<u8>)> = None;
+        let mut authorization: Vec<Bytes> = Vec::new();
         for (name, value) in host::request_headers() {
             let header = match name.as_str() {
                 HEADER_PAYMENT_SIGNATURE => HEADER_PAYMENT_SIGNATURE,
                 HEADER_X_PAYMENT => HEADER_X_PAYMENT,
+                HEADER_AUTHORIZATION if lightning.is_some() => {
+                    authorization.push(value);
+                    continue;
+                }
                 _ => continue,
             };
             if payment.is_some() {
@@ -219,21 +371,45 @@ impl Stream {
             }
             payment = Some((header, value));
         }
+        if let Some((price, l402)) = lightning {
+            if authorization.iter().any(|v| carries_l402(v)) {
+                if payment.is_some() {
+                    inc(shared.metrics.rejected);
+                    return self.error(400, reply::BOTH_RAILS);
+                }
+                let request = L402Request {
+                    route,
+                    price,
+                    l402,
+                    path: bound_path,
+                    method: bound_method,
+                };
+                return self.l402(shared, &request, &authorization, url);
+            }
+        }
         let Some((header, value)) = payment else {
             inc(shared.metrics.challenges);
-            return self.challenge(shared, route, &url, None);
+            return self.payment_required(shared, pending(url, None));
         };
         if value.len() > MAX_PAYMENT_HEADER_LEN {
             inc(shared.metrics.rejected);
             return self.error(431, reply::PAYMENT_TOO_LARGE);
         }
         let Ok(value) = String::from_utf8(value) else {
-            return self.reject(shared, route, &url, ErrorReason::InvalidPayload.as_str());
+            let reason = ErrorReason::InvalidPayload.as_str();
+            return self.reject(shared, pending(url, Some(reason.into())));
         };
-        let checked = decode_payment(&value)
-            .and_then(|payload| check_payment(&paid.offers, &payload, host::now_unix()));
+        let checked = decode_payment(&value).and_then(|payload| {
+            match PaymentKind::of(&payload) {
+                // The verifier checks the invoice with the node; only the shape is checked here.
+                PaymentKind::Lightning if lightning.is_some() => {
+                    check_lightning_payment(&payload).map(|_| ())
+                }
+                _ => check_payment(&paid.offers, &payload, host::now_unix()).map(|_| ()),
+            }
+        });
         if let Err(reason) = checked {
-            return self.reject(shared, route, &url, reason.as_str());
+            return self.reject(shared, pending(url, Some(reason.as_str().into())));
         }
 
         // The credential never reaches the upstream.
@@ -257,10 +433,120 @@ impl Stream {
         self.payment = Some(Box::new(Payment {
             route,
             resource_url: request.resource_url,
+            path: bound_path.to_owned(),
+            method: bound_method.to_owned(),
             payment_id: String::new(),
             x402_version: 0,
         }));
         Action::Pause
+    }
+
+    /// An L402 credential on a Lightning route, verified here with no sidecar call (unless the
+    /// route is single-use). Any failure answers 402 with a fresh challenge (Aperture's
+    /// behaviour: clients only re-pay on 402), the reason code in the body's `error`.
+    fn l402(
+        &mut self,
+        shared: &Shared,
+        request: &L402Request<'_>,
+        authorization: &[Bytes],
+        url: String,
+    ) -> Action {
+        let now = host::now_unix();
+        if now == 0 {
+            // Expiry cannot be checked without a clock, and nothing downstream re-checks it.
+            return self.unavailable(shared);
+        }
+        let verified = parse_authorization(authorization.iter().map(Vec::as_slice))
+            .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
+            .and_then(|credential| {
+                verify_credential(
+                    &request.l402.key,
+                    &credential,
+                    &request.l402.service,
+                    now,
+                    request.path,
+                    request.method,
+                )
+            });
+        let pending = |error: Option<Cow<'static, str>>| Pending {
+            route: request.route,
+            url,
+            path: request.path.to_owned(),
+            method: request.method.to_owned(),
+            error,
+        };
+        let token = match verified {
+            Ok(token) => token,
+            Err(L402Error::HeaderTooLarge { .. }) => {
+                inc(shared.metrics.rejected);
+                inc(shared.metrics.l402_rejected);
+                return self.error(431, reply::CREDENTIAL_TOO_LARGE);
+            }
+            Err(e) => {
+                inc(shared.metrics.l402_rejected);
+                return self.reject(shared, pending(Some(e.reason().into())));
+            }
+        };
+
+        // The credential never reaches the upstream; other Authorization values (the API's own
+        // auth) do.
+        host::remove_request_header(HEADER_AUTHORIZATION);
+        for value in authorization.iter().filter_map(|v| without_l402(v)) {
+            host::add_request_header(HEADER_AUTHORIZATION, &value);
+        }
+
+        if !request.price.single_use {
+            inc(shared.metrics.l402_accepted);
+            self.state = State::Done;
+            return Action::Continue;
+        }
+        let Some(compiled) = shared.config.routes.get(request.route) else {
+            return self.unavailable(shared);
+        };
+        let claim = ClaimRequest {
+            key: format!("l402:{}", token.payment_hash.to_hex()),
+            route: compiled.name.clone(),
+            expires_at: token.valid_until,
+        };
+        let Some(call) = self.dispatch(
+            shared,
+            METHOD_CLAIM,
+            &claim.encode_to_vec(),
+            shared.verify_timeout,
+        ) else {
+            return self.unavailable(shared);
+        };
+        self.state = State::Claiming(call);
+        self.pending = Some(Box::new(pending(None)));
+        Action::Pause
+    }
+
+    fn claim_answer(&mut self, shared: &Shared, status: u32, size: usize) {
+        let answer = if status == 0 {
+            host::grpc_response_body(size).and_then(|b| ClaimResponse::decode(b.as_slice()).ok())
+        } else {
+            warn!("Claim failed with gRPC status {status}");
+            None
+        };
+        let Some(mut pending) = self.pending.take() else {
+            self.unavailable(shared);
+            return;
+        };
+        match answer.map(|a| a.outcome()) {
+            Some(ClaimOutcome::Claimed) => {
+                inc(shared.metrics.l402_accepted);
+                self.state = State::Done;
+                host::resume_request();
+            }
+            Some(ClaimOutcome::AlreadyUsed) => {
+                inc(shared.metrics.l402_rejected);
+                pending.error = Some(REASON_TOKEN_ALREADY_USED.into());
+                self.reject(shared, *pending);
+            }
+            _ => {
+                self.unavailable(shared);
+            }
+        }
     }
 
     fn verify_answer(&mut self, shared: &Shared, status: u32, size: usize) {
@@ -283,13 +569,19 @@ impl Stream {
                 host::resume_request();
             }
             Some(a) if a.outcome() == VerifyOutcome::Invalid => {
-                let (route, url) = (payment.route, std::mem::take(&mut payment.resource_url));
-                let reason = if a.reason.is_empty() {
-                    ErrorReason::UnexpectedVerifyError.as_str()
+                let reason: Cow<'static, str> = if a.reason.is_empty() {
+                    ErrorReason::UnexpectedVerifyError.as_str().into()
                 } else {
-                    &a.reason
+                    a.reason.into()
                 };
-                self.reject(shared, route, &url, reason);
+                let pending = Pending {
+                    route: payment.route,
+                    url: std::mem::take(&mut payment.resource_url),
+                    path: std::mem::take(&mut payment.path),
+                    method: std::mem::take(&mut payment.method),
+                    error: Some(reason),
+                };
+                self.reject(shared, pending);
             }
             _ => {
                 self.unavailable(shared);
@@ -410,6 +702,11 @@ impl Stream {
     }
 }
 
+/// The path a token is bound to: `:path` without its query string.
+fn path_without_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
 /// base64 JSON `SettleResponse{success:false}` for when the verifier gave none.
 fn failed_receipt(reason: &str) -> String {
     x402::SettleResponse {
@@ -435,6 +732,12 @@ impl Context for Stream {
             }
             State::Settling(token) if token == token_id => {
                 self.settle_answer(&shared, status_code, response_size)
+            }
+            State::Challenging(token) if token == token_id => {
+                self.challenge_answer(&shared, status_code, response_size)
+            }
+            State::Claiming(token) if token == token_id => {
+                self.claim_answer(&shared, status_code, response_size)
             }
             // A Release answer, or a call this stream stopped waiting for.
             _ => {}
@@ -470,8 +773,8 @@ impl HttpContext for Stream {
                 Some(shared) => self.response_headers(&shared),
                 None => Action::Continue,
             },
-            // Envoy answered (timeout, reset) while we waited for Verify: forget the call.
-            State::Verifying(_) => {
+            // Envoy answered (timeout, reset) while we waited for a call: forget it.
+            State::Verifying(_) | State::Challenging(_) | State::Claiming(_) => {
                 self.state = State::Done;
                 Action::Continue
             }

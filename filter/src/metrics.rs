@@ -22,6 +22,12 @@ pub struct Metrics {
     pub verifier_unavailable: u32,
     /// Upstream answered >= 400: the payment was released, nothing charged.
     pub upstream_failed_not_charged: u32,
+    /// L402 tokens accepted (verified in the filter; single-use ones also claimed).
+    pub l402_accepted: u32,
+    /// L402 credentials refused (malformed, invalid, expired, already used).
+    pub l402_rejected: u32,
+    /// Lightning routes whose 402 could not offer Lightning (verifier or node down).
+    pub lightning_challenge_unavailable: u32,
 }
 
 impl Metrics {
@@ -35,6 +41,9 @@ impl Metrics {
             settle_failed: counter("tollway.settle_failed")?,
             verifier_unavailable: counter("tollway.verifier_unavailable")?,
             upstream_failed_not_charged: counter("tollway.upstream_failed_not_charged")?,
+            l402_accepted: counter("tollway.l402_accepted")?,
+            l402_rejected: counter("tollway.l402_rejected")?,
+            lightning_challenge_unavailable: counter("tollway.lightning_challenge_unavailable")?,
         })
     }
 }

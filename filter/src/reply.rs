@@ -2,6 +2,7 @@
 //! caller then returns `Action::Pause` (or nothing, from a gRPC callback) and marks the stream as
 //! answered so its own `on_http_response_headers` lets the reply through.
 
+use tollway_protocol::l402::HEADER_WWW_AUTHENTICATE;
 use tollway_protocol::x402::{Challenge, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED};
 
 use crate::host;
@@ -9,15 +10,45 @@ use crate::host;
 const JSON: (&str, &str) = ("content-type", "application/json");
 const NO_STORE: (&str, &str) = ("cache-control", "no-store");
 
-/// 402 with the route's challenge in both dialects (v2 header, v1 body).
+/// The Lightning part of a 402, minted by the verifier for this request.
+pub struct Lightning<'a> {
+    /// The LSAT and L402 `WWW-Authenticate` values.
+    pub www_authenticate: &'a [String; 2],
+    /// The x402 `bip122` accepts entry (JSON object), if the verifier offers one.
+    pub x402_offer: Option<&'a str>,
+}
+
+/// 402 with the route's x402 challenge in both dialects (v2 header, v1 body).
 pub fn challenge(challenge: &Challenge, resource_url: &str, error: Option<&str>) {
-    let rendered = challenge.render(resource_url, error);
-    let mut headers = Vec::with_capacity(CHALLENGE_HEADERS.len() + 1);
+    payment_required(challenge, resource_url, error, None);
+}
+
+/// 402 offering every rail: x402 (v2 header with the EVM offers plus the Lightning entry, v1
+/// body with the EVM offers) and, when given, the two L402 `WWW-Authenticate` lines. The
+/// `PAYMENT-REQUIRED` header is left out when it would offer nothing (a Lightning-only route
+/// without an x402 Lightning entry).
+pub fn payment_required(
+    challenge: &Challenge,
+    resource_url: &str,
+    error: Option<&str>,
+    lightning: Option<Lightning<'_>>,
+) {
+    let x402_offer = lightning.as_ref().and_then(|l| l.x402_offer);
+    let rendered = challenge.render_with(resource_url, error, x402_offer);
+    let mut headers = Vec::with_capacity(CHALLENGE_HEADERS.len() + 3);
     headers.extend_from_slice(CHALLENGE_HEADERS);
-    headers.push((
-        HEADER_PAYMENT_REQUIRED,
-        rendered.payment_required_header.as_str(),
-    ));
+    if challenge.has_offers() || x402_offer.is_some() {
+        headers.push((
+            HEADER_PAYMENT_REQUIRED,
+            rendered.payment_required_header.as_str(),
+        ));
+    }
+    if let Some(l) = &lightning {
+        // Two values, LSAT first: old clients read only the first line.
+        for value in l.www_authenticate {
+            headers.push((HEADER_WWW_AUTHENTICATE, value.as_str()));
+        }
+    }
     host::send_response(402, headers, rendered.body.as_bytes());
 }
 
@@ -29,6 +60,9 @@ pub fn error(status: u32, body: &'static str) {
 pub const DUPLICATE_PAYMENT: &str =
     r#"{"error":"more than one payment header (PAYMENT-SIGNATURE / X-PAYMENT)"}"#;
 pub const PAYMENT_TOO_LARGE: &str = r#"{"error":"payment header too large"}"#;
+pub const BOTH_RAILS: &str =
+    r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
+pub const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
 pub const NOT_CONFIGURED: &str = r#"{"error":"payment gateway not configured"}"#;
 
 /// 503: the verifier could not decide. Fail closed, never a free pass.

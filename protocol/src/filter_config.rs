@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::l402::caveats::is_valid_service;
+use crate::l402::FilterKey;
 use crate::routes::{RouteError, RouteSpec, RouteTable};
 use crate::x402::{Challenge, Offer};
 
@@ -18,6 +20,19 @@ pub struct FilterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
     pub routes: Vec<RouteConfig>,
+    /// L402 verification keys; required when a route sells Lightning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l402: Option<L402Filter>,
+}
+
+/// What the filter needs to verify L402 tokens by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L402Filter {
+    /// The filter key (`HMAC-SHA256(root_secret, "tollway/l402/v1")`), 64 hex characters. Not
+    /// the root secret: see `docs/internals.md`.
+    pub key_hex: String,
+    /// The service name in the `services=<service>:0` caveat.
+    pub service: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,11 +51,25 @@ pub struct RouteConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaidRoute {
+    /// x402 EVM offers; may be empty when the route sells Lightning.
+    #[serde(default)]
     pub offers: Vec<Offer>,
+    /// The route also sells Lightning access (L402, x402 `bip122`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lightning: Option<LightningPrice>,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
     pub mime_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LightningPrice {
+    pub amount_msat: u64,
+    /// An L402 token pays for one request (claimed once at the verifier) instead of being
+    /// reusable until it expires.
+    #[serde(default)]
+    pub single_use: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,8 +82,16 @@ pub enum ConfigError {
     ZeroTimeout(&'static str),
     #[error("public_url {0:?} must be an absolute http(s) URL without path, query or fragment")]
     BadPublicUrl(String),
-    #[error("route {route:?}: a paid route needs at least one offer")]
+    #[error("route {route:?}: a paid route needs at least one offer or a Lightning price")]
     NoOffers { route: String },
+    #[error("route {route:?}: sells Lightning but the filter config has no `l402` section")]
+    LightningWithoutL402 { route: String },
+    #[error("route {route:?}: Lightning amount_msat must be greater than 0")]
+    ZeroLightningAmount { route: String },
+    #[error("l402.key_hex must be 64 hex characters")]
+    BadL402Key,
+    #[error("l402.service {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
+    BadL402Service(String),
     #[error("route {route:?}: offer {offer} is on {network}, which is not an EVM (eip155) chain")]
     NotEvm {
         route: String,
@@ -75,6 +112,13 @@ pub enum ConfigError {
 pub struct CompiledConfig {
     pub table: RouteTable,
     pub routes: Vec<CompiledRoute>,
+    pub l402: Option<CompiledL402>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledL402 {
+    pub key: FilterKey,
+    pub service: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +129,12 @@ pub struct CompiledRoute {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledPaid {
+    /// x402 EVM offers (empty on a Lightning-only route).
     pub offers: Vec<Offer>,
+    /// The x402 challenge of `offers` (a Lightning `bip122` entry is added per request).
     pub challenge: Challenge,
+    /// Set only when the config also has `l402`.
+    pub lightning: Option<LightningPrice>,
 }
 
 impl CompiledConfig {
@@ -123,6 +171,7 @@ impl FilterConfig {
             })
             .collect();
         let table = RouteTable::compile(specs)?;
+        let l402 = self.l402.as_ref().map(compile_l402).transpose()?;
         let routes = self
             .routes
             .iter()
@@ -130,7 +179,7 @@ impl FilterConfig {
                 let paid = r
                     .paid
                     .as_ref()
-                    .map(|p| compile_paid(&r.name, p))
+                    .map(|p| compile_paid(&r.name, p, l402.is_some()))
                     .transpose()?;
                 Ok(CompiledRoute {
                     name: r.name.clone(),
@@ -138,15 +187,46 @@ impl FilterConfig {
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
-        Ok(CompiledConfig { table, routes })
+        Ok(CompiledConfig {
+            table,
+            routes,
+            l402,
+        })
     }
 }
 
-fn compile_paid(route: &str, paid: &PaidRoute) -> Result<CompiledPaid, ConfigError> {
-    if paid.offers.is_empty() {
+fn compile_l402(l402: &L402Filter) -> Result<CompiledL402, ConfigError> {
+    let key = FilterKey::from_hex(&l402.key_hex).map_err(|_| ConfigError::BadL402Key)?;
+    if !is_valid_service(&l402.service) {
+        return Err(ConfigError::BadL402Service(l402.service.clone()));
+    }
+    Ok(CompiledL402 {
+        key,
+        service: l402.service.clone(),
+    })
+}
+
+fn compile_paid(
+    route: &str,
+    paid: &PaidRoute,
+    has_l402: bool,
+) -> Result<CompiledPaid, ConfigError> {
+    if paid.offers.is_empty() && paid.lightning.is_none() {
         return Err(ConfigError::NoOffers {
             route: route.to_owned(),
         });
+    }
+    if let Some(lightning) = &paid.lightning {
+        if !has_l402 {
+            return Err(ConfigError::LightningWithoutL402 {
+                route: route.to_owned(),
+            });
+        }
+        if lightning.amount_msat == 0 {
+            return Err(ConfigError::ZeroLightningAmount {
+                route: route.to_owned(),
+            });
+        }
     }
     for (offer, o) in paid.offers.iter().enumerate() {
         let route = route.to_owned();
@@ -170,6 +250,7 @@ fn compile_paid(route: &str, paid: &PaidRoute) -> Result<CompiledPaid, ConfigErr
     Ok(CompiledPaid {
         offers: paid.offers.clone(),
         challenge: Challenge::new(&paid.offers, &paid.description, &paid.mime_type),
+        lightning: paid.lightning,
     })
 }
 
@@ -327,6 +408,89 @@ mod tests {
             c.compile().unwrap_err(),
             ConfigError::Route(RouteError::PathNotAbsolute { .. })
         ));
+    }
+
+    fn lightning_config() -> FilterConfig {
+        let mut v = config_json();
+        v["l402"] = json!({"key_hex": "11".repeat(32), "service": "tollway"});
+        v["routes"][0]["paid"]["lightning"] = json!({"amount_msat": 10000});
+        v["routes"].as_array_mut().unwrap().push(json!({
+            "name": "ln-only",
+            "path": "/ln",
+            "paid": {"lightning": {"amount_msat": 5000, "single_use": true}}
+        }));
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn lightning_routes() {
+        let c = lightning_config();
+        let compiled = c.compile().unwrap();
+        let l402 = compiled.l402.as_ref().unwrap();
+        assert_eq!(l402.service, "tollway");
+        assert_eq!(l402.key.as_bytes(), &[0x11; 32]);
+        let quote = compiled.route("quote").unwrap().paid.as_ref().unwrap();
+        assert_eq!(
+            quote.lightning,
+            Some(LightningPrice {
+                amount_msat: 10_000,
+                single_use: false
+            })
+        );
+        assert!(quote.challenge.has_offers());
+        let ln = compiled.route("ln-only").unwrap().paid.as_ref().unwrap();
+        assert!(ln.offers.is_empty());
+        assert!(!ln.challenge.has_offers());
+        assert!(ln.lightning.unwrap().single_use);
+        // Round trip keeps the new fields; the old JSON (no l402, no lightning) still parses.
+        let back: FilterConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(config().l402.is_none());
+        assert!(config().routes[0]
+            .paid
+            .as_ref()
+            .unwrap()
+            .lightning
+            .is_none());
+        assert!(config().compile().unwrap().l402.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_lightning_configs() {
+        let mut c = lightning_config();
+        c.l402 = None;
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::LightningWithoutL402 { .. }
+        ));
+        let mut c = lightning_config();
+        c.routes[2].paid.as_mut().unwrap().lightning = None;
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::NoOffers { .. }
+        ));
+        let mut c = lightning_config();
+        c.routes[2].paid.as_mut().unwrap().lightning = Some(LightningPrice {
+            amount_msat: 0,
+            single_use: false,
+        });
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::ZeroLightningAmount { .. }
+        ));
+        for bad in ["", "11", &"zz".repeat(32)] {
+            let mut c = lightning_config();
+            c.l402.as_mut().unwrap().key_hex = bad.to_owned();
+            assert_eq!(c.compile().unwrap_err(), ConfigError::BadL402Key);
+        }
+        for bad in ["", "a b", "svc:0", "a=b", "a,b", &"s".repeat(65)] {
+            let mut c = lightning_config();
+            c.l402.as_mut().unwrap().service = bad.to_owned();
+            assert!(
+                matches!(c.compile().unwrap_err(), ConfigError::BadL402Service(_)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`network`]: CAIP-2 chain ids and the x402 v1 names.
 //! - [`evm`]: addresses, EIP-712 / EIP-3009 digests, signer recovery.
 //! - [`b64`]: the strict base64 x402 headers use.
+//! - [`l402`]: L402 macaroons, credentials, keys and challenges (the Lightning rail).
+//! - [`lightning`]: Bitcoin networks of the Lightning rail (BOLT11 prefixes, `bip122` ids).
 //! - [`x402`]: wire types, error reasons, offers, payment checks, 402 challenges.
 //! - [`routes`]: the route table and matcher.
 //! - [`filter_config`]: the filter's configuration and its compiled form.
@@ -20,6 +22,8 @@ pub mod amount;
 pub mod b64;
 pub mod evm;
 pub mod filter_config;
+pub mod l402;
+pub mod lightning;
 pub mod network;
 pub mod resource;
 pub mod routes;

@@ -83,6 +83,20 @@ impl Network {
             .and_then(|(_, id)| id.parse().ok())
     }
 
+    /// The CAIP-2 id of a Bitcoin network (the x402 Lightning rail).
+    pub fn bip122(network: crate::lightning::LightningNetwork) -> Network {
+        let id = network.caip2();
+        Network {
+            id: id.to_owned(),
+            colon: crate::lightning::BIP122_NAMESPACE.len(),
+        }
+    }
+
+    /// A Bitcoin chain (`bip122:*`): paid over Lightning, never with an EVM authorization.
+    pub fn is_bip122(&self) -> bool {
+        self.namespace() == crate::lightning::BIP122_NAMESPACE
+    }
+
     /// The EIP-155 chain id, for `eip155:<decimal>` networks.
     pub fn evm_chain_id(&self) -> Option<u64> {
         if self.namespace() != "eip155" {

@@ -32,6 +32,10 @@ pub const DEFAULT_ERROR_V1: &str = "X-PAYMENT header is required";
 pub struct Challenge {
     /// v2 JSON after the URL: the rest of `resource`, then `accepts`.
     v2_after_url: String,
+    /// Offset in `v2_after_url` of the `]` closing `accepts` (where a per-request entry goes).
+    v2_accepts_end: usize,
+    /// `accepts` has no entry of its own (a Lightning-only route).
+    v2_accepts_empty: bool,
     /// Per v1 accept, its JSON after the leading `{"resource":<url>`.
     v1_after_url: Vec<String>,
 }
@@ -66,7 +70,20 @@ impl Challenge {
             _ => Map::new(),
         };
         resource.remove("url");
+        let accepts = match top.remove("accepts") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
         let mut v2_after_url = members_tail(&resource);
+        v2_after_url.push_str(",\"accepts\":[");
+        for (i, accept) in accepts.iter().enumerate() {
+            if i > 0 {
+                v2_after_url.push(',');
+            }
+            v2_after_url.push_str(&accept.to_string());
+        }
+        let v2_accepts_end = v2_after_url.len();
+        v2_after_url.push(']');
         v2_after_url.push_str(&members_tail(&top));
 
         let v1_after_url = offers
@@ -80,19 +97,53 @@ impl Challenge {
             .collect();
         Challenge {
             v2_after_url,
+            v2_accepts_end,
+            v2_accepts_empty: accepts.is_empty(),
             v1_after_url,
         }
+    }
+
+    /// Whether the route has x402 offers of its own (EVM), as opposed to Lightning only.
+    pub fn has_offers(&self) -> bool {
+        !self.v2_accepts_empty
     }
 
     /// Splices `resource_url` (absolute) and `error` (default: "Payment required" in v2,
     /// "X-PAYMENT header is required" in v1) into the precomputed JSON. No serde here.
     pub fn render(&self, resource_url: &str, error: Option<&str>) -> RenderedChallenge {
-        let mut v2 = String::with_capacity(64 + resource_url.len() + self.v2_after_url.len());
+        self.render_with(resource_url, error, None)
+    }
+
+    /// [`Challenge::render`] with one more v2 `accepts` entry appended: `extra_v2_accept` is a
+    /// complete JSON object (the verifier's Lightning `bip122` offer, minted per request; see
+    /// [`is_json_object`]). The v1 body never gets it: v1 has no name for Bitcoin networks.
+    pub fn render_with(
+        &self,
+        resource_url: &str,
+        error: Option<&str>,
+        extra_v2_accept: Option<&str>,
+    ) -> RenderedChallenge {
+        let extra_len = extra_v2_accept.map_or(0, |a| a.len() + 1);
+        let mut v2 =
+            String::with_capacity(64 + resource_url.len() + self.v2_after_url.len() + extra_len);
         v2.push_str("{\"x402Version\":2,\"error\":");
         push_json_string(&mut v2, error.unwrap_or(DEFAULT_ERROR_V2));
         v2.push_str(",\"resource\":{\"url\":");
         push_json_string(&mut v2, resource_url);
-        v2.push_str(&self.v2_after_url);
+        match (
+            extra_v2_accept,
+            self.v2_after_url.split_at_checked(self.v2_accepts_end),
+        ) {
+            (Some(extra), Some((before, after))) => {
+                v2.push_str(before);
+                if !self.v2_accepts_empty {
+                    v2.push(',');
+                }
+                v2.push_str(extra);
+                v2.push_str(after);
+            }
+            _ => v2.push_str(&self.v2_after_url),
+        }
 
         let accepts_len: usize = self
             .v1_after_url
@@ -118,6 +169,11 @@ impl Challenge {
             body,
         }
     }
+}
+
+/// A cheap guard before splicing JSON from elsewhere into a challenge: one JSON object.
+pub fn is_json_object(s: &str) -> bool {
+    s.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
 fn to_map<T: Serialize>(value: &T) -> Map<String, Value> {
@@ -305,6 +361,54 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn render_with_appends_one_v2_accept() {
+        let offers = offers();
+        let challenge = Challenge::new(&offers, "d", "m");
+        assert!(challenge.has_offers());
+        let ln = crate::x402::lightning_offer_v2(
+            crate::lightning::LightningNetwork::Regtest,
+            10_000,
+            "lnbcrt100n1pxyz",
+            600,
+        );
+        let ln_text = ln.to_string();
+        assert!(is_json_object(&ln_text));
+        let plain = challenge.render("http://h/p", Some("e"));
+        let r = challenge.render_with("http://h/p", Some("e"), Some(&ln_text));
+        assert_eq!(r.body, plain.body, "the v1 body never offers Lightning");
+        let mut want = decode_header(&plain.payment_required_header);
+        want["accepts"].as_array_mut().unwrap().push(ln.clone());
+        assert_eq!(decode_header(&r.payment_required_header), want);
+        assert_eq!(challenge.render_with("http://h/p", Some("e"), None), plain);
+
+        // Lightning-only route: no offers of its own, the entry is the only one.
+        let only = Challenge::new(&[], "d", "m");
+        assert!(!only.has_offers());
+        let r = only.render_with("http://h/p", None, Some(&ln_text));
+        let v2 = decode_header(&r.payment_required_header);
+        assert_eq!(v2["accepts"], json!([ln]));
+        assert_eq!(v2["resource"]["url"], json!("http://h/p"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.body).unwrap()["accepts"],
+            json!([])
+        );
+        let r = only.render("http://h/p", None);
+        assert_eq!(
+            decode_header(&r.payment_required_header)["accepts"],
+            json!([])
+        );
+    }
+
+    #[test]
+    fn json_object_guard() {
+        assert!(is_json_object("{}"));
+        assert!(is_json_object(r#"{"a":[1,{"b":"}"}]}"#));
+        for bad in ["", "[]", "{", "{}}", "{},{}", "{\"a\":1} x", " {}", "null"] {
+            assert!(!is_json_object(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -3,12 +3,16 @@
 
 pub mod challenge;
 pub mod check;
+pub mod lightning;
 pub mod offer;
 pub mod reason;
 pub mod types;
 
-pub use challenge::{Challenge, RenderedChallenge, CHALLENGE_HEADERS};
+pub use challenge::{is_json_object, Challenge, RenderedChallenge, CHALLENGE_HEADERS};
 pub use check::{check_payment, decode_payment, CheckedPayment, ReplayKey, MAX_PAYMENT_BYTES};
+pub use lightning::{
+    check_lightning_payment, lightning_offer_v2, LightningPayload, LightningPayment, PaymentKind,
+};
 pub use offer::Offer;
 pub use reason::ErrorReason;
 pub use types::*;
