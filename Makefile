@@ -66,8 +66,10 @@ test-unit:
 test-e2e: build
 	$(PY) -m pytest tests -ra
 
+# The example's L402 root secret comes from the environment; a throwaway one is made if unset.
 check: build
-	$(BUILD)/tollway check -c envoy/tollway.example.yaml
+	TOLLWAY_L402_SECRET=$${TOLLWAY_L402_SECRET:-$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')} \
+		$(BUILD)/tollway check -c envoy/tollway.example.yaml
 
 fmt:
 	cargo fmt --all

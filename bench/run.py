@@ -70,9 +70,13 @@ LOAD_CORE = "1"
 
 # First guess of paid requests/s, per scenario, to size the first pool of signed payments; every
 # run then refines it from what it measured.
-RATE_GUESS = {"S5": 6000.0, "S5e": 4000.0, "P5": 1500.0}
-MIN_POOL = 2000
+RATE_GUESS = {"S5": 3000.0, "S5e": 3000.0, "P5": 1500.0}
+MIN_POOL = 5000
 MAX_POOL = 500_000
+# A measured run during which other processes took more than this share of the machine is
+# measured again (up to --noisy-retries times) and the quietest attempt kept.
+NOISY_PERCENT = 5.0
+MAX_NOISY_RETRIES = 12  # per bench, so a busy machine cannot stretch it past ~10 minutes
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,9 @@ def hcm(stat_prefix: str, routes: list[dict]) -> dict:
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
+            "normalize_path": True,
+            "merge_slashes": True,
+            "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
             "upgrade_configs": [{"upgrade_type": "websocket"}],
             "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
             "http_filters": [
@@ -300,6 +307,7 @@ class Run:
     used: int | None = None
     exhausted: int | None = None
     problems: list = field(default_factory=list)
+    foreign: float = 0.0  # % of all cores other processes used during the run
     cpu: dict = field(default_factory=dict)  # CPU seconds per process during the run
 
 
@@ -376,6 +384,7 @@ class Bench:
         self.check_failures: list[str] = []
         self.rss: dict[str, int] = {}
         self.foreign = {"other": 0.0, "steal": 0.0}
+        self.retried = 0
 
     def url(self, target: str, path: str) -> str:
         return f"http://127.0.0.1:{self.port[target]}{path}"
@@ -472,7 +481,7 @@ class Bench:
         return out
 
     def pool_size(self, scenario: str, seconds: float) -> int:
-        return int(min(MAX_POOL, max(MIN_POOL, self.rate[scenario] * seconds * 1.5)))
+        return int(min(MAX_POOL, max(MIN_POOL, self.rate[scenario] * seconds * 2)))
 
     # -- checks --------------------------------------------------------------------------
     def check(self, s: Scenario):
@@ -498,7 +507,7 @@ class Bench:
         return True
 
     # -- runs ----------------------------------------------------------------------------
-    def measure(self, s: Scenario, seconds: float, rep: int) -> Run:
+    def measure(self, s: Scenario, seconds: float, rep: int, warmup: bool = False) -> Run:
         conns = s.connections or self.args.connections
         url = self.url(s.target, s.path)
         for attempt in range(3):
@@ -507,26 +516,27 @@ class Bench:
             if s.paid:
                 pool = self.payments(self.pool_size(s.id, seconds))
                 script = [pool, 1]
-            before = self.procs.cpu_seconds()
-            wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            before, machine_before = self.procs.cpu_seconds(), cpu_snapshot()
             r = wrk(url, seconds, conns, script)
-            wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            after = self.procs.cpu_seconds()
+            after, machine_after = self.procs.cpu_seconds(), cpu_snapshot()
             if pool:
                 pool.unlink()
             if s.paid:
-                # Size the next pool from what this run reached (an exhausted run over-counts
-                # fast 402s, which only makes the next pool bigger).
-                self.rate[s.id] = max(self.rate[s.id] * 0.5, r["rps"])
-                if r["exhausted"]:
-                    if attempt < 2:
-                        self.notes.append(f"{s.id} rep {rep}: pool of signed payments ran out ({r['exhausted']} unpaid requests); rerun with a bigger pool")
-                        self.rate[s.id] = max(self.rate[s.id], r["rps"]) * 2
-                        continue
+                # Size later pools from the fastest rate seen (an exhausted run over-counts fast
+                # 402s, which only makes the next pool bigger).
+                self.rate[s.id] = max(self.rate[s.id], r["rps"])
+                if r["exhausted"] and not warmup and attempt < 2:
+                    self.notes.append(f"{s.id} rep {rep}: the pool of signed payments ran out ({r['exhausted']} unpaid requests); measured again with a bigger pool")
+                    self.rate[s.id] *= 2
+                    continue
             break
         run = Run(s.id, rep, r["rps"], r["p50_us"], r["p99_us"], r["requests"], r["non2xx"], r["errors"], r["used"], r["exhausted"])
         run.cpu = {name: after[name] - before[name] for name in after if name in before}
-        run.cpu["wrk"] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+        # Our reaped children in the window are wrk (and nothing else: pools are signed before).
+        run.cpu["wrk"] = machine_after["children"] - machine_before["children"]
+        own = sum(run.cpu.values()) + machine_after["self"] - machine_before["self"]
+        wall = (machine_after["at"] - machine_before["at"]) * (os.cpu_count() or 1)
+        run.foreign = max(0.0, (machine_after["busy"] - machine_before["busy"]) - own) / wall * 100 if wall else 0.0
         if s.status == 200 and run.non2xx:
             run.problems.append(f"{run.non2xx} non-2xx answers")
         if s.status != 200 and run.non2xx != run.requests:
@@ -549,11 +559,20 @@ class Bench:
             for s in live:
                 self.procs.check_alive()
                 if a.warmup > 0:
-                    self.measure(s, a.warmup, rep)
+                    self.measure(s, a.warmup, rep, warmup=True)
                 run = self.measure(s, a.duration, rep)
+                # Other work on the machine (builds, tests) steals CPU from whichever run it
+                # overlaps: measure such a run again, keep the quietest.
+                for _ in range(a.noisy_retries):
+                    if run.foreign <= NOISY_PERCENT or self.retried >= MAX_NOISY_RETRIES:
+                        break
+                    print(f"  rep {rep} {s.id:>4}: other processes took {run.foreign:.0f}% of the machine, measuring again", flush=True)
+                    again = self.measure(s, a.duration, rep)
+                    self.retried += 1
+                    run = again if again.foreign < run.foreign else run
                 self.runs.append(run)
                 flag = f"  !! {'; '.join(run.problems)}" if run.problems else ""
-                print(f"  rep {rep} {s.id:>4}: {run.rps:10.0f} req/s  p50 {fmt_us(run.p50_us):>8}  p99 {fmt_us(run.p99_us):>8}{flag}", flush=True)
+                print(f"  rep {rep} {s.id:>4}: {run.rps:10.0f} req/s  p50 {fmt_us(run.p50_us):>8}  p99 {fmt_us(run.p99_us):>8}  other CPU {run.foreign:3.0f}%{flag}", flush=True)
         self.rss = {name: rss_kib(pid) for name in self.procs.procs if (pid := self.procs.pid(name))}
 
 
@@ -562,8 +581,15 @@ def cpu_snapshot() -> dict:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, idle, iowait, irq, softirq, steal = fields
     hz = os.sysconf("SC_CLK_TCK")
-    own = sum(ru.ru_utime + ru.ru_stime for ru in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
-    return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz, "own": own, "at": time.monotonic()}
+    me, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {
+        "busy": (user + nice + system + irq + softirq) / hz,
+        "steal": steal / hz,
+        "self": me.ru_utime + me.ru_stime,
+        "children": children.ru_utime + children.ru_stime,
+        "own": me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime,
+        "at": time.monotonic(),
+    }
 
 
 def foreign_cpu(start: dict, end: dict) -> dict:
@@ -666,7 +692,15 @@ def goal_rows(runs: list[Run], summary: dict) -> list[tuple[str, str, str]]:
     deltas = [x - y for x, y in zip(*(sorted_by_rep(runs, i, "p99_us") for i in ("L-S1", "L-B1")))]
     if deltas:
         med = statistics.median(deltas)
-        rows.append(("filter adds ≤ 50 µs at p99 on S1 (1 connection)", f"p99(L-S1) − p99(L-B1) = {med:+.0f} µs ({min(deltas):+.0f}…{max(deltas):+.0f})", "pass" if med <= 50 else "**miss**"))
+        base = sorted_by_rep(runs, "L-B1", "p99_us")
+        rows.append((
+            "filter adds ≤ 50 µs at p99 on S1 (1 connection)",
+            f"p99(L-S1) − p99(L-B1) = {med:+.0f} µs ({min(deltas):+.0f}…{max(deltas):+.0f}); p99(L-B1) alone varies "
+            f"{fmt_us(min(base))}–{fmt_us(max(base))} between repetitions",
+            "pass" if med <= 50 else "**miss**",
+        ))
+        p50 = [x - y for x, y in zip(*(sorted_by_rep(runs, i, "p50_us") for i in ("L-S1", "L-B1")))]
+        rows.append(("(for information) the same at p50", f"p50(L-S1) − p50(L-B1) = {statistics.median(p50):+.0f} µs ({min(p50):+.0f}…{max(p50):+.0f})", "–"))
     else:
         rows.append(("filter adds ≤ 50 µs at p99 on S1 (1 connection)", "not measured", "–"))
     if "S1" in summary and "B1" in summary:
@@ -708,6 +742,17 @@ def cpu_table(bench: Bench, runs: list[Run], summary: dict) -> list[str]:
     return lines
 
 
+def noise_text(bench: Bench) -> str:
+    if not bench.runs:
+        return "–"
+    f = [r.foreign for r in bench.runs]
+    noisy = sum(1 for x in f if x > NOISY_PERCENT)
+    text = f"median {statistics.median(f):.1f}%, max {max(f):.1f}% of all cores; {bench.retried} runs measured again because of it"
+    if noisy:
+        text += f"; **{noisy} kept runs still above {NOISY_PERCENT:g}%: rerun on an idle machine**"
+    return text + f"; hypervisor steal over the whole bench {bench.foreign['steal']:.1f}%"
+
+
 def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float):
     a = bench.args
     runs = bench.runs
@@ -728,9 +773,7 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
         f"| Envoy | {m['envoy']} |",
         f"| load generator | {m['wrk']} |",
         f"| peer runtime | node {m['node']}, `@x402/express` 2.27.0 |",
-        f"| CPU taken by other processes during the run | {bench.foreign['other']:.1f}% of all cores"
-        + (" (**noisy: rerun on an idle machine**)" if bench.foreign["other"] > 5 else "")
-        + f"; hypervisor steal {bench.foreign['steal']:.1f}% |",
+        f"| CPU other processes took during the measured runs | {noise_text(bench)} |",
         "",
         "## Method",
         f"- Every Envoy runs `--concurrency 1` pinned to core {ENVOY_CORE} (`taskset -c {ENVOY_CORE}`). wrk (1 thread), "
@@ -812,14 +855,14 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
     lines += [
         "",
         "## Every measured run",
-        "| rep | id | req/s | p50 | p99 | requests | non-2xx | payments used |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| rep | id | req/s | p50 | p99 | requests | non-2xx | payments used | other processes' CPU |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(runs, key=lambda r: (r.rep, [s.id for s in SCENARIOS].index(r.scenario))):
         lines.append(
             f"| {r.rep} | {r.scenario} | {r.rps:,.0f} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | {r.requests:,} | {r.non2xx:,} | "
             + (f"{r.used:,}" if r.used is not None else "")
-            + " |"
+            + f" | {r.foreign:.1f}% |"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -833,10 +876,11 @@ def main() -> int:
     ap.add_argument("--scenarios", help="comma-separated subset, e.g. B1,B2,P2,P5")
     ap.add_argument("--smoke", action="store_true", help="1 rep of 2 s, no warm-up, report to a temp file; fails only on wrong answers")
     ap.add_argument("--out", type=Path, help=f"report path (default {REPORT.name}, or a temp file with --smoke)")
+    ap.add_argument("--noisy-retries", type=int, default=2, help=f"re-measure a run when other processes took > {NOISY_PERCENT:g}%% of the machine (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
     a = ap.parse_args()
     if a.smoke:
-        a.reps, a.duration, a.warmup = 1, min(a.duration, 2.0), 0.0
+        a.reps, a.duration, a.warmup, a.noisy_retries = 1, min(a.duration, 2.0), 0.0, 0
     elif a.reps < 3:
         ap.error("--reps must be at least 3 (use --smoke for a quick check)")
     if (os.cpu_count() or 1) < 2:
@@ -859,8 +903,9 @@ def main() -> int:
     finally:
         bench.procs.stop_all()
     bench.foreign = foreign_cpu(cpu0, cpu_snapshot())
-    if bench.foreign["other"] > 5:
-        print(f"bench: WARNING other processes used {bench.foreign['other']:.0f}% of the machine during the run: numbers are noisy", file=sys.stderr)
+    noisy = [r for r in bench.runs if r.foreign > NOISY_PERCENT]
+    if noisy:
+        print(f"bench: WARNING {len(noisy)} of {len(bench.runs)} runs shared the machine with other work (> {NOISY_PERCENT:g}% of it): those numbers are noisy", file=sys.stderr)
     write_report(out, bench, started, time.monotonic() - t0)
     print(f"bench: report written to {out}")
     if not a.keep:

@@ -1,4 +1,5 @@
-"""`make demo`: the whole stack on the usual ports, with a copy-paste paying request."""
+"""`make demo`: the whole stack on the usual ports, with copy-paste paying requests for both
+rails (x402 on the local chain, Lightning through the verifier's dev node)."""
 
 import shlex
 import signal
@@ -7,7 +8,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dev.stack import NETWORK, PAY_TO, PAYER_KEY, ROOT, Ports, Stack  # noqa: E402
+from dev.stack import LIGHTNING_NETWORK, NETWORK, PAY_TO, PAYER_KEY, ROOT, ROUTES, Ports, Stack  # noqa: E402
+
+
+def describe(route) -> str:
+    prices = []
+    if route.price is not None:
+        prices.append(f"{route.price} USD")
+    if route.price_sats is not None:
+        prices.append(f"{route.price_sats} sats" + (", one request per token" if route.single_use else ""))
+    return f"{'/'.join(route.methods)} {route.path} ({' or '.join(prices) or 'free'})"
 
 
 def main() -> int:
@@ -22,21 +32,33 @@ def main() -> int:
         "DEMO_TOKEN": stack.token,
         "DEMO_PAY_TO": PAY_TO,
         "DEMO_NETWORK": NETWORK,
+        "DEMO_LN_PAY_URL": stack.lightning_pay_url,
     }
     (run_dir / "env").write_text("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in facts.items()))
+    shown = [r for r in ROUTES if r.name != "fail"]  # /api/fail exists for the tests
+    routes = "\n".join(f"  {'routes' if i == 0 else '':<16}{describe(r)}" for i, r in enumerate(shown))
     print(
         f"""
 Tollway demo is up (logs and config in .demo/):
   Envoy           {stack.url}        (admin {stack.admin_url})
   verifier        {stack.verifier_http}/metrics
   facilitator     http://127.0.0.1:{stack.ports.facilitator}   chain {stack.rpc_url} (anvil, {NETWORK})
-  routes          GET /free (free), GET /api/quote (0.001 USD), POST /api/echo (0.002 USD)
+  lightning       the verifier's dev node (regtest, {LIGHTNING_NETWORK}); pays via {stack.lightning_pay_url}
+{routes}
 
 Try it from another terminal in this folder:
   curl -i {stack.url}/free
-  curl -i {stack.url}/api/quote          # 402 with PAYMENT-REQUIRED
+  curl -i {stack.url}/api/quote          # 402: PAYMENT-REQUIRED (USDC and Lightning) + WWW-Authenticate (LSAT, L402)
+
+x402 on the local chain (the official Python x402 client):
   . .demo/env && .venv/bin/python dev/pay.py "$DEMO_URL/api/quote"
   . .demo/env && .venv/bin/python dev/pay.py "$DEMO_URL/api/echo" --method POST --data '{{"hello":"tollway"}}'
+
+Lightning (the wallet is the dev node: it pays each invoice through {stack.lightning_pay_url}):
+  . .demo/env && .venv/bin/python dev/pay_l402.py "$DEMO_URL/api/sats"                 # L402, l402-requests
+  . .demo/env && .venv/bin/python dev/pay_l402.py "$DEMO_URL/api/echo" --method POST --data '{{"hello":"sats"}}'
+  . .demo/env && node dev/chain/pay-l402-alby.mjs "$DEMO_URL/api/sats"                # L402, @getalby/lightning-tools
+  . .demo/env && node dev/chain/pay-l402-alby.mjs "$DEMO_URL/api/sats" --x402         # x402 over Lightning (bip122)
 
 Ctrl-C stops everything.""",
         flush=True,

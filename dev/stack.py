@@ -1,6 +1,6 @@
 """Boots the whole Tollway stack on loopback: anvil with our EIP-3009 test token, the official
-x402 facilitator, a demo upstream, the verifier sidecar and a real Envoy with the wasm filter
-(or with Envoy's native ext_authz filter in `ext-authz` mode).
+x402 facilitator, a demo upstream, the verifier sidecar (with its in-process `dev` Lightning node)
+and a real Envoy with the wasm filter (or with Envoy's native ext_authz filter in `ext-authz` mode).
 
 `make demo` and the end-to-end tests both use this module, so the demo is exactly what is tested.
 """
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +37,33 @@ FACILITATOR_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d
 CHAIN_ID = 84532
 NETWORK = "eip155:84532"
 
-# Demo routes: (name, methods, path, price in USD or None for free).
+# Lightning rail: the verifier's in-process `dev` node on regtest (BOLT11 prefix `lnbcrt`).
+LIGHTNING_NETWORK = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"  # CAIP-2 of the regtest genesis block
+L402_SERVICE = "tollway"
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    methods: list[str]
+    path: str
+    price: str | None = None  # USD (x402 on the EVM rail); None: no x402 offer
+    price_sats: int | None = None  # Lightning (L402 and x402 over bip122); None: no Lightning offer
+    single_use: bool = False  # an L402 token is accepted once
+
+    @property
+    def free(self) -> bool:
+        return self.price is None and self.price_sats is None
+
+
+# Demo routes. The Lightning prices only appear in configs rendered with `lightning=True`.
 ROUTES = [
-    ("free", ["GET"], "/free", None),
-    ("quote", ["GET"], "/api/quote", "0.001"),
-    ("echo", ["POST"], "/api/echo", "0.002"),
-    ("fail", ["GET", "POST"], "/api/fail", "0.001"),
+    Route("free", ["GET"], "/free"),
+    Route("quote", ["GET"], "/api/quote", price="0.001", price_sats=10),
+    Route("echo", ["POST"], "/api/echo", price="0.002", price_sats=20),
+    Route("fail", ["GET", "POST"], "/api/fail", price="0.001"),
+    Route("sats", ["GET"], "/api/sats", price_sats=21),  # Lightning only
+    Route("once", ["GET"], "/api/once", price_sats=5, single_use=True),  # one request per token
 ]
 
 
@@ -105,6 +129,22 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def lightning_pay(pay_url: str, invoice: str, timeout: float = 10.0) -> dict:
+    """POSTs a BOLT11 invoice to the verifier's dev pay endpoint; answers its JSON
+    (`{"preimage": hex, "payment_hash": hex}`) or raises with the endpoint's error text."""
+    req = urllib.request.Request(
+        pay_url,
+        data=json.dumps({"invoice": invoice}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"dev pay endpoint answered {e.code}: {e.read().decode(errors='replace')}") from None
+
+
 def rpc(url: str, method: str, params: list):
     req = urllib.request.Request(
         url,
@@ -121,14 +161,26 @@ def rpc(url: str, method: str, params: list):
 class Stack:
     """One running stack. Use as a context manager or call `start()` / `stop()`."""
 
-    def __init__(self, run_dir: Path, ports: Ports | None = None, mode: str = "filter", concurrency: int = 2):
+    def __init__(
+        self,
+        run_dir: Path,
+        ports: Ports | None = None,
+        mode: str = "filter",
+        concurrency: int = 2,
+        lightning: bool = True,
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ports = ports or Ports.free()
         self.mode = mode
         self.concurrency = concurrency
+        self.lightning = lightning
         self.procs: dict[str, subprocess.Popen] = {}
         self.token: str | None = None
+        # L402 root secret: a fresh one per stack, kept for the stack's life (verifier restarts
+        # must keep minting and accepting the same tokens). `file:` so `tollway envoy` (which
+        # derives the filter key from it) and `tollway serve` read the same bytes.
+        self.l402_secret = secrets.token_hex(32)
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -158,6 +210,15 @@ class Stack:
     @property
     def ledger_path(self) -> Path:
         return self.run_dir / "ledger.db"
+
+    @property
+    def l402_secret_path(self) -> Path:
+        return self.run_dir / "l402-root-secret"
+
+    @property
+    def lightning_pay_url(self) -> str:
+        """The verifier's dev-only endpoint that pays one of its own invoices (`dev` backend)."""
+        return f"{self.verifier_http}/dev/lightning/pay"
 
     # -- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
@@ -247,6 +308,9 @@ class Stack:
         wait_until("upstream", lambda: http_get(f"{self.upstream_url}/__hits")[0] == 200, proc=proc, log=log)
 
     def write_config(self):
+        if self.lightning:
+            self.l402_secret_path.write_text(self.l402_secret + "\n")
+            self.l402_secret_path.chmod(0o600)
         self.config_path.write_text(render_config(self))
 
     def start_verifier(self):
@@ -304,10 +368,27 @@ class Stack:
         assert status == 200
         return json.loads(body)
 
+    def upstream_seen(self, path: str) -> dict[str, str]:
+        """Headers (lower-case names) of the last request the upstream served on `path`."""
+        status, body = http_get(f"{self.upstream_url}/__seen?path={urllib.parse.quote(path)}")
+        assert status == 200, body
+        return json.loads(body)
 
-def render_config(stack: Stack) -> str:
-    """The stack's tollway.yaml: one x402 rail on the local chain, the demo routes."""
+    # -- lightning helpers -----------------------------------------------------------------
+    def lightning_pay(self, invoice: str) -> dict:
+        """Pays `invoice` with the dev node: {"preimage": hex, "payment_hash": hex}."""
+        return lightning_pay(self.lightning_pay_url, invoice)
+
+
+def render_config(stack) -> str:
+    """The stack's tollway.yaml: one x402 rail on the local chain, the demo routes, and (when
+    `stack.lightning` is true) the Lightning rail: the verifier's `dev` node on regtest, L402 with
+    a root secret from a file in the run dir, and prices in sats.
+
+    `stack` needs `ports`, `ledger_path` and `token`; `lightning` and `l402_secret_path` are read
+    only if present (`bench/run.py` passes a plain record and gets the x402-only config)."""
     p = stack.ports
+    lightning = bool(getattr(stack, "lightning", False))
     lines = [
         "# Generated by dev/stack.py for a local stack; see envoy/tollway.example.yaml for a commented config.",
         "verifier:",
@@ -332,12 +413,32 @@ def render_config(stack: Stack) -> str:
         f'    pay_to: "{PAY_TO}"',
         "    facilitator: local",
         "    max_timeout_seconds: 300",
-        "routes:",
     ]
-    for name, methods, path, price in ROUTES:
-        lines += [f"  - name: {name}", f"    path: {path}", f"    methods: [{', '.join(methods)}]"]
-        if price is None:
+    if lightning:
+        lines += [
+            "lightning:",
+            "  backend: dev                 # in-process node: real signed BOLT11, dev-only pay endpoint",
+            "  network: regtest",
+            "  invoice_expiry_seconds: 600",
+            "  dev: {}",
+            "l402:",
+            f"  root_secret: file:{stack.l402_secret_path}",
+            f"  service: {L402_SERVICE}",
+            "  valid_seconds: 3600",
+        ]
+    lines.append("routes:")
+    for r in ROUTES:
+        if not lightning and r.price is None and r.price_sats is not None:
+            continue  # Lightning-only route in an x402-only config
+        lines += [f"  - name: {r.name}", f"    path: {r.path}", f"    methods: [{', '.join(r.methods)}]"]
+        if r.free:
             lines.append("    free: true")
-        else:
-            lines += [f'    price: "{price}"', f"    description: Demo {name}", "    mime_type: application/json"]
+            continue
+        if r.price is not None:
+            lines.append(f'    price: "{r.price}"')
+        if lightning and r.price_sats is not None:
+            lines.append(f"    price_sats: {r.price_sats}")
+            if r.single_use:
+                lines.append("    single_use: true")
+        lines += [f"    description: Demo {r.name}", "    mime_type: application/json"]
     return "\n".join(lines) + "\n"

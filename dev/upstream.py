@@ -1,8 +1,10 @@
 """Demo upstream API that Tollway protects.
 
 Counts every request it serves (per path) so tests can prove a refused request never reached it:
-`GET /__hits` answers the counters as JSON. It is only reachable directly, never through Envoy
-(the demo config does not route `/__hits` as a paid path, and tests call the upstream's port).
+`GET /__hits` answers the counters as JSON, and `GET /__seen?path=/api/quote` the headers of the
+last request served on that path (so tests can prove payment credentials were stripped). Both are
+only reachable directly, never through Envoy (the demo config does not route them, and tests call
+the upstream's port).
 """
 
 import argparse
@@ -10,8 +12,10 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 HITS: dict[str, int] = {}
+SEEN: dict[str, dict[str, str]] = {}
 LOCK = threading.Lock()
 
 
@@ -29,20 +33,32 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _headers(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self.headers.items()}
+
     def _count(self, path: str):
         with LOCK:
             HITS[path] = HITS.get(path, 0) + 1
+            SEEN[path] = self._headers()
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
         if path == "/__hits":
             with LOCK:
                 return self._send(200, dict(HITS))
+        if path == "/__seen":
+            wanted = parse_qs(urlsplit(self.path).query).get("path", [""])[0]
+            with LOCK:
+                return self._send(200, SEEN.get(wanted, {}))
         self._count(path)
         if path == "/free":
             return self._send(200, {"free": True, "message": "no payment needed"})
         if path == "/api/quote":
             return self._send(200, {"symbol": "TOLL", "price": "42.00", "at": int(time.time())})
+        if path == "/api/sats":
+            return self._send(200, {"paid_in": "sats", "message": "thanks for the sats", "headers": self._headers()})
+        if path == "/api/once":
+            return self._send(200, {"single_use": True, "message": "one request per token", "at": time.time()})
         if path == "/api/fail":
             return self._send(500, {"error": "upstream failure"})
         return self._send(404, {"error": "not found", "path": path})
@@ -58,7 +74,7 @@ class Handler(BaseHTTPRequestHandler):
                 {
                     "method": "POST",
                     "path": self.path,
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "headers": self._headers(),
                     "body": body.decode("utf-8", "replace"),
                 },
             )

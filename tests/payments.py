@@ -39,6 +39,11 @@ def challenge(response) -> dict:
     return decode_b64json(response.headers["payment-required"])
 
 
+def evm_offers(required: dict) -> list[dict]:
+    """The `eip155` entries of `accepts` (a route priced in sats also offers a `bip122` one)."""
+    return [a for a in required["accepts"] if a["network"].startswith("eip155:")]
+
+
 def sign_payment(
     required: dict,
     key: str,
@@ -51,8 +56,8 @@ def sign_payment(
     accepted_overrides: dict | None = None,
     chain_id: int = 84532,
 ) -> str:
-    """A v2 PAYMENT-SIGNATURE header paying `required["accepts"][0]`, with optional faults."""
-    offer = required["accepts"][0]
+    """A v2 PAYMENT-SIGNATURE header paying the first EVM offer of `required`, with optional faults."""
+    offer = evm_offers(required)[0]
     accepted = copy.deepcopy(offer)
     accepted.update(accepted_overrides or {})
     payer = Account.from_key(key).address

@@ -12,7 +12,7 @@ import requests
 
 from dev.pay import paying_session, receipt
 from dev.stack import CHAIN, OTHER_PAYER_KEY, PAY_TO, PAYER, PAYER_KEY, ROOT
-from payments import challenge, sign_payment
+from payments import challenge, evm_offers, sign_payment
 
 QUOTE_ATOMIC = 1000  # 0.001 USD in a 6-decimal token
 ECHO_ATOMIC = 2000
@@ -63,7 +63,7 @@ def test_unpaid_request_gets_dual_dialect_402(stack):
     v2 = challenge(r)
     assert v2["x402Version"] == 2
     assert v2["resource"]["url"] == stack.url + "/api/quote"  # query dropped: it may carry a lease token
-    [offer] = v2["accepts"]
+    [offer] = evm_offers(v2)  # the Lightning (bip122) offer is tested in test_l402.py
     assert offer["scheme"] == "exact"
     assert offer["network"] == "eip155:84532"
     assert offer["amount"] == str(QUOTE_ATOMIC)
@@ -73,7 +73,7 @@ def test_unpaid_request_gets_dual_dialect_402(stack):
 
     v1 = r.json()
     assert v1["x402Version"] == 1
-    [legacy] = v1["accepts"]
+    [legacy] = v1["accepts"]  # EVM only: x402-fetch 1.2 rejects the whole 402 on an unknown v1 network
     assert legacy["network"] == "base-sepolia"
     assert legacy["maxAmountRequired"] == str(QUOTE_ATOMIC)
     assert legacy["resource"] == stack.url + "/api/quote"
@@ -257,7 +257,7 @@ def test_verifier_down_fails_closed_and_recovers_without_restarting_envoy(stack)
 def test_ext_authz_mode_challenge_and_python_client_pays(authz_stack):
     r = requests.get(authz_stack.url + "/api/quote", timeout=10)
     assert r.status_code == 402
-    assert challenge(r)["accepts"][0]["amount"] == str(QUOTE_ATOMIC)
+    assert evm_offers(challenge(r))[0]["amount"] == str(QUOTE_ATOMIC)
     assert requests.get(authz_stack.url + "/free", timeout=10).status_code == 200
 
     payer0, pay_to0 = balances(authz_stack)

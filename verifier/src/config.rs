@@ -17,14 +17,21 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use tollway_protocol::amount::{AmountError, UsdPrice};
 use tollway_protocol::evm::EvmAddress;
-use tollway_protocol::filter_config::{FilterConfig, PaidRoute, RouteConfig};
+use tollway_protocol::filter_config::{
+    FilterConfig, L402Filter, LightningPrice, PaidRoute, RouteConfig,
+};
+use tollway_protocol::l402::caveats::is_valid_service;
+use tollway_protocol::l402::{filter_key, FilterKey};
+use tollway_protocol::lightning::LightningNetwork;
 use tollway_protocol::network::Network;
 use tollway_protocol::routes::{RouteError, RouteSpec, RouteTable};
 use tollway_protocol::x402::Offer;
 
 use crate::cdp_jwt::CdpCredentials;
 use crate::facilitator::{FacilitatorAuth, FacilitatorSettings};
-use crate::secret::{SecretRef, MIN_SECRET_BYTES};
+use crate::lightning::tls::load_certs;
+use crate::lightning::{Backend, NODE_TIMEOUT};
+use crate::secret::{Secret, SecretRef, MIN_SECRET_BYTES};
 
 /// Envoy cluster name of the verifier in rendered bootstraps.
 pub const VERIFIER_CLUSTER: &str = "tollway_verifier";
@@ -34,6 +41,13 @@ const MAX_FACILITATOR_TIMEOUT_MS: u64 = 120_000;
 /// The filter's gRPC deadline exceeds the facilitator timeout by this much, so the verifier
 /// answers UNAVAILABLE itself instead of the filter timing out.
 const VERIFIER_TIMEOUT_MARGIN_MS: u64 = 1_000;
+pub const DEFAULT_INVOICE_EXPIRY_SECONDS: u64 = 600;
+const INVOICE_EXPIRY_RANGE: (u64, u64) = (60, 86_400);
+pub const DEFAULT_L402_SERVICE: &str = "tollway";
+pub const DEFAULT_L402_VALID_SECONDS: u64 = 3600;
+const MAX_L402_VALID_SECONDS: u64 = 366 * 86_400;
+/// 21 million BTC in msat: no price is higher.
+const MAX_MSAT: u64 = 21_000_000 * 100_000_000 * 1000;
 
 // ------------------------------------------------------------------------------------------
 // Problems
@@ -154,6 +168,68 @@ struct RawConfig {
     rails: Named<RawRail>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    lightning: Option<RawLightning>,
+    #[serde(default)]
+    l402: Option<RawL402>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLightning {
+    backend: String,
+    network: String,
+    #[serde(default)]
+    invoice_expiry_seconds: Option<u64>,
+    /// Shape only: `dev: {}` has nothing to set.
+    #[serde(default)]
+    #[allow(dead_code)]
+    dev: Option<RawLightningDev>,
+    #[serde(default)]
+    lnd: Option<RawLnd>,
+    #[serde(default)]
+    cln: Option<RawCln>,
+    #[serde(default)]
+    lnbits: Option<RawLnbits>,
+}
+
+/// `dev: {}`: nothing to set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLightningDev {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLnd {
+    grpc: String,
+    tls_cert: String,
+    macaroon: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCln {
+    url: String,
+    rune: String,
+    #[serde(default)]
+    tls_cert: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLnbits {
+    url: String,
+    invoice_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawL402 {
+    root_secret: String,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    valid_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +350,13 @@ struct RawRoute {
     description: String,
     #[serde(default)]
     mime_type: String,
+    /// Read as any YAML value for precise messages (like `price`).
+    #[serde(default)]
+    price_sats: Option<serde_yaml::Value>,
+    #[serde(default)]
+    price_msat: Option<serde_yaml::Value>,
+    #[serde(default)]
+    single_use: Option<bool>,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -321,10 +404,73 @@ pub struct Rail {
     pub v1_name: Option<String>,
 }
 
+/// The Lightning node to use, credentials resolved (`None` when loaded with
+/// [`Secrets::Skip`]).
+#[derive(Clone)]
+pub enum NodeSettings {
+    Dev,
+    Lnd {
+        host: String,
+        port: u16,
+        tls_cert: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+        /// The macaroon's raw bytes (sent hex-encoded).
+        macaroon: Option<Vec<u8>>,
+    },
+    Cln {
+        url: reqwest::Url,
+        rune: Option<Secret>,
+        tls_cert: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    },
+    Lnbits {
+        url: reqwest::Url,
+        invoice_key: Option<Secret>,
+    },
+}
+
+impl NodeSettings {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Dev => Backend::Dev,
+            Self::Lnd { .. } => Backend::Lnd,
+            Self::Cln { .. } => Backend::Cln,
+            Self::Lnbits { .. } => Backend::Lnbits,
+        }
+    }
+}
+
+impl fmt::Debug for NodeSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Credentials never printed.
+        match self {
+            Self::Dev => f.write_str("Dev"),
+            Self::Lnd { host, port, .. } => write!(f, "Lnd({host}:{port})"),
+            Self::Cln { url, .. } => write!(f, "Cln({url})"),
+            Self::Lnbits { url, .. } => write!(f, "Lnbits({url})"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LightningSettings {
+    pub node: NodeSettings,
+    pub network: LightningNetwork,
+    pub invoice_expiry_seconds: u64,
+}
+
+/// `l402:`. Only the filter key derived from the root secret is kept.
+#[derive(Clone, Debug)]
+pub struct L402Settings {
+    pub filter_key: FilterKey,
+    pub service: String,
+    pub valid_seconds: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Route {
     pub name: String,
     pub price: Option<UsdPrice>,
+    /// Lightning price (L402 and x402 `bip122`).
+    pub lightning: Option<LightningPrice>,
     /// Rail names, in offer order (`offers[i]` of the compiled route comes from `rails[i]`).
     pub rails: Vec<String>,
     /// Facilitator name per offer, same order.
@@ -340,13 +486,18 @@ pub struct Config {
     pub facilitators: Vec<(String, FacilitatorSettings)>,
     pub rails: Vec<Rail>,
     pub routes: Vec<Route>,
+    pub lightning: Option<LightningSettings>,
+    pub l402: Option<L402Settings>,
     /// What the filter receives (and what ext_authz mode compiles too).
     pub filter: FilterConfig,
 }
 
 impl Config {
     pub fn paid_routes(&self) -> usize {
-        self.routes.iter().filter(|r| r.price.is_some()).count()
+        self.routes
+            .iter()
+            .filter(|r| r.price.is_some() || r.lightning.is_some())
+            .count()
     }
 
     pub fn route(&self, name: &str) -> Option<&Route> {
@@ -355,7 +506,8 @@ impl Config {
 }
 
 /// Whether secret references are read (`check`, `serve`) or only syntax-checked (`envoy`, which
-/// runs where the secrets may not exist).
+/// runs where the secrets may not exist). The one exception is `l402.root_secret`: it is always
+/// read, because the filter configuration `envoy` renders carries the key derived from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Secrets {
     Resolve,
@@ -875,6 +1027,452 @@ fn route_error(p: &mut Problems, base: &str, e: &RouteError) {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Lightning
+
+/// An http(s) URL of a node API: no credentials, query or fragment.
+fn node_url(p: &mut Problems, path: &str, text: &str, example: &str) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(text.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                // Never echo the URL: it holds a credential.
+                p.add(path, "credentials in the URL are not allowed");
+                return None;
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                p.add(path, "must not have a query or fragment");
+                return None;
+            }
+            Some(u)
+        }
+        Ok(u) => {
+            p.hint(
+                path,
+                format!("scheme {:?} is not http or https", u.scheme()),
+                format!("e.g. {example}"),
+            );
+            None
+        }
+        Err(e) => {
+            p.hint(
+                path,
+                format!("{:?} is not a URL: {e}", text.trim()),
+                format!("e.g. {example}"),
+            );
+            None
+        }
+    }
+}
+
+/// A certificate by reference (`file:PATH`, or `env:NAME` holding PEM), read and parsed in
+/// [`Secrets::Resolve`] mode.
+fn cert_ref(
+    p: &mut Problems,
+    path: &str,
+    text: &str,
+    secrets: Secrets,
+) -> Option<Option<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+    let r = match SecretRef::parse(text.trim()) {
+        Ok(r) => r,
+        Err(_) => {
+            p.hint(
+                path,
+                "not a file reference",
+                "tls_cert: file:/path/to/tls.cert (PEM or DER)",
+            );
+            return None;
+        }
+    };
+    if secrets == Secrets::Skip {
+        return Some(None);
+    }
+    let bytes = match r.resolve_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            p.add(path, e.to_string());
+            return None;
+        }
+    };
+    match load_certs(&bytes) {
+        Ok(certs) => Some(Some(certs)),
+        Err(e) => {
+            p.hint(
+                path,
+                format!("{r}: {e}"),
+                "the node's certificate (LND: tls.cert; clnrest: ca.pem or its server cert)",
+            );
+            None
+        }
+    }
+}
+
+/// LND's macaroon: `file:` with the binary macaroon (or its hex), or `env:` with hex.
+fn macaroon_ref(
+    p: &mut Problems,
+    path: &str,
+    text: &str,
+    secrets: Secrets,
+) -> Option<Option<Vec<u8>>> {
+    let r = secret_ref(p, path, text.trim())?;
+    if secrets == Secrets::Skip {
+        return Some(None);
+    }
+    let bytes = match r.resolve_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            p.add(path, e.to_string());
+            return None;
+        }
+    };
+    let text = std::str::from_utf8(&bytes).ok().map(str::trim);
+    let hex_text = text.filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    let raw = match (hex_text, &r) {
+        (Some(t), _) => hex::decode(t).ok(),
+        (None, SecretRef::File(_)) => Some(bytes),
+        (None, SecretRef::Env(_)) => None,
+    };
+    // A v2 binary macaroon starts with 0x02.
+    match raw {
+        Some(m) if m.first() == Some(&0x02) => Some(Some(m)),
+        _ => {
+            p.hint(
+                path,
+                format!("{r} does not hold a macaroon"),
+                "the binary invoice.macaroon file (file:) or its hex (env: or file:)",
+            );
+            None
+        }
+    }
+}
+
+fn missing_backend_block(p: &mut Problems, backend: &str, example: &str) {
+    p.hint(
+        format!("lightning.{backend}"),
+        format!("missing: backend {backend} needs its settings"),
+        example.to_owned(),
+    );
+}
+
+fn lightning(p: &mut Problems, raw: &RawLightning, secrets: Secrets) -> Option<LightningSettings> {
+    let before = p.0.len();
+    let network = match raw.network.trim().parse::<LightningNetwork>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            p.hint(
+                "lightning.network",
+                format!("{:?} is not a Bitcoin network", raw.network),
+                "mainnet, testnet, signet or regtest",
+            );
+            None
+        }
+    };
+    let expiry = raw
+        .invoice_expiry_seconds
+        .unwrap_or(DEFAULT_INVOICE_EXPIRY_SECONDS);
+    if !(INVOICE_EXPIRY_RANGE.0..=INVOICE_EXPIRY_RANGE.1).contains(&expiry) {
+        p.hint(
+            "lightning.invoice_expiry_seconds",
+            format!(
+                "{expiry} is out of range {}..={}",
+                INVOICE_EXPIRY_RANGE.0, INVOICE_EXPIRY_RANGE.1
+            ),
+            "the time a client has to pay a 402's invoice; 600 is common",
+        );
+    }
+    let node = match Backend::parse(raw.backend.trim()) {
+        None => {
+            p.hint(
+                "lightning.backend",
+                format!("unknown backend {:?}", raw.backend),
+                "dev, lnd, cln or lnbits",
+            );
+            None
+        }
+        Some(Backend::Dev) => {
+            if network == Some(LightningNetwork::Mainnet) {
+                p.hint(
+                    "lightning.backend",
+                    "the dev backend cannot run on mainnet: it hands out preimages for free",
+                    "network: regtest, or a real node (lnd, cln, lnbits)",
+                );
+            }
+            Some(NodeSettings::Dev)
+        }
+        Some(Backend::Lnd) => match &raw.lnd {
+            None => {
+                missing_backend_block(
+                    p,
+                    "lnd",
+                    "lnd: { grpc: \"127.0.0.1:10009\", tls_cert: file:/path/tls.cert, macaroon: file:/path/invoice.macaroon }",
+                );
+                None
+            }
+            Some(lnd) => {
+                let target = host_port(p, "lightning.lnd.grpc", lnd.grpc.trim());
+                let tls_cert = cert_ref(p, "lightning.lnd.tls_cert", &lnd.tls_cert, secrets);
+                let macaroon = macaroon_ref(p, "lightning.lnd.macaroon", &lnd.macaroon, secrets);
+                match (target, tls_cert, macaroon) {
+                    (Some(t), Some(tls_cert), Some(macaroon)) => Some(NodeSettings::Lnd {
+                        host: t.host,
+                        port: t.port,
+                        tls_cert,
+                        macaroon,
+                    }),
+                    _ => None,
+                }
+            }
+        },
+        Some(Backend::Cln) => match &raw.cln {
+            None => {
+                missing_backend_block(
+                    p,
+                    "cln",
+                    "cln: { url: \"https://127.0.0.1:3010\", rune: env:CLN_RUNE, tls_cert: file:/path/ca.pem }",
+                );
+                None
+            }
+            Some(cln) => {
+                let url = node_url(p, "lightning.cln.url", &cln.url, "https://127.0.0.1:3010");
+                let tls_cert = match &cln.tls_cert {
+                    None => Some(None),
+                    Some(t) => {
+                        if url.as_ref().is_some_and(|u| u.scheme() != "https") {
+                            p.hint(
+                                "lightning.cln.tls_cert",
+                                "a certificate needs an https url",
+                                "url: https://... or remove tls_cert",
+                            );
+                        }
+                        cert_ref(p, "lightning.cln.tls_cert", t, secrets)
+                    }
+                };
+                let rune =
+                    secret_ref(p, "lightning.cln.rune", cln.rune.trim()).and_then(
+                        |r| match secrets {
+                            Secrets::Skip => Some(None),
+                            Secrets::Resolve => resolve(p, "lightning.cln.rune", &r, 0).map(Some),
+                        },
+                    );
+                match (url, tls_cert, rune) {
+                    (Some(url), Some(tls_cert), Some(rune)) => Some(NodeSettings::Cln {
+                        url,
+                        rune,
+                        tls_cert,
+                    }),
+                    _ => None,
+                }
+            }
+        },
+        Some(Backend::Lnbits) => match &raw.lnbits {
+            None => {
+                missing_backend_block(
+                    p,
+                    "lnbits",
+                    "lnbits: { url: \"https://lnbits.example\", invoice_key: env:LNBITS_INVOICE_KEY }",
+                );
+                None
+            }
+            Some(lnbits) => {
+                let url = node_url(
+                    p,
+                    "lightning.lnbits.url",
+                    &lnbits.url,
+                    "https://lnbits.example",
+                );
+                let key = secret_ref(p, "lightning.lnbits.invoice_key", lnbits.invoice_key.trim())
+                    .and_then(|r| match secrets {
+                        Secrets::Skip => Some(None),
+                        Secrets::Resolve => {
+                            resolve(p, "lightning.lnbits.invoice_key", &r, 0).map(Some)
+                        }
+                    });
+                match (url, key) {
+                    (Some(url), Some(invoice_key)) => {
+                        Some(NodeSettings::Lnbits { url, invoice_key })
+                    }
+                    _ => None,
+                }
+            }
+        },
+    };
+    if p.0.len() != before {
+        return None;
+    }
+    Some(LightningSettings {
+        node: node?,
+        network: network?,
+        invoice_expiry_seconds: expiry,
+    })
+}
+
+fn l402(p: &mut Problems, raw: &RawL402) -> Option<L402Settings> {
+    let before = p.0.len();
+    let service = raw
+        .service
+        .as_deref()
+        .map_or(DEFAULT_L402_SERVICE, str::trim)
+        .to_owned();
+    if !is_valid_service(&service) {
+        p.hint(
+            "l402.service",
+            format!("{service:?} is not a service name"),
+            "1-64 letters, digits, '-', '_' or '.': it is written into every token's caveats",
+        );
+    }
+    let valid_seconds = raw.valid_seconds.unwrap_or(DEFAULT_L402_VALID_SECONDS);
+    if valid_seconds == 0 || valid_seconds > MAX_L402_VALID_SECONDS {
+        p.hint(
+            "l402.valid_seconds",
+            format!("{valid_seconds} is out of range 1..={MAX_L402_VALID_SECONDS}"),
+            "how long a paid token stays valid; 3600 is common",
+        );
+    }
+    // Always resolved, even for `tollway envoy`: the filter config carries the derived key.
+    let secret = secret_ref(p, "l402.root_secret", raw.root_secret.trim())
+        .and_then(|r| resolve(p, "l402.root_secret", &r, MIN_SECRET_BYTES));
+    if p.0.len() != before {
+        return None;
+    }
+    Some(L402Settings {
+        filter_key: filter_key(secret?.expose().as_bytes()),
+        service,
+        valid_seconds,
+    })
+}
+
+/// A positive whole number: a YAML integer, or a string of digits.
+fn whole_number(
+    p: &mut Problems,
+    path: &str,
+    value: &serde_yaml::Value,
+    unit: &str,
+) -> Option<u64> {
+    use serde_yaml::Value;
+    let n = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s)
+            if !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.trim().parse::<u64>().ok()
+        }
+        _ => None,
+    };
+    match n {
+        Some(0) => {
+            p.hint(
+                path,
+                "must be greater than 0",
+                "use free: true for a free route",
+            );
+            None
+        }
+        Some(n) => Some(n),
+        None => {
+            p.hint(
+                path,
+                format!(
+                    "expected a whole number of {unit}, got {}",
+                    yaml_kind(value)
+                ),
+                format!(
+                    "e.g. {path_tail}: 10",
+                    path_tail = path.rsplit('.').next().unwrap_or(path)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The route's Lightning price, if it sells Lightning (`price_sats` or `price_msat`).
+fn lightning_price(
+    p: &mut Problems,
+    base: &str,
+    r: &RawRoute,
+    lightning_block: bool,
+    lightning: Option<&LightningSettings>,
+) -> Option<LightningPrice> {
+    let amount_msat = match (&r.price_sats, &r.price_msat) {
+        (None, None) => {
+            if r.single_use.is_some() {
+                p.hint(
+                    format!("{base}.single_use"),
+                    "single_use applies to L402 tokens, and this route has no Lightning price",
+                    "add price_sats: 10, or remove single_use",
+                );
+            }
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            p.hint(
+                format!("{base}.price_msat"),
+                "give price_sats or price_msat, not both",
+                "price_sats: 10 is the same as price_msat: 10000",
+            );
+            return None;
+        }
+        (Some(v), None) => {
+            let path = format!("{base}.price_sats");
+            let sats = whole_number(p, &path, v, "satoshis")?;
+            match sats.checked_mul(1000).filter(|m| *m <= MAX_MSAT) {
+                Some(m) => m,
+                None => {
+                    p.add(path, format!("{sats} sats is more than all bitcoin"));
+                    return None;
+                }
+            }
+        }
+        (None, Some(v)) => {
+            let path = format!("{base}.price_msat");
+            let msat = whole_number(p, &path, v, "millisatoshis")?;
+            if msat > MAX_MSAT {
+                p.add(path, format!("{msat} msat is more than all bitcoin"));
+                return None;
+            }
+            if !msat.is_multiple_of(1000)
+                && lightning.is_some_and(|l| l.node.backend() == Backend::Lnbits)
+            {
+                p.hint(
+                    path,
+                    format!("{msat} msat is not a whole number of satoshis, which LNbits needs"),
+                    format!(
+                        "price_sats: {} or price_msat: {}",
+                        msat.div_ceil(1000),
+                        msat.div_ceil(1000) * 1000
+                    ),
+                );
+                return None;
+            }
+            msat
+        }
+    };
+    if r.free {
+        p.hint(
+            format!("{base}.free"),
+            "a free route has no Lightning price",
+            "remove price_sats/price_msat, or remove free: true",
+        );
+        return None;
+    }
+    if !lightning_block {
+        let field = if r.price_sats.is_some() {
+            "price_sats"
+        } else {
+            "price_msat"
+        };
+        p.hint(
+            format!("{base}.{field}"),
+            "the route sells Lightning but there is no lightning: section",
+            "add lightning: { backend: dev, network: regtest } and l402: { root_secret: env:TOLLWAY_L402_SECRET }",
+        );
+        return None;
+    }
+    Some(LightningPrice {
+        amount_msat,
+        single_use: r.single_use.unwrap_or(false),
+    })
+}
+
 fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config> {
     // verifier
     let grpc = socket_addr(p, "verifier.grpc", &raw.verifier.grpc);
@@ -951,6 +1549,26 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         .filter_map(|(name, r)| rail(p, name, r, &facilitator_names))
         .collect();
 
+    // lightning + l402
+    let lightning_settings = raw
+        .lightning
+        .as_ref()
+        .and_then(|l| lightning(p, l, secrets));
+    let l402_settings = raw.l402.as_ref().and_then(|l| l402(p, l));
+    match (&raw.lightning, &raw.l402) {
+        (Some(_), None) => p.hint(
+            "l402",
+            "missing: the Lightning rail mints L402 tokens and needs their root secret",
+            "l402: { root_secret: env:TOLLWAY_L402_SECRET } (at least 32 bytes, e.g. `openssl rand -hex 32`)",
+        ),
+        (None, Some(_)) => p.hint(
+            "l402",
+            "has no effect without a lightning: section",
+            "add lightning: { backend: ..., network: ... }, or remove l402",
+        ),
+        _ => {}
+    }
+
     // routes
     let mut routes = Vec::new();
     let mut route_configs = Vec::new();
@@ -1006,6 +1624,14 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
             route_error(p, &base, &e);
         }
 
+        let ln_price = lightning_price(
+            p,
+            &base,
+            r,
+            raw.lightning.is_some(),
+            lightning_settings.as_ref(),
+        );
+        let sells_lightning = r.price_sats.is_some() || r.price_msat.is_some();
         let price = match (&r.price, r.free) {
             (Some(_), true) => {
                 p.hint(
@@ -1015,10 +1641,11 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
                 );
                 None
             }
+            (None, false) if sells_lightning => None,
             (None, false) => {
                 p.hint(
                     format!("{base}.price"),
-                    "missing: a route is paid (price: \"0.001\") or free (free: true)",
+                    "missing: a route is paid (price: \"0.001\" and/or price_sats: 10) or free (free: true)",
                     "price: \"0.001\"",
                 );
                 None
@@ -1032,6 +1659,12 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
                 format!("{base}.rails"),
                 "a free route takes no rails",
                 "remove rails, or free: true",
+            );
+        } else if !r.free && r.price.is_none() && r.rails.is_some() {
+            p.hint(
+                format!("{base}.rails"),
+                "rails are x402 offers of the USD price, and this route has none",
+                "add price: \"0.001\", or remove rails",
             );
         }
 
@@ -1117,6 +1750,7 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         routes.push(Route {
             name: r.name.clone(),
             price,
+            lightning: ln_price,
             rails: route_rails.iter().map(|x| x.name.clone()).collect(),
             facilitators: route_rails.iter().map(|x| x.facilitator.clone()).collect(),
         });
@@ -1125,8 +1759,9 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
             host: r.host.clone(),
             methods,
             path: r.path.clone(),
-            paid: price.map(|_| PaidRoute {
+            paid: (price.is_some() || ln_price.is_some()).then(|| PaidRoute {
                 offers,
+                lightning: ln_price,
                 description: r.description.clone(),
                 mime_type: r.mime_type.clone(),
             }),
@@ -1138,17 +1773,28 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
     }
 
     // Cross-route checks (shadowing) and the filter's own validation, on a clean config.
+    // A Lightning payment check waits on the node instead of a facilitator.
+    let node_ms = u64::try_from(NODE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
     let max_timeout = facilitators
         .iter()
         .map(|(_, f)| u64::try_from(f.timeout.as_millis()).unwrap_or(u64::MAX))
+        .chain(lightning_settings.as_ref().map(|_| node_ms))
         .max()
         .unwrap_or(DEFAULT_FACILITATOR_TIMEOUT_MS);
+    let l402_filter = match (&lightning_settings, &l402_settings) {
+        (Some(_), Some(l)) => Some(L402Filter {
+            key_hex: l.filter_key.to_hex(),
+            service: l.service.clone(),
+        }),
+        _ => None,
+    };
     let filter = FilterConfig {
         verifier_cluster: VERIFIER_CLUSTER.to_owned(),
         verifier_timeout_ms: max_timeout + VERIFIER_TIMEOUT_MARGIN_MS,
         settle_timeout_ms: max_timeout + VERIFIER_TIMEOUT_MARGIN_MS,
         public_url,
         routes: route_configs,
+        l402: l402_filter,
     };
     if let Err(e) = filter.compile() {
         use tollway_protocol::filter_config::ConfigError as E;
@@ -1179,6 +1825,8 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         facilitators,
         rails,
         routes,
+        lightning: lightning_settings,
+        l402: l402_settings,
         filter,
     })
 }
@@ -1307,7 +1955,7 @@ routes:
         let text = good().replace("    price: \"0.001\"\n", "");
         assert_problem(
             &text,
-            "routes[0].price: missing: a route is paid (price: \"0.001\") or free (free: true) (hint: price: \"0.001\")",
+            "routes[0].price: missing: a route is paid (price: \"0.001\" and/or price_sats: 10) or free (free: true) (hint: price: \"0.001\")",
         );
     }
 
@@ -1550,11 +2198,401 @@ routes:
         );
     }
 
+    // ---- Lightning -------------------------------------------------------------------------
+
+    struct Ln {
+        dir: tempfile::TempDir,
+    }
+
+    impl Ln {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().expect("tmp"),
+            }
+        }
+
+        fn secret(&self) -> String {
+            crate::testkit::l402_secret_ref(self.dir.path())
+        }
+
+        /// `good()` selling Lightning: quote in USD and sats, a sats-only route.
+        fn text(&self, lightning: &str) -> String {
+            good()
+                .replace(
+                    "    price: \"0.001\"\n    description: A quote",
+                    "    price: \"0.001\"\n    price_sats: 10\n    description: A quote",
+                )
+                .replace(
+                    "  - name: free\n",
+                    "  - name: sats\n    path: /api/sats\n    price_msat: 2500\n    single_use: true\n  - name: free\n",
+                )
+                + lightning
+                + &format!(
+                    "l402:\n  root_secret: \"{}\"\n  service: svc\n  valid_seconds: 600\n",
+                    self.secret()
+                )
+        }
+
+        fn file(&self, name: &str, bytes: &[u8]) -> String {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, bytes).expect("write");
+            format!("file:{}", path.display())
+        }
+    }
+
+    const DEV: &str = "lightning:\n  backend: dev\n  network: regtest\n  dev: {}\n";
+
+    #[test]
+    fn lightning_dev_compiles_into_the_filter_config() {
+        let ln = Ln::new();
+        let c = Config::parse(&ln.text(DEV), Secrets::Resolve).expect("valid");
+        let l = c.lightning.as_ref().expect("lightning");
+        assert_eq!(l.network, LightningNetwork::Regtest);
+        assert_eq!(l.invoice_expiry_seconds, DEFAULT_INVOICE_EXPIRY_SECONDS);
+        assert!(matches!(l.node, NodeSettings::Dev));
+        let k = c.l402.as_ref().expect("l402");
+        assert_eq!(k.service, "svc");
+        assert_eq!(k.valid_seconds, 600);
+        // The filter gets the derived key, never the root secret.
+        let expected = filter_key(crate::testkit::L402_SECRET.as_bytes());
+        let f = c.filter.l402.as_ref().expect("filter l402");
+        assert_eq!(f.key_hex, expected.to_hex());
+        assert_eq!(f.service, "svc");
+        let json = serde_json::to_string(&c.filter).expect("json");
+        assert!(!json.contains(crate::testkit::L402_SECRET));
+        assert_eq!(
+            c.filter.routes[0].paid.as_ref().expect("paid").lightning,
+            Some(LightningPrice {
+                amount_msat: 10_000,
+                single_use: false
+            })
+        );
+        let sats = &c.filter.routes[2];
+        assert_eq!(sats.name, "sats");
+        let paid = sats.paid.as_ref().expect("paid");
+        assert!(paid.offers.is_empty());
+        assert_eq!(
+            paid.lightning,
+            Some(LightningPrice {
+                amount_msat: 2500,
+                single_use: true
+            })
+        );
+        assert_eq!(c.paid_routes(), 3);
+        assert_eq!(c.route("sats").expect("sats").price, None);
+        // echo sells no Lightning.
+        assert!(c.filter.routes[1]
+            .paid
+            .as_ref()
+            .expect("paid")
+            .lightning
+            .is_none());
+        assert!(c.filter.compile().is_ok());
+        // `tollway envoy` (no secrets) still renders the key.
+        let skip = Config::parse(&ln.text(DEV), Secrets::Skip).expect("valid");
+        assert_eq!(skip.filter, c.filter);
+    }
+
+    #[test]
+    fn lightning_section_problems() {
+        let ln = Ln::new();
+        let with = |l: &str| ln.text(l);
+        assert_problem(
+            &with("lightning:\n  backend: eclair\n  network: regtest\n"),
+            "lightning.backend: unknown backend \"eclair\" (hint: dev, lnd, cln or lnbits)",
+        );
+        assert_problem(
+            &with("lightning:\n  backend: dev\n  network: liquid\n"),
+            "lightning.network: \"liquid\" is not a Bitcoin network (hint: mainnet, testnet, signet or regtest)",
+        );
+        assert_problem(
+            &with("lightning:\n  backend: dev\n  network: mainnet\n"),
+            "lightning.backend: the dev backend cannot run on mainnet: it hands out preimages for free (hint: network: regtest, or a real node (lnd, cln, lnbits))",
+        );
+        assert_problem(
+            &with("lightning:\n  backend: dev\n  network: regtest\n  invoice_expiry_seconds: 5\n"),
+            "lightning.invoice_expiry_seconds: 5 is out of range 60..=86400 (hint: the time a client has to pay a 402's invoice; 600 is common)",
+        );
+        assert_problem(
+            &with("lightning:\n  backend: lnd\n  network: regtest\n"),
+            "lightning.lnd: missing: backend lnd needs its settings (hint: lnd: { grpc: \"127.0.0.1:10009\", tls_cert: file:/path/tls.cert, macaroon: file:/path/invoice.macaroon })",
+        );
+        assert_problem(
+            &with("lightning:\n  backend: cln\n  network: regtest\n"),
+            "lightning.cln: missing: backend cln needs its settings (hint: cln: { url: \"https://127.0.0.1:3010\", rune: env:CLN_RUNE, tls_cert: file:/path/ca.pem })",
+        );
+        assert_problem(
+            &with("lightning:\n  backend: lnbits\n  network: regtest\n"),
+            "lightning.lnbits: missing: backend lnbits needs its settings (hint: lnbits: { url: \"https://lnbits.example\", invoice_key: env:LNBITS_INVOICE_KEY })",
+        );
+        let ps = problems(&with(
+            "lightning:\n  backend: dev\n  network: regtest\n  dev: { x: 1 }\n",
+        ));
+        assert!(
+            ps[0].starts_with("lightning.dev.x: unknown field `x`"),
+            "{ps:#?}"
+        );
+    }
+
+    #[test]
+    fn l402_section_problems() {
+        let ln = Ln::new();
+        // lightning without l402, and l402 without lightning.
+        let text = ln.text(DEV);
+        let no_l402 = &text[..text.find("l402:").expect("l402")];
+        assert_problem(
+            no_l402,
+            "l402: missing: the Lightning rail mints L402 tokens and needs their root secret (hint: l402: { root_secret: env:TOLLWAY_L402_SECRET } (at least 32 bytes, e.g. `openssl rand -hex 32`))",
+        );
+        let short = ln.file("short", b"tooshort");
+        let text = ln.text(DEV).replace(&ln.secret(), &short);
+        let ps = problems(&text);
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("l402.root_secret: secret from file:")
+                    && p.contains("is 8 bytes, need at least 32")),
+            "{ps:#?}"
+        );
+        let text = ln.text(DEV).replace(
+            &format!("\"{}\"", ln.secret()),
+            "s3cr3t-inline-value-that-is-long-enough",
+        );
+        assert_problem(
+            &text,
+            "l402.root_secret: not a secret reference (hint: write env:NAME or file:PATH; secrets are never inline)",
+        );
+        // The inline value is never echoed.
+        assert!(problems(&text).iter().all(|p| !p.contains("s3cr3t")));
+        let text = ln.text(DEV).replace("service: svc", "service: \"a:b\"");
+        assert_problem(
+            &text,
+            "l402.service: \"a:b\" is not a service name (hint: 1-64 letters, digits, '-', '_' or '.': it is written into every token's caveats)",
+        );
+        let text = ln
+            .text(DEV)
+            .replace("valid_seconds: 600", "valid_seconds: 0");
+        assert_problem(
+            &text,
+            "l402.valid_seconds: 0 is out of range 1..=31622400 (hint: how long a paid token stays valid; 3600 is common)",
+        );
+        // Unset env secret: even `tollway envoy` (Skip) needs it.
+        let text = ln.text(DEV).replace(
+            &format!("\"{}\"", ln.secret()),
+            "env:TOLLWAY_TEST_UNSET_L402",
+        );
+        let e = Config::parse(&text, Secrets::Skip).expect_err("needs the secret");
+        assert_eq!(
+            e.0[0].to_string(),
+            "l402.root_secret: environment variable TOLLWAY_TEST_UNSET_L402 is not set (hint: export TOLLWAY_TEST_UNSET_L402=...)"
+        );
+        // l402 alone.
+        let text = format!("{}l402:\n  root_secret: \"{}\"\n", good(), ln.secret());
+        assert_problem(
+            &text,
+            "l402: has no effect without a lightning: section (hint: add lightning: { backend: ..., network: ... }, or remove l402)",
+        );
+    }
+
+    #[test]
+    fn lightning_route_problems() {
+        let ln = Ln::new();
+        // A sats price but no lightning section.
+        let text = good().replace(
+            "    price: \"0.001\"\n    description: A quote",
+            "    price: \"0.001\"\n    price_sats: 10\n    description: A quote",
+        );
+        assert_problem(
+            &text,
+            "routes[0].price_sats: the route sells Lightning but there is no lightning: section (hint: add lightning: { backend: dev, network: regtest } and l402: { root_secret: env:TOLLWAY_L402_SECRET })",
+        );
+        let base = ln.text(DEV);
+        assert_problem(
+            &base.replace("price_sats: 10", "price_sats: 10\n    price_msat: 10000"),
+            "routes[0].price_msat: give price_sats or price_msat, not both (hint: price_sats: 10 is the same as price_msat: 10000)",
+        );
+        assert_problem(
+            &base.replace("price_sats: 10", "price_sats: 0"),
+            "routes[0].price_sats: must be greater than 0 (hint: use free: true for a free route)",
+        );
+        assert_problem(
+            &base.replace("price_sats: 10", "price_sats: 1.5"),
+            "routes[0].price_sats: expected a whole number of satoshis, got a number (hint: e.g. price_sats: 10)",
+        );
+        assert_problem(
+            &base.replace("price_sats: 10", "price_sats: 99999999999999999"),
+            "routes[0].price_sats: 99999999999999999 sats is more than all bitcoin",
+        );
+        // A quoted whole number is fine.
+        assert!(problems(&base.replace("price_sats: 10", "price_sats: \"10\"")).is_empty());
+        assert_problem(
+            &base.replace("    path: /free/**\n    free: true", "    path: /free/**\n    free: true\n    price_sats: 1"),
+            "routes[3].free: a free route has no Lightning price (hint: remove price_sats/price_msat, or remove free: true)",
+        );
+        assert_problem(
+            &base.replace("    path: /api/echo\n    methods: [post]\n", "    path: /api/echo\n    methods: [post]\n    single_use: true\n"),
+            "routes[1].single_use: single_use applies to L402 tokens, and this route has no Lightning price (hint: add price_sats: 10, or remove single_use)",
+        );
+        assert_problem(
+            &base.replace("    price_msat: 2500\n", "    price_msat: 2500\n    rails: [usdc]\n"),
+            "routes[2].rails: rails are x402 offers of the USD price, and this route has none (hint: add price: \"0.001\", or remove rails)",
+        );
+    }
+
+    #[test]
+    fn lnd_backend() {
+        let ln = Ln::new();
+        let (pem, _) = crate::lightning::tls::tests::lnd_like_cert();
+        let cert = ln.file("tls.cert", pem.as_bytes());
+        let macaroon = ln.file("invoice.macaroon", &[0x02, 0x01, 0x04, 0x6c, 0x6e, 0x64]);
+        let block = |grpc: &str, cert: &str, mac: &str| {
+            format!("lightning:\n  backend: lnd\n  network: regtest\n  lnd: {{ grpc: \"{grpc}\", tls_cert: \"{cert}\", macaroon: \"{mac}\" }}\n")
+        };
+        let c = Config::parse(
+            &ln.text(&block("127.0.0.1:10009", &cert, &macaroon)),
+            Secrets::Resolve,
+        )
+        .expect("valid");
+        match &c.lightning.as_ref().expect("ln").node {
+            NodeSettings::Lnd {
+                host,
+                port,
+                tls_cert,
+                macaroon,
+            } => {
+                assert_eq!((host.as_str(), *port), ("127.0.0.1", 10009));
+                assert_eq!(tls_cert.as_ref().map(Vec::len), Some(1));
+                assert_eq!(
+                    macaroon.as_deref(),
+                    Some(&[0x02, 0x01, 0x04, 0x6c, 0x6e, 0x64][..])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Debug never shows credentials.
+        assert_eq!(
+            format!("{:?}", c.lightning.as_ref().expect("ln").node),
+            "Lnd(127.0.0.1:10009)"
+        );
+        // The hex form of the macaroon works too.
+        let hex_mac = ln.file("mac.hex", b"0201046c6e64\n");
+        let c = Config::parse(
+            &ln.text(&block("localhost:10009", &cert, &hex_mac)),
+            Secrets::Resolve,
+        )
+        .expect("valid");
+        assert!(
+            matches!(&c.lightning.as_ref().expect("ln").node, NodeSettings::Lnd { macaroon: Some(m), .. } if m[0] == 2)
+        );
+        // Problems.
+        assert_problem(
+            &ln.text(&block("127.0.0.1", &cert, &macaroon)),
+            "lightning.lnd.grpc: \"127.0.0.1\" is not host:port (hint: e.g. 127.0.0.1:8080 or api.internal:80)",
+        );
+        let not_cert = ln.file("not.cert", b"hello");
+        let ps = problems(&ln.text(&block("127.0.0.1:10009", &not_cert, &macaroon)));
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("lightning.lnd.tls_cert: file:")
+                    && p.contains("no certificate found")),
+            "{ps:#?}"
+        );
+        let not_mac = ln.file("not.mac", b"hello world");
+        let ps = problems(&ln.text(&block("127.0.0.1:10009", &cert, &not_mac)));
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("lightning.lnd.macaroon: file:")
+                    && p.contains("does not hold a macaroon")),
+            "{ps:#?}"
+        );
+        let ps = problems(&ln.text(&block("127.0.0.1:10009", &cert, "0201abcd")));
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("lightning.lnd.macaroon: not a secret reference")),
+            "{ps:#?}"
+        );
+        // Skip mode reads no file.
+        let text = ln.text(&block(
+            "127.0.0.1:10009",
+            "file:/nonexistent/tls.cert",
+            "file:/nonexistent/m",
+        ));
+        let c = Config::parse(&text, Secrets::Skip).expect("valid without reading");
+        assert!(matches!(
+            &c.lightning.as_ref().expect("ln").node,
+            NodeSettings::Lnd {
+                tls_cert: None,
+                macaroon: None,
+                ..
+            }
+        ));
+        assert!(Config::parse(&text, Secrets::Resolve).is_err());
+    }
+
+    #[test]
+    fn cln_and_lnbits_backends() {
+        let ln = Ln::new();
+        let rune = ln.file("rune", b"rune-value\n");
+        let (pem, _) = crate::lightning::tls::tests::lnd_like_cert();
+        let ca = ln.file("ca.pem", pem.as_bytes());
+        let c = Config::parse(
+            &ln.text(&format!("lightning:\n  backend: cln\n  network: signet\n  cln: {{ url: \"https://127.0.0.1:3010\", rune: \"{rune}\", tls_cert: \"{ca}\" }}\n")),
+            Secrets::Resolve,
+        )
+        .expect("valid");
+        match &c.lightning.as_ref().expect("ln").node {
+            NodeSettings::Cln {
+                url,
+                rune,
+                tls_cert,
+            } => {
+                assert_eq!(url.as_str(), "https://127.0.0.1:3010/");
+                assert_eq!(rune.as_ref().map(Secret::expose), Some("rune-value"));
+                assert!(tls_cert.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_problem(
+            &ln.text(&format!("lightning:\n  backend: cln\n  network: regtest\n  cln: {{ url: \"http://127.0.0.1:3010\", rune: \"{rune}\", tls_cert: \"{ca}\" }}\n")),
+            "lightning.cln.tls_cert: a certificate needs an https url (hint: url: https://... or remove tls_cert)",
+        );
+        assert_problem(
+            &ln.text(&format!("lightning:\n  backend: cln\n  network: regtest\n  cln: {{ url: \"https://u:p@127.0.0.1:3010\", rune: \"{rune}\" }}\n")),
+            "lightning.cln.url: credentials in the URL are not allowed",
+        );
+        assert_problem(
+            &ln.text("lightning:\n  backend: cln\n  network: regtest\n  cln: { url: \"https://127.0.0.1:3010\", rune: env:TOLLWAY_TEST_UNSET_RUNE }\n"),
+            "lightning.cln.rune: environment variable TOLLWAY_TEST_UNSET_RUNE is not set (hint: export TOLLWAY_TEST_UNSET_RUNE=...)",
+        );
+
+        let key = ln.file("key", b"lnbits-invoice-key");
+        let lnbits = format!("lightning:\n  backend: lnbits\n  network: mainnet\n  lnbits: {{ url: \"https://lnbits.example/\", invoice_key: \"{key}\" }}\n");
+        let whole = ln
+            .text(&lnbits)
+            .replace("price_msat: 2500", "price_msat: 3000");
+        let c = Config::parse(&whole, Secrets::Resolve).expect("valid");
+        assert!(
+            matches!(&c.lightning.as_ref().expect("ln").node, NodeSettings::Lnbits { invoice_key: Some(k), .. } if k.expose() == "lnbits-invoice-key")
+        );
+        // Whole sats only on LNbits.
+        assert_problem(
+            &ln.text(&lnbits),
+            "routes[2].price_msat: 2500 msat is not a whole number of satoshis, which LNbits needs (hint: price_sats: 3 or price_msat: 3000)",
+        );
+    }
+
     #[test]
     fn example_file_is_valid() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = crate::testkit::example_config(dir.path(), Secrets::Resolve);
+        assert_eq!(c.routes.len(), 4);
+        assert_eq!(c.paid_routes(), 3);
+        assert!(matches!(
+            c.lightning.as_ref().map(|l| &l.node),
+            Some(NodeSettings::Dev)
+        ));
+        // The example refers to its secret by environment variable: never inline.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
-        let c = Config::load(&path, Secrets::Resolve).expect("example config is valid");
-        assert_eq!(c.routes.len(), 3);
-        assert_eq!(c.paid_routes(), 2);
+        let text = std::fs::read_to_string(path).expect("read");
+        assert!(text.contains("root_secret: env:TOLLWAY_L402_SECRET"));
     }
 }

@@ -279,8 +279,8 @@ mod tests {
     use tollway_protocol::filter_config::FilterConfig;
 
     fn example() -> Config {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
-        Config::load(&path, Secrets::Skip).expect("example config")
+        let dir = tempfile::tempdir().expect("tmp");
+        crate::testkit::example_config(dir.path(), Secrets::Skip)
     }
 
     fn parse(text: &str) -> serde_yaml::Value {
@@ -323,6 +323,13 @@ mod tests {
             .expect("StringValue");
         let fc: FilterConfig = serde_json::from_str(json).expect("FilterConfig");
         assert_eq!(fc, c.filter);
+        // The filter verifies L402 with the derived key; the root secret is never rendered.
+        let l402 = fc.l402.as_ref().expect("l402 section");
+        assert_eq!(
+            l402.key_hex,
+            tollway_protocol::l402::filter_key(crate::testkit::L402_SECRET.as_bytes()).to_hex()
+        );
+        assert!(!text.contains(crate::testkit::L402_SECRET));
         assert_eq!(fc.verifier_cluster, "tollway_verifier");
         assert!(fc.compile().is_ok());
 
@@ -384,10 +391,15 @@ mod tests {
 
     #[test]
     fn dns_upstream_and_wildcard_verifier() {
+        let dir = tempfile::tempdir().expect("tmp");
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml"),
         )
         .expect("read")
+        .replace(
+            "env:TOLLWAY_L402_SECRET",
+            &crate::testkit::l402_secret_ref(dir.path()),
+        )
         .replace("upstream: 127.0.0.1:18080", "upstream: api.internal:8080")
         .replace("grpc: 127.0.0.1:50051", "grpc: 0.0.0.0:50051");
         let c = Config::parse(&text, Secrets::Skip).expect("valid");

@@ -5,6 +5,12 @@
 //! *before* the request is forwarded (documented trade-off: a failing upstream still charges).
 //! Allowed requests get `PAYMENT-RESPONSE` (v2) / `X-PAYMENT-RESPONSE` (v1) on the response and
 //! lose their payment headers on the way upstream. Facilitator down: 503 with `retry-after`.
+//!
+//! Lightning routes behave as in the filter: an `Authorization: L402|LSAT` credential is
+//! verified here (single-use tokens are claimed once) and stripped before the upstream; an
+//! unpaid request gets a 402 offering every rail (x402 with the `bip122` entry, and the LSAT
+//! and L402 `WWW-Authenticate` lines); when the node is down the 402 offers x402 alone (503 on
+//! a Lightning-only route).
 
 use std::sync::Arc;
 
@@ -13,14 +19,21 @@ use envoy_types::ext_authz::v3::pb::{
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tollway_protocol::filter_config::{CompiledPaid, LightningPrice};
+use tollway_protocol::l402::{
+    carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
+    L402Error, HEADER_AUTHORIZATION, HEADER_WWW_AUTHENTICATE, REASON_TOKEN_ALREADY_USED,
+};
 use tollway_protocol::resource_url;
 use tollway_protocol::x402::{
-    CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_PAYMENT_SIGNATURE,
-    HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE,
+    is_json_object, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE,
+    HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE,
 };
 
+use crate::l402::l402_claim_key;
+use crate::ledger::{EventKind, LedgerEvent};
 use crate::metrics::Metrics;
-use crate::payments::{Payments, SettleOutcome, Verified};
+use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
 
 /// gRPC codes carried in `CheckResponse.status`.
 const GRPC_OK: i32 = 0;
@@ -108,6 +121,34 @@ fn unavailable() -> CheckResponse {
     )
 }
 
+fn bad_request(status: i32, body: &str) -> CheckResponse {
+    denied(
+        GRPC_PERMISSION_DENIED,
+        status,
+        vec![
+            header("content-type", "application/json"),
+            header("cache-control", "no-store"),
+        ],
+        body.to_owned(),
+    )
+}
+
+const BOTH_RAILS: &str =
+    r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
+const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
+
+/// The request as the route table and the challenge need it.
+struct Request<'a> {
+    route: &'a str,
+    paid: &'a CompiledPaid,
+    url: String,
+    /// Path without the query (what a macaroon is bound to).
+    path: &'a str,
+    method: &'a str,
+    /// The route's Lightning price when it sells Lightning and the rail is up.
+    lightning: Option<LightningPrice>,
+}
+
 fn receipt_header(version: u8) -> &'static str {
     if version == 1 {
         HEADER_X_PAYMENT_RESPONSE
@@ -119,6 +160,117 @@ fn receipt_header(version: u8) -> &'static str {
 impl ExtAuthz {
     pub fn new(payments: Arc<Payments>, metrics: Arc<Metrics>) -> Self {
         Self { payments, metrics }
+    }
+
+    /// 402 (or `status`) offering every rail the route has: x402 (EVM offers, plus the
+    /// `bip122` entry when the node minted an invoice) and the L402 `WWW-Authenticate` lines.
+    /// Node down: x402 alone, or 503 when the route sells only Lightning.
+    async fn challenge(&self, r: &Request<'_>, error: Option<&str>, status: i32) -> CheckResponse {
+        let minted = match r.lightning {
+            Some(_) => self.payments.challenge(r.route, r.path, r.method).await,
+            None => None,
+        };
+        let lines = minted
+            .as_ref()
+            .and_then(|m| www_authenticate(&m.macaroon, &m.invoice.bolt11).ok());
+        if lines.is_none() && !r.paid.challenge.has_offers() {
+            self.metrics.check("unavailable");
+            return unavailable();
+        }
+        let x402_offer = lines
+            .as_ref()
+            .and(minted.as_ref())
+            .map(|m| m.x402_offer.as_str())
+            .filter(|o| is_json_object(o));
+        let rendered = r.paid.challenge.render_with(&r.url, error, x402_offer);
+        let mut headers: Vec<HeaderValueOption> = CHALLENGE_HEADERS
+            .iter()
+            .map(|(k, v)| header(k, v))
+            .collect();
+        if r.paid.challenge.has_offers() || x402_offer.is_some() {
+            headers.push(header(
+                HEADER_PAYMENT_REQUIRED,
+                &rendered.payment_required_header,
+            ));
+        }
+        for line in lines.iter().flatten() {
+            // Two values, LSAT first: old clients read only the first.
+            headers.push(header_with(
+                HEADER_WWW_AUTHENTICATE,
+                line,
+                HeaderAppendAction::AppendIfExistsOrAdd,
+            ));
+        }
+        denied(GRPC_PERMISSION_DENIED, status, headers, rendered.body)
+    }
+
+    /// An L402/LSAT credential on a Lightning route.
+    async fn l402(&self, r: &Request<'_>, price: LightningPrice, auth: &str) -> CheckResponse {
+        let Some(rail) = self.payments.lightning() else {
+            self.metrics.check("unavailable");
+            return unavailable();
+        };
+        let now = self.payments.now();
+        let verified = parse_authorization([auth.as_bytes()])
+            .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
+            .and_then(|credential| {
+                verify_credential(
+                    rail.filter_key(),
+                    &credential,
+                    rail.service(),
+                    now,
+                    r.path,
+                    r.method,
+                )
+            });
+        let token = match verified {
+            Ok(t) => t,
+            Err(L402Error::HeaderTooLarge { .. }) => {
+                self.metrics.check("invalid");
+                return bad_request(431, CREDENTIAL_TOO_LARGE);
+            }
+            Err(e) => {
+                self.metrics.check("invalid");
+                tracing::debug!(route = %r.route, reason = e.reason(), "L402 credential refused");
+                return self.challenge(r, Some(e.reason()), 402).await;
+            }
+        };
+        if price.single_use {
+            let key = l402_claim_key(&token.payment_hash.0);
+            match self.payments.claim(&key, r.route, token.valid_until).await {
+                ClaimResult::Claimed => {}
+                ClaimResult::AlreadyUsed => {
+                    self.metrics.check("invalid");
+                    return self
+                        .challenge(r, Some(REASON_TOKEN_ALREADY_USED), 402)
+                        .await;
+                }
+                ClaimResult::Unavailable => {
+                    self.metrics.check("unavailable");
+                    return unavailable();
+                }
+            }
+        } else {
+            self.payments.record(LedgerEvent {
+                network: Some(rail.network().caip2().to_owned()),
+                amount: Some(price.amount_msat.to_string()),
+                nonce: Some(token.payment_hash.to_hex()),
+                ..LedgerEvent::new(EventKind::L402Accepted, r.route)
+            });
+        }
+        self.metrics.check("paid");
+        // The credential never reaches the upstream; the API's own Authorization does.
+        let mut o = ok(vec![header("cache-control", "private")], false);
+        if let Some(HttpResponse::OkResponse(ok)) = &mut o.http_response {
+            match without_l402(auth.as_bytes()) {
+                Some(rest) => ok.headers.push(header(
+                    HEADER_AUTHORIZATION,
+                    &String::from_utf8_lossy(&rest),
+                )),
+                None => ok.headers_to_remove.push(HEADER_AUTHORIZATION.to_owned()),
+            }
+        }
+        o
     }
 
     pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
@@ -151,14 +303,15 @@ impl ExtAuthz {
             &http.host,
             &http.path,
         );
-        let challenge = |error: Option<&str>, status: i32| {
-            let rendered = paid.challenge.render(&url, error);
-            let mut headers = vec![header(
-                HEADER_PAYMENT_REQUIRED,
-                &rendered.payment_required_header,
-            )];
-            headers.extend(CHALLENGE_HEADERS.iter().map(|(k, v)| header(k, v)));
-            denied(GRPC_PERMISSION_DENIED, status, headers, rendered.body)
+        let request = Request {
+            route: &route.name,
+            paid,
+            url,
+            path: http.path.split(['?', '#']).next().unwrap_or(""),
+            method: &http.method,
+            lightning: paid
+                .lightning
+                .and_then(|_| self.payments.lightning_price(&route.name)),
         };
 
         // Envoy lower-cases header names in the check request.
@@ -166,10 +319,24 @@ impl ExtAuthz {
             .iter()
             .find_map(|name| http.headers.get(*name).map(|v| (*name, v.as_str())))
             .filter(|(_, v)| !v.trim().is_empty());
+        if let Some(price) = request.lightning {
+            if let Some(auth) = http
+                .headers
+                .get(HEADER_AUTHORIZATION)
+                .filter(|v| carries_l402(v.as_bytes()))
+            {
+                if payment.is_some() {
+                    self.metrics.check("invalid");
+                    return bad_request(400, BOTH_RAILS);
+                }
+                return self.l402(&request, price, auth).await;
+            }
+        }
         let Some((header_name, value)) = payment else {
             self.metrics.check("challenge");
-            return challenge(None, 402);
+            return self.challenge(&request, None, 402).await;
         };
+        let url = request.url.clone();
 
         match self
             .payments
@@ -183,7 +350,7 @@ impl ExtAuthz {
                 } else {
                     402
                 };
-                challenge(Some(&reason), status)
+                self.challenge(&request, Some(&reason), status).await
             }
             Verified::Unavailable { .. } => {
                 self.metrics.check("unavailable");
@@ -482,5 +649,320 @@ pub(crate) mod tests {
         let receipt = b64_json(header_of(&d.headers, "payment-response").expect("receipt"));
         assert_eq!(receipt["success"], false);
         assert_eq!(d.body, "{}");
+    }
+
+    // ---- Lightning --------------------------------------------------------------------------
+
+    mod lightning {
+        use super::*;
+        use crate::l402::LightningRail;
+        use crate::lightning::doubles::{Double, LndDouble, Mode};
+        use crate::lightning::lnd::LndNode;
+        use crate::lightning::tls::load_certs;
+        use crate::lightning::{Backend, Node};
+        use crate::testkit::{lightning_harness, lightning_harness_on};
+        use tollway_protocol::lightning::LightningNetwork;
+
+        const REGTEST: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
+
+        fn headers_of<'a>(hs: &'a [HeaderValueOption], name: &str) -> Vec<&'a str> {
+            hs.iter()
+                .filter_map(|h| h.header.as_ref())
+                .filter(|h| h.key == name)
+                .map(|h| h.value.as_str())
+                .collect()
+        }
+
+        /// (macaroon, invoice) of the L402 line of a 402.
+        fn l402_challenge(d: &DeniedHttpResponse) -> (String, String) {
+            let lines = headers_of(&d.headers, "www-authenticate");
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert!(lines[0].starts_with("LSAT macaroon=\""), "{}", lines[0]);
+            assert!(lines[1].starts_with("L402 macaroon=\""), "{}", lines[1]);
+            let param = |name: &str| {
+                let start = lines[1].find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+                let end = lines[1][start..].find('"').expect("quote") + start;
+                lines[1][start..end].to_owned()
+            };
+            (param("macaroon"), param("invoice"))
+        }
+
+        fn pay(h: &Harness, invoice: &str) -> String {
+            let dev = h
+                .payments
+                .lightning()
+                .and_then(|l| l.dev_node())
+                .expect("dev");
+            hex::encode(dev.pay(invoice, unix_now()).expect("pay").preimage)
+        }
+
+        #[tokio::test]
+        async fn unpaid_gets_every_rail() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let r = authz(&h)
+                .check(&check_request("GET", "/api/quote", &[]))
+                .await;
+            let d = denied_of(&r);
+            assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
+            let (macaroon, invoice) = l402_challenge(d);
+            assert!(invoice.starts_with("lnbcrt100n1"));
+            assert!(d
+                .headers
+                .iter()
+                .filter(|h| h
+                    .header
+                    .as_ref()
+                    .is_some_and(|h| h.key == "www-authenticate"))
+                .all(|h| h.append_action == HeaderAppendAction::AppendIfExistsOrAdd as i32));
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            let accepts = required["accepts"].as_array().expect("accepts");
+            assert_eq!(accepts.len(), 2);
+            assert_eq!(accepts[0]["network"], "eip155:84532");
+            assert_eq!(accepts[1]["network"], REGTEST);
+            assert_eq!(accepts[1]["amount"], "10000");
+            assert_eq!(accepts[1]["extra"]["invoice"], invoice.as_str());
+            // v1 body: EVM only.
+            let body: Value = serde_json::from_str(&d.body).expect("json");
+            assert_eq!(body["accepts"].as_array().map(Vec::len), Some(1));
+            assert!(!macaroon.is_empty());
+
+            // Lightning-only route.
+            let r = authz(&h)
+                .check(&check_request("GET", "/api/sats", &[]))
+                .await;
+            let d = denied_of(&r);
+            assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
+            l402_challenge(d);
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            assert_eq!(required["accepts"].as_array().map(Vec::len), Some(1));
+            assert_eq!(required["accepts"][0]["amount"], "21000");
+        }
+
+        #[tokio::test]
+        async fn l402_credential_is_verified_and_stripped() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let a = authz(&h);
+            let r = a.check(&check_request("GET", "/api/quote", &[])).await;
+            let (macaroon, invoice) = l402_challenge(denied_of(&r));
+            let preimage = pay(&h, &invoice);
+
+            // The API's own Authorization survives; the credential does not.
+            let auth = format!("Bearer api-token, LSAT {macaroon}:{preimage}");
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/quote?x=1",
+                    &[("authorization", &auth)],
+                ))
+                .await;
+            let o = ok_of(&r);
+            assert_eq!(
+                header_of(&o.headers, "authorization"),
+                Some("Bearer api-token")
+            );
+            assert!(o.headers_to_remove.is_empty());
+            // Reusable: again, L402 alone.
+            let auth = format!("L402 {macaroon}:{preimage}");
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/quote",
+                    &[("authorization", &auth)],
+                ))
+                .await;
+            let o = ok_of(&r);
+            assert_eq!(o.headers_to_remove, vec!["authorization"]);
+            assert_eq!(
+                header_of(&o.response_headers_to_add, "cache-control"),
+                Some("private")
+            );
+
+            // Bound to the path: not valid on another route.
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/sats",
+                    &[("authorization", &auth)],
+                ))
+                .await;
+            let d = denied_of(&r);
+            assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            assert_eq!(required["error"], "l402_wrong_path");
+            l402_challenge(d);
+
+            // Wrong preimage: a fresh challenge naming the reason.
+            let bad = format!("L402 {macaroon}:{}", "00".repeat(32));
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/quote",
+                    &[("authorization", &bad)],
+                ))
+                .await;
+            let d = denied_of(&r);
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            assert_eq!(required["error"], "l402_wrong_preimage");
+
+            // Both rails at once: 400.
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/quote",
+                    &[("authorization", &auth), ("payment-signature", "e30=")],
+                ))
+                .await;
+            assert_eq!(denied_of(&r).status.as_ref().map(|s| s.code), Some(400));
+
+            // An L402 header on a route that sells no Lightning is not a credential there.
+            let r = a
+                .check(&check_request(
+                    "POST",
+                    "/api/echo",
+                    &[("authorization", &auth)],
+                ))
+                .await;
+            let d = denied_of(&r);
+            assert!(headers_of(&d.headers, "www-authenticate").is_empty());
+
+            h.ledger.flush().await.expect("flush");
+            let events = h.ledger.recent(20).await.expect("events");
+            assert_eq!(
+                events
+                    .iter()
+                    .filter(|e| e.event == EventKind::L402Accepted)
+                    .count(),
+                2
+            );
+        }
+
+        #[tokio::test]
+        async fn single_use_token_works_once() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let a = authz(&h);
+            let r = a.check(&check_request("GET", "/api/once/7", &[])).await;
+            let (macaroon, invoice) = l402_challenge(denied_of(&r));
+            let auth = format!("L402 {macaroon}:{}", pay(&h, &invoice));
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/once/7",
+                    &[("authorization", &auth)],
+                ))
+                .await;
+            ok_of(&r);
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/once/7",
+                    &[("authorization", &auth)],
+                ))
+                .await;
+            let d = denied_of(&r);
+            assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            assert_eq!(required["error"], "l402_token_already_used");
+            l402_challenge(d);
+        }
+
+        #[tokio::test]
+        async fn x402_over_lightning() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let a = authz(&h);
+            let r = a.check(&check_request("GET", "/api/sats", &[])).await;
+            let d = denied_of(&r);
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            let offer = required["accepts"][0].clone();
+            let invoice = offer["extra"]["invoice"]
+                .as_str()
+                .expect("invoice")
+                .to_owned();
+            let payment = b64::encode(
+                json!({"x402Version": 2, "resource": required["resource"], "accepted": offer, "payload": {"invoice": invoice}})
+                    .to_string()
+                    .as_bytes(),
+            );
+            // Not paid yet.
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/sats",
+                    &[("payment-signature", &payment)],
+                ))
+                .await;
+            let d = denied_of(&r);
+            let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
+            assert_eq!(required["error"], "invoice_not_paid");
+
+            pay(&h, &invoice);
+            let r = a
+                .check(&check_request(
+                    "GET",
+                    "/api/sats",
+                    &[("payment-signature", &payment)],
+                ))
+                .await;
+            let o = ok_of(&r);
+            let receipt = b64_json(
+                header_of(&o.response_headers_to_add, "payment-response").expect("receipt"),
+            );
+            assert_eq!(receipt["success"], true);
+            assert_eq!(receipt["network"], REGTEST);
+            assert_eq!(receipt["payer"], "anonymous");
+            assert!(fake.calls().is_empty());
+        }
+
+        #[tokio::test]
+        async fn node_down_offers_x402_alone() {
+            let fake = FakeFacilitator::start().await;
+            let d = LndDouble::start(LightningNetwork::Regtest).await;
+            let h = lightning_harness_on(&fake.url, |config, metrics| {
+                let lnd = LndNode::new(
+                    "127.0.0.1",
+                    d.addr.port(),
+                    load_certs(d.cert_pem.as_bytes()).expect("cert"),
+                    &d.macaroon,
+                )
+                .expect("client");
+                let node = Node::new(
+                    Backend::Lnd,
+                    LightningNetwork::Regtest,
+                    Arc::new(lnd),
+                    metrics,
+                );
+                Arc::new(LightningRail::with_node(
+                    node,
+                    None,
+                    600,
+                    config.l402.as_ref().expect("l402"),
+                ))
+            });
+            d.set_mode(Mode::Fail);
+            let r = authz(&h)
+                .check(&check_request("GET", "/api/quote", &[]))
+                .await;
+            let den = denied_of(&r);
+            assert_eq!(den.status.as_ref().map(|s| s.code), Some(402));
+            assert!(headers_of(&den.headers, "www-authenticate").is_empty());
+            let required = b64_json(header_of(&den.headers, "payment-required").expect("x402"));
+            assert_eq!(required["accepts"].as_array().map(Vec::len), Some(1));
+            assert_eq!(required["accepts"][0]["network"], "eip155:84532");
+            // Lightning-only: nothing to offer, 503.
+            let r = authz(&h)
+                .check(&check_request("GET", "/api/sats", &[]))
+                .await;
+            assert_eq!(r.status.as_ref().map(|s| s.code), Some(GRPC_UNAVAILABLE));
+            assert_eq!(denied_of(&r).status.as_ref().map(|s| s.code), Some(503));
+            // Back up: both rails again.
+            d.set_mode(Mode::Normal);
+            let r = authz(&h)
+                .check(&check_request("GET", "/api/quote", &[]))
+                .await;
+            l402_challenge(denied_of(&r));
+        }
     }
 }

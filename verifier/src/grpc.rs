@@ -11,7 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tollway_protocol::rpc;
 
 use crate::ext_authz::ExtAuthz;
-use crate::payments::{Payments, SettleOutcome, Verified};
+use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
 
 /// Generated server and client for `tollway.v1.Payments`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -108,8 +108,45 @@ impl generated::payments_server::Payments for PaymentsService {
         request: tonic::Request<rpc::ReleaseRequest>,
     ) -> Result<tonic::Response<rpc::ReleaseResponse>, tonic::Status> {
         let r = request.into_inner();
-        self.payments.release(&r.payment_id, r.upstream_status);
+        self.payments
+            .release(&r.payment_id, r.upstream_status)
+            .await;
         Ok(tonic::Response::new(rpc::ReleaseResponse {}))
+    }
+
+    async fn challenge(
+        &self,
+        request: tonic::Request<rpc::ChallengeRequest>,
+    ) -> Result<tonic::Response<rpc::ChallengeResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let response = match self.payments.challenge(&r.route, &r.path, &r.method).await {
+            Some(c) => rpc::ChallengeResponse {
+                outcome: rpc::ChallengeOutcome::Minted as i32,
+                invoice: c.invoice.bolt11,
+                macaroon: c.macaroon,
+                x402_offer: c.x402_offer,
+            },
+            None => rpc::ChallengeResponse {
+                outcome: rpc::ChallengeOutcome::Unavailable as i32,
+                ..rpc::ChallengeResponse::default()
+            },
+        };
+        Ok(tonic::Response::new(response))
+    }
+
+    async fn claim(
+        &self,
+        request: tonic::Request<rpc::ClaimRequest>,
+    ) -> Result<tonic::Response<rpc::ClaimResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let outcome = match self.payments.claim(&r.key, &r.route, r.expires_at).await {
+            ClaimResult::Claimed => rpc::ClaimOutcome::Claimed,
+            ClaimResult::AlreadyUsed => rpc::ClaimOutcome::AlreadyUsed,
+            ClaimResult::Unavailable => rpc::ClaimOutcome::Unavailable,
+        };
+        Ok(tonic::Response::new(rpc::ClaimResponse {
+            outcome: outcome as i32,
+        }))
     }
 }
 
@@ -227,6 +264,93 @@ mod tests {
             .expect("check")
             .into_inner();
         assert_eq!(r.status.map(|s| s.code), Some(0));
+
+        let _ = stop_tx.send(());
+        server.await.expect("join").expect("server");
+    }
+
+    #[tokio::test]
+    async fn challenge_and_claim_over_the_wire() {
+        let fake = FakeFacilitator::start().await;
+        let h = crate::testkit::lightning_harness(&fake.url);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            PaymentsService::new(h.payments.clone()),
+            ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let mut client = PaymentsClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+
+        let c = client
+            .challenge(rpc::ChallengeRequest {
+                route: "quote".into(),
+                path: "/api/quote".into(),
+                method: "GET".into(),
+            })
+            .await
+            .expect("challenge")
+            .into_inner();
+        assert_eq!(c.outcome, rpc::ChallengeOutcome::Minted as i32);
+        assert!(c.invoice.starts_with("lnbcrt100n1"));
+        assert!(tollway_protocol::x402::is_json_object(&c.x402_offer));
+        // The filter's own check of what it splices into headers.
+        tollway_protocol::l402::www_authenticate(&c.macaroon, &c.invoice).expect("header-safe");
+
+        // Pay, then the filter verifies the token itself and claims it (single-use routes).
+        let dev = h
+            .payments
+            .lightning()
+            .and_then(|l| l.dev_node())
+            .expect("dev");
+        let paid = dev.pay(&c.invoice, unix_now()).expect("pay");
+        let header = format!("L402 {}:{}", c.macaroon, hex::encode(paid.preimage));
+        let credential = tollway_protocol::l402::parse_authorization([header.as_bytes()])
+            .expect("parse")
+            .expect("credential");
+        let rail = h.payments.lightning().expect("rail");
+        let token = tollway_protocol::l402::verify_credential(
+            rail.filter_key(),
+            &credential,
+            rail.service(),
+            unix_now(),
+            "/api/quote",
+            "GET",
+        )
+        .expect("valid token");
+        let claim = |key: String| rpc::ClaimRequest {
+            key,
+            route: "quote".into(),
+            expires_at: token.valid_until,
+        };
+        let key = format!("l402:{}", token.payment_hash.to_hex());
+        let first = client
+            .claim(claim(key.clone()))
+            .await
+            .expect("claim")
+            .into_inner();
+        assert_eq!(first.outcome, rpc::ClaimOutcome::Claimed as i32);
+        let second = client.claim(claim(key)).await.expect("claim").into_inner();
+        assert_eq!(second.outcome, rpc::ClaimOutcome::AlreadyUsed as i32);
+
+        // A route without Lightning: UNAVAILABLE, nothing minted.
+        let c = client
+            .challenge(rpc::ChallengeRequest {
+                route: "echo".into(),
+                path: "/api/echo".into(),
+                method: "POST".into(),
+            })
+            .await
+            .expect("challenge")
+            .into_inner();
+        assert_eq!(c.outcome, rpc::ChallengeOutcome::Unavailable as i32);
+        assert!(c.invoice.is_empty() && c.macaroon.is_empty() && c.x402_offer.is_empty());
 
         let _ = stop_tx.send(());
         server.await.expect("join").expect("server");

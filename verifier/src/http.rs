@@ -1,20 +1,25 @@
 //! Operations HTTP on `verifier.http`: `/healthz` (alive), `/readyz` (config loaded and ledger
-//! open; facilitator reachability reported, not required) and `/metrics` (Prometheus).
+//! open; facilitator reachability reported, not required), `/metrics` (Prometheus) and, with
+//! the `dev` Lightning backend only, `POST /dev/lightning/pay`: the test wallet.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::clock::unix_now;
 use crate::facilitator::FacilitatorClient;
+use crate::lightning::dev::PayError;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 
@@ -33,7 +38,58 @@ pub fn router(state: Arc<OpsState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(DEV_PAY_PATH, post(dev_pay))
         .with_state(state)
+}
+
+/// The dev node's pay endpoint (404 unless `lightning.backend` is `dev`).
+pub const DEV_PAY_PATH: &str = "/dev/lightning/pay";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevPayRequest {
+    invoice: String,
+}
+
+fn json_error(code: StatusCode, message: &str) -> (StatusCode, Json<serde_json::Value>) {
+    (code, Json(json!({ "error": message })))
+}
+
+/// `{"invoice": "<bolt11>"}` → `{"preimage": hex, "payment_hash": hex}`: marks one of the dev
+/// node's invoices paid, like a wallet paying it would.
+async fn dev_pay(
+    State(s): State<Arc<OpsState>>,
+    body: Bytes,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let Some(dev) = s.payments.lightning().and_then(|l| l.dev_node()) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no dev Lightning node here (lightning.backend is not dev)",
+        );
+    };
+    let Ok(request) = serde_json::from_slice::<DevPayRequest>(&body) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"invoice\": \"<bolt11>\"}",
+        );
+    };
+    match dev.pay(&request.invoice, unix_now()) {
+        Ok(paid) => {
+            let hash = hex::encode(paid.payment_hash);
+            tracing::info!(payment_hash = %hash, "dev node paid an invoice");
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "preimage": hex::encode(paid.preimage),
+                    "payment_hash": hash,
+                })),
+            )
+        }
+        Err(PayError::Poisoned) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "dev node unavailable")
+        }
+        Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -54,6 +110,10 @@ async fn readyz(State(s): State<Arc<OpsState>>) -> impl IntoResponse {
         "ledger": s.ledger,
         "pending_payments": s.payments.pending_count(),
         "facilitators": facilitators,
+        "lightning": s.payments.lightning().map(|l| json!({
+            "backend": l.node().backend().as_str(),
+            "network": l.network().name(),
+        })),
     });
     let code = if ready {
         StatusCode::OK
@@ -129,5 +189,118 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn dev_pay_endpoint() {
+        let h = crate::testkit::lightning_harness(&dead_url().await);
+        let state = Arc::new(OpsState {
+            metrics: h.metrics.clone(),
+            ready: AtomicBool::new(true),
+            facilitators: Vec::new(),
+            payments: h.payments.clone(),
+            routes: 5,
+            paid_routes: 4,
+            ledger: "x.db".into(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(listener, state, std::future::pending()));
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}{DEV_PAY_PATH}");
+        let pay = |body: String| {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+
+        let c = h
+            .payments
+            .challenge("quote", "/api/quote", "GET")
+            .await
+            .expect("minted");
+        let r = pay(json!({"invoice": c.invoice.bolt11}).to_string())
+            .await
+            .expect("pay");
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.expect("json");
+        let preimage = hex::decode(body["preimage"].as_str().expect("preimage")).expect("hex");
+        assert_eq!(body["payment_hash"], hex::encode(c.invoice.payment_hash));
+        assert_eq!(
+            crate::lightning::bolt11::sha256(&preimage),
+            c.invoice.payment_hash
+        );
+        // Idempotent for the same invoice.
+        let again: serde_json::Value = pay(json!({"invoice": c.invoice.bolt11}).to_string())
+            .await
+            .expect("pay")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(again, body);
+
+        // Unknown, malformed, amountless or foreign invoices: 400 with a reason.
+        let stranger = crate::lightning::dev::DevNode::new(
+            tollway_protocol::lightning::LightningNetwork::Regtest,
+        )
+        .create_at(1000, "x", 600, crate::clock::unix_now())
+        .expect("create");
+        for (body, reason) in [
+            (
+                json!({"invoice": stranger.bolt11}).to_string(),
+                "invoice was not issued by this node",
+            ),
+            (
+                json!({"invoice": "lnbcrt1nonsense"}).to_string(),
+                "not a valid BOLT11 invoice",
+            ),
+            ("not json".to_owned(), "expected a JSON body"),
+            (json!({"bolt11": "x"}).to_string(), "expected a JSON body"),
+        ] {
+            let r = pay(body).await.expect("pay");
+            assert_eq!(r.status(), 400);
+            let e: serde_json::Value = r.json().await.expect("json");
+            assert!(e["error"].as_str().expect("error").contains(reason), "{e}");
+        }
+
+        // readyz names the backend.
+        let ready: serde_json::Value = client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            ready["lightning"],
+            json!({"backend": "dev", "network": "regtest"})
+        );
+    }
+
+    #[tokio::test]
+    async fn dev_pay_is_404_without_the_dev_backend() {
+        let h = harness(&dead_url().await);
+        let state = Arc::new(OpsState {
+            metrics: h.metrics.clone(),
+            ready: AtomicBool::new(true),
+            facilitators: Vec::new(),
+            payments: h.payments.clone(),
+            routes: 3,
+            paid_routes: 2,
+            ledger: "x.db".into(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(listener, state, std::future::pending()));
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}{DEV_PAY_PATH}"))
+            .body(r#"{"invoice":"lnbcrt1x"}"#)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 404);
     }
 }

@@ -29,6 +29,12 @@ pub enum EventKind {
     Released,
     /// The payment was refused; `reason` says why.
     Rejected,
+    /// A Lightning invoice was minted for a 402 (`nonce` = payment hash, `amount` in msat).
+    InvoiceCreated,
+    /// A single-use L402 token was claimed (spent) for one request.
+    L402Claimed,
+    /// An L402 token was accepted by ext_authz (filter mode verifies tokens without us).
+    L402Accepted,
 }
 
 impl EventKind {
@@ -40,6 +46,9 @@ impl EventKind {
             Self::SettlementFailed => "settlement_failed",
             Self::Released => "released",
             Self::Rejected => "rejected",
+            Self::InvoiceCreated => "invoice_created",
+            Self::L402Claimed => "l402_claimed",
+            Self::L402Accepted => "l402_accepted",
         }
     }
 
@@ -52,12 +61,17 @@ impl EventKind {
             "settlement_failed" => Self::SettlementFailed,
             "released" => Self::Released,
             "rejected" => Self::Rejected,
+            "invoice_created" => Self::InvoiceCreated,
+            "l402_claimed" => Self::L402Claimed,
+            "l402_accepted" => Self::L402Accepted,
             _ => return None,
         })
     }
 }
 
-/// One row of `payment_events`. `at` is unix milliseconds.
+/// One row of `payment_events`. `at` is unix milliseconds. Lightning rows: `network` is the
+/// `bip122:` id, `asset` `BTC`, `amount` millisatoshis, `nonce` the payment hash (hex),
+/// `payer` `anonymous`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerEvent {
     pub at: i64,

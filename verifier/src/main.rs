@@ -9,7 +9,9 @@ mod ext_authz;
 mod facilitator;
 mod grpc;
 mod http;
+mod l402;
 mod ledger;
+mod lightning;
 mod metrics;
 mod payments;
 mod replay;
@@ -55,6 +57,15 @@ fn main() -> ExitCode {
         Command::Check { config } => match load(&config, Secrets::Resolve) {
             Ok(c) => {
                 println!("ok: {} routes ({} paid)", c.routes.len(), c.paid_routes());
+                if let Some(l) = &c.lightning {
+                    let lightning_routes =
+                        c.routes.iter().filter(|r| r.lightning.is_some()).count();
+                    println!(
+                        "lightning: {} on {} ({lightning_routes} routes sell Lightning)",
+                        l.node.backend().as_str(),
+                        l.network.name()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -28,6 +28,18 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendOutcome {
+    pub backend: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendOp {
+    pub backend: String,
+    pub op: String,
+}
+
 type HistogramFamily = Family<Endpoint, Histogram, fn() -> Histogram>;
 
 fn facilitator_histogram() -> Histogram {
@@ -48,6 +60,10 @@ pub struct Metrics {
     replay_claims: Family<ResultLabel, Counter>,
     check: Family<ResultLabel, Counter>,
     pending_payments: Gauge,
+    lightning_invoices: Family<BackendOutcome, Counter>,
+    lightning_node_errors: Family<BackendOp, Counter>,
+    l402_claims: Family<ResultLabel, Counter>,
+    challenges: Family<Outcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -68,6 +84,10 @@ impl Metrics {
         let replay_claims = Family::<ResultLabel, Counter>::default();
         let check = Family::<ResultLabel, Counter>::default();
         let pending_payments = Gauge::default();
+        let lightning_invoices = Family::<BackendOutcome, Counter>::default();
+        let lightning_node_errors = Family::<BackendOp, Counter>::default();
+        let l402_claims = Family::<ResultLabel, Counter>::default();
+        let challenges = Family::<Outcome, Counter>::default();
         // Counters get the `_total` suffix from the encoder.
         registry.register(
             "tollway_verify",
@@ -105,6 +125,26 @@ impl Metrics {
             "Verified payments waiting for settle or release",
             pending_payments.clone(),
         );
+        registry.register(
+            "tollway_lightning_invoices",
+            "Invoices asked of the Lightning node by backend and outcome (created, error, timeout, busy)",
+            lightning_invoices.clone(),
+        );
+        registry.register(
+            "tollway_lightning_node_errors",
+            "Lightning node calls that failed (connect, auth, timeout, node error, bad answer) by backend and operation",
+            lightning_node_errors.clone(),
+        );
+        registry.register(
+            "tollway_l402_claims",
+            "Single-use L402 token claims by result",
+            l402_claims.clone(),
+        );
+        registry.register(
+            "tollway_lightning_challenges",
+            "Lightning challenges (invoice + macaroon) by outcome (minted, unavailable)",
+            challenges.clone(),
+        );
         Self {
             registry,
             verify,
@@ -115,7 +155,45 @@ impl Metrics {
             replay_claims,
             check,
             pending_payments,
+            lightning_invoices,
+            lightning_node_errors,
+            l402_claims,
+            challenges,
         }
+    }
+
+    pub fn lightning_invoice(&self, backend: &str, outcome: &str) {
+        self.lightning_invoices
+            .get_or_create(&BackendOutcome {
+                backend: backend.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn lightning_node_error(&self, backend: &str, op: &str) {
+        self.lightning_node_errors
+            .get_or_create(&BackendOp {
+                backend: backend.to_owned(),
+                op: op.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn l402_claim(&self, result: &str) {
+        self.l402_claims
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn challenge(&self, outcome: &str) {
+        self.challenges
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     pub fn verify(&self, outcome: &str, reason: &str) {
@@ -205,6 +283,10 @@ mod tests {
         m.ledger_write_error();
         m.replay_claim("claimed");
         m.check("free");
+        m.lightning_invoice("dev", "created");
+        m.lightning_node_error("lnd", "lookup_invoice");
+        m.l402_claim("claimed");
+        m.challenge("minted");
         let text = m.encode();
         for name in [
             "tollway_verify_total{outcome=\"valid\",reason=\"\"} 1",
@@ -214,6 +296,10 @@ mod tests {
             "tollway_ledger_write_errors_total 1",
             "tollway_replay_claims_total{result=\"claimed\"} 1",
             "tollway_check_total{result=\"free\"} 1",
+            "tollway_lightning_invoices_total{backend=\"dev\",outcome=\"created\"} 1",
+            "tollway_lightning_node_errors_total{backend=\"lnd\",op=\"lookup_invoice\"} 1",
+            "tollway_l402_claims_total{result=\"claimed\"} 1",
+            "tollway_lightning_challenges_total{outcome=\"minted\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

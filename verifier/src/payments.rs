@@ -11,15 +11,22 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tollway_protocol::b64;
-use tollway_protocol::filter_config::CompiledConfig;
+use tollway_protocol::filter_config::{CompiledConfig, LightningPrice};
+use tollway_protocol::x402::lightning::{ASSET_BTC, PAY_TO_ANONYMOUS};
 use tollway_protocol::x402::{
-    check_payment, decode_payment, ErrorReason, Offer, ReplayKey, MAX_PAYMENT_BYTES,
+    check_lightning_payment, check_payment, decode_payment, ErrorReason, Offer, PaymentKind,
+    PaymentPayload, ReplayKey, MAX_PAYMENT_BYTES,
 };
 
 use crate::clock::unix_now;
 use crate::config::Config;
 use crate::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
+use crate::l402::{
+    bindable_method, bindable_path, is_l402_claim_key, LightningRail, MintedChallenge, RailError,
+    CLAIM_PREFIX_BIP122,
+};
 use crate::ledger::{EventKind, Ledger, LedgerEvent};
+use crate::lightning::{bolt11, InvoiceState, NodeError};
 use crate::metrics::Metrics;
 use crate::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
 
@@ -30,6 +37,16 @@ pub const REASON_STORE_UNAVAILABLE: &str = "replay_store_unavailable";
 pub const SETTLEMENT_PENDING: &str = "settlement_pending";
 pub const REASON_UNKNOWN_PAYMENT: &str = "unknown_payment_id";
 pub const REASON_UNKNOWN_ROUTE: &str = "unknown_route";
+/// x402 over Lightning: the invoice is not one we minted for this route (or we forgot it).
+pub const REASON_INVOICE_UNKNOWN: &str = "invoice_unknown";
+pub const REASON_INVOICE_EXPIRED: &str = "invoice_expired";
+/// The node says the invoice is still open: pay it, then retry.
+pub const REASON_INVOICE_NOT_PAID: &str = "invoice_not_paid";
+pub const REASON_INVOICE_ALREADY_USED: &str = "invoice_already_used";
+pub const REASON_INVOICE_AMOUNT: &str = "invoice_amount_mismatch";
+pub const REASON_NODE_UNAVAILABLE: &str = "lightning_node_unavailable";
+/// How long a verified Lightning payment waits for settle or release.
+const LIGHTNING_PENDING_SECS: u64 = 300;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verified {
@@ -68,13 +85,26 @@ pub struct Settled {
     pub x402_version: u8,
 }
 
+/// How a verified payment is settled.
+enum Settlement {
+    /// x402 on EVM: the facilitator broadcasts the authorization.
+    Facilitator {
+        payload: Value,
+        requirements: Value,
+        facilitator: Arc<FacilitatorClient>,
+    },
+    /// x402 over Lightning: already paid; settling only keeps the invoice's claim.
+    Lightning {
+        claim_key: String,
+        payment_hash: [u8; 32],
+    },
+}
+
 /// A verified payment waiting for the upstream's answer.
 struct Pending {
     route: String,
     x402_version: u8,
-    payload: Value,
-    requirements: Value,
-    facilitator: Arc<FacilitatorClient>,
+    settlement: Settlement,
     payer: String,
     /// Network in the payment's dialect (v1 name or CAIP-2), for receipts.
     wire_network: String,
@@ -85,6 +115,7 @@ struct Pending {
 struct RouteInfo {
     offers: Vec<Offer>,
     facilitators: Vec<Arc<FacilitatorClient>>,
+    lightning: Option<LightningPrice>,
     description: String,
     mime_type: String,
 }
@@ -95,6 +126,16 @@ pub enum PaymentsError {
     Compile(String),
     #[error("route {route}: facilitator {facilitator} has no client")]
     MissingFacilitator { route: String, facilitator: String },
+    #[error(transparent)]
+    Lightning(#[from] RailError),
+}
+
+/// Outcome of a single-use token claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimResult {
+    Claimed,
+    AlreadyUsed,
+    Unavailable,
 }
 
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -107,6 +148,7 @@ pub struct Payments {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
     pending: Mutex<HashMap<String, Pending>>,
+    lightning: Option<Arc<LightningRail>>,
     clock: Clock,
 }
 
@@ -153,11 +195,16 @@ impl Payments {
                 RouteInfo {
                     offers: paid.offers.clone(),
                     facilitators: clients,
+                    lightning: paid.lightning,
                     description: paid.description.clone(),
                     mime_type: paid.mime_type.clone(),
                 },
             );
         }
+        let lightning = match (&config.lightning, &config.l402) {
+            (Some(l), Some(k)) => Some(Arc::new(LightningRail::new(l, k, metrics.clone())?)),
+            _ => None,
+        };
         Ok(Self {
             compiled: Arc::new(compiled),
             public_url: config.filter.public_url.clone(),
@@ -166,6 +213,7 @@ impl Payments {
             ledger,
             metrics,
             pending: Mutex::new(HashMap::new()),
+            lightning,
             clock: Arc::new(unix_now),
         })
     }
@@ -175,6 +223,34 @@ impl Payments {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Replaces the Lightning rail (tests: a node double).
+    #[cfg(test)]
+    pub fn with_lightning(mut self, rail: Arc<LightningRail>) -> Self {
+        self.lightning = Some(rail);
+        self
+    }
+
+    /// Writes a ledger event (ext_authz records the L402 tokens it accepts).
+    pub fn record(&self, event: LedgerEvent) {
+        self.ledger.record(event);
+    }
+
+    /// Unix seconds, by the clock verification uses.
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The Lightning rail, when `lightning:` and `l402:` are configured.
+    pub fn lightning(&self) -> Option<&Arc<LightningRail>> {
+        self.lightning.as_ref()
+    }
+
+    /// The Lightning price of `route`, when it sells Lightning and the rail is up.
+    pub fn lightning_price(&self, route: &str) -> Option<LightningPrice> {
+        self.lightning.as_ref()?;
+        self.routes.get(route)?.lightning
     }
 
     pub fn compiled(&self) -> &CompiledConfig {
@@ -232,6 +308,9 @@ impl Payments {
             Some(v) => v,
             None => return self.reject(route, ErrorReason::InvalidPayload.as_str(), base_event),
         };
+        if PaymentKind::of(&payment) == PaymentKind::Lightning {
+            return self.verify_lightning(route, info, &payment, now).await;
+        }
         let version = payment.x402_version();
         let expected_header = if version == 1 {
             "x-payment"
@@ -277,7 +356,7 @@ impl Payments {
             .authorization
             .valid_before
             .saturating_add(EXPIRY_MARGIN_SECS);
-        match self.replay.claim(&key, expires_at, now).await {
+        match self.replay.claim(&key.to_string(), expires_at, now).await {
             Ok(Claim::Claimed) => self.metrics.replay_claim("claimed"),
             Ok(Claim::AlreadyUsed) => {
                 self.metrics.replay_claim("already_used");
@@ -362,9 +441,11 @@ impl Payments {
         let pending = Pending {
             route: route.to_owned(),
             x402_version: version,
-            payload: payload_json,
-            requirements,
-            facilitator,
+            settlement: Settlement::Facilitator {
+                payload: payload_json,
+                requirements,
+                facilitator,
+            },
             payer: payer.clone(),
             wire_network,
             event: event.clone(),
@@ -390,8 +471,261 @@ impl Payments {
     }
 
     async fn release_claim(&self, key: &ReplayKey) {
+        self.release_key(&key.to_string()).await;
+    }
+
+    async fn release_key(&self, key: &str) {
         if let Err(e) = self.replay.release(key).await {
             tracing::warn!(error = %e, "could not release a nonce claim");
+        }
+    }
+
+    /// x402 over Lightning (invoice form, x402.md §6.1): the echoed requirement has our fixed
+    /// fields, the invoice is one we minted for this route and price, unexpired, not used
+    /// before, and paid according to the node.
+    async fn verify_lightning(
+        &self,
+        route: &str,
+        info: &RouteInfo,
+        payment: &PaymentPayload,
+        now: u64,
+    ) -> Verified {
+        let base_event = LedgerEvent::new(EventKind::Rejected, route);
+        let (Some(rail), Some(price)) = (&self.lightning, info.lightning) else {
+            return self.reject(route, ErrorReason::InvalidNetwork.as_str(), base_event);
+        };
+        let lp = match check_lightning_payment(payment) {
+            Ok(p) => p,
+            Err(reason) => return self.reject(route, reason.as_str(), base_event),
+        };
+        let network = rail.network();
+        if lp.network != network {
+            return self.reject(route, ErrorReason::InvalidNetwork.as_str(), base_event);
+        }
+        let mut event = LedgerEvent {
+            network: Some(network.caip2().to_owned()),
+            asset: Some(ASSET_BTC.to_owned()),
+            payer: Some(PAY_TO_ANONYMOUS.to_owned()),
+            amount: Some(price.amount_msat.to_string()),
+            ..base_event
+        };
+        if lp.amount_msat != price.amount_msat {
+            return self.reject(route, REASON_INVOICE_AMOUNT, event);
+        }
+        let decoded = match bolt11::decode(lp.invoice) {
+            Ok(d) => d,
+            Err(_) => return self.reject(route, ErrorReason::InvalidPayload.as_str(), event),
+        };
+        event.nonce = Some(hex::encode(decoded.payment_hash));
+        if decoded.network != Some(network) {
+            return self.reject(route, ErrorReason::InvalidNetwork.as_str(), event);
+        }
+        if decoded.amount_msat != Some(price.amount_msat) {
+            return self.reject(route, REASON_INVOICE_AMOUNT, event);
+        }
+        // Ours, for this route and price: anti-substitution against the registry.
+        let minted = match rail.minted(&decoded.payment_hash) {
+            Some(m)
+                if m.route == route
+                    && m.amount_msat == price.amount_msat
+                    && m.bolt11 == lp.invoice =>
+            {
+                m
+            }
+            _ => return self.reject(route, REASON_INVOICE_UNKNOWN, event),
+        };
+        if decoded.expires_at <= now || minted.expires_at <= now {
+            return self.reject(route, REASON_INVOICE_EXPIRED, event);
+        }
+        let claim_key = format!("{CLAIM_PREFIX_BIP122}{}", hex::encode(decoded.payment_hash));
+        let claim_until = minted.expires_at.saturating_add(EXPIRY_MARGIN_SECS);
+        match self.replay.claim(&claim_key, claim_until, now).await {
+            Ok(Claim::Claimed) => self.metrics.replay_claim("claimed"),
+            Ok(Claim::AlreadyUsed) => {
+                self.metrics.replay_claim("already_used");
+                return self.reject(route, REASON_INVOICE_ALREADY_USED, event);
+            }
+            Err(e) => {
+                self.metrics.replay_claim("error");
+                self.metrics.verify("unavailable", REASON_STORE_UNAVAILABLE);
+                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                return Verified::Unavailable {
+                    reason: REASON_STORE_UNAVAILABLE.into(),
+                };
+            }
+        }
+        let state = rail.node().lookup_invoice(&decoded.payment_hash).await;
+        let refused = match state {
+            Ok(InvoiceState::Settled { .. }) => None,
+            Ok(InvoiceState::Open) => Some(REASON_INVOICE_NOT_PAID),
+            Ok(InvoiceState::Canceled | InvoiceState::Expired) => Some(REASON_INVOICE_EXPIRED),
+            Err(NodeError::NotFound) => Some(REASON_INVOICE_UNKNOWN),
+            Err(e) => {
+                self.release_key(&claim_key).await;
+                self.metrics.verify("unavailable", REASON_NODE_UNAVAILABLE);
+                tracing::warn!(route = %route, error = %e, "verify: lightning node unavailable");
+                return Verified::Unavailable {
+                    reason: REASON_NODE_UNAVAILABLE.into(),
+                };
+            }
+        };
+        if let Some(reason) = refused {
+            // Not consumed: the same invoice may come back once paid.
+            self.release_key(&claim_key).await;
+            return self.reject(route, reason, event);
+        }
+
+        let payment_id = hex::encode(rand::random::<[u8; 16]>());
+        let pending = Pending {
+            route: route.to_owned(),
+            x402_version: 2,
+            settlement: Settlement::Lightning {
+                claim_key,
+                payment_hash: decoded.payment_hash,
+            },
+            payer: PAY_TO_ANONYMOUS.to_owned(),
+            wire_network: network.caip2().to_owned(),
+            event: event.clone(),
+            expires_at: now.saturating_add(LIGHTNING_PENDING_SECS),
+        };
+        self.ledger.record(LedgerEvent {
+            event: EventKind::Verified,
+            ..event
+        });
+        self.metrics.verify("valid", "");
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(payment_id.clone(), pending);
+            self.metrics.set_pending(p.len());
+        }
+        tracing::info!(route = %route, payment_id = %payment_id, network = network.caip2(), "lightning payment verified");
+        Verified::Valid {
+            payment_id,
+            payer: PAY_TO_ANONYMOUS.to_owned(),
+            x402_version: 2,
+        }
+    }
+
+    /// Mints the Lightning part of a 402 for `route`: an invoice on the node and a macaroon
+    /// bound to `path` and `method` (when given). `None`: the route sells no Lightning, or the
+    /// node is down or slow — the 402 then offers x402 alone.
+    pub async fn challenge(
+        &self,
+        route: &str,
+        path: &str,
+        method: &str,
+    ) -> Option<MintedChallenge> {
+        let now = (self.clock)();
+        let unavailable = |why: &str| {
+            self.metrics.challenge("unavailable");
+            tracing::debug!(route = %route, why, "no lightning challenge");
+            None
+        };
+        let Some(rail) = &self.lightning else {
+            return unavailable("no lightning rail");
+        };
+        let Some(info) = self.routes.get(route) else {
+            tracing::warn!(route = %route, "challenge for a route that is not a paid route here (stale filter config?)");
+            return unavailable("unknown route");
+        };
+        let Some(price) = info.lightning else {
+            return unavailable("route sells no lightning");
+        };
+        let path = match path {
+            "" => None,
+            p => match bindable_path(p) {
+                Some(p) => Some(p),
+                None => {
+                    tracing::warn!(route = %route, "challenge: request path cannot be bound into a token");
+                    return unavailable("bad path");
+                }
+            },
+        };
+        let method = match method {
+            "" => None,
+            m => match bindable_method(m) {
+                Some(m) => Some(m),
+                None => return unavailable("bad method"),
+            },
+        };
+        let memo = if info.description.is_empty() {
+            route
+        } else {
+            info.description.as_str()
+        };
+        match rail
+            .mint(route, price, memo, path, method.as_deref(), now)
+            .await
+        {
+            Ok(c) => {
+                self.metrics.challenge("minted");
+                self.ledger.record(LedgerEvent {
+                    network: Some(rail.network().caip2().to_owned()),
+                    asset: Some(ASSET_BTC.to_owned()),
+                    amount: Some(price.amount_msat.to_string()),
+                    nonce: Some(hex::encode(c.invoice.payment_hash)),
+                    ..LedgerEvent::new(EventKind::InvoiceCreated, route)
+                });
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(route = %route, error = %e, "lightning challenge unavailable: the 402 offers x402 only");
+                unavailable(e.kind())
+            }
+        }
+    }
+
+    /// Claims a single-use L402 token (`l402:<payment hash>`) once, until `expires_at`.
+    pub async fn claim(&self, key: &str, route: &str, expires_at: u64) -> ClaimResult {
+        let now = (self.clock)();
+        if !is_l402_claim_key(key) {
+            // The filter only sends well-formed keys: refuse (fail closed) and say so.
+            tracing::error!(route = %route, key_len = key.len(), "claim: malformed key");
+            self.metrics.l402_claim("error");
+            return ClaimResult::Unavailable;
+        }
+        // Keep the claim at least a minute (clock skew) and at most as long as a token lives.
+        let max = self
+            .lightning
+            .as_ref()
+            .map_or(0, |r| r.valid_seconds())
+            .saturating_add(EXPIRY_MARGIN_SECS);
+        let until = expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)));
+        let mut event = LedgerEvent {
+            nonce: key
+                .strip_prefix(crate::l402::CLAIM_PREFIX_L402)
+                .map(str::to_owned),
+            amount: self
+                .routes
+                .get(route)
+                .and_then(|r| r.lightning)
+                .map(|p| p.amount_msat.to_string()),
+            network: self
+                .lightning
+                .as_ref()
+                .map(|r| r.network().caip2().to_owned()),
+            asset: Some(ASSET_BTC.to_owned()),
+            payer: Some(PAY_TO_ANONYMOUS.to_owned()),
+            ..LedgerEvent::new(EventKind::L402Claimed, route)
+        };
+        match self.replay.claim(key, until, now).await {
+            Ok(Claim::Claimed) => {
+                self.metrics.l402_claim("claimed");
+                self.ledger.record(event);
+                ClaimResult::Claimed
+            }
+            Ok(Claim::AlreadyUsed) => {
+                self.metrics.l402_claim("already_used");
+                event.event = EventKind::Rejected;
+                event.reason = Some(tollway_protocol::l402::REASON_TOKEN_ALREADY_USED.to_owned());
+                self.ledger.record(event);
+                tracing::info!(route = %route, "single-use L402 token presented again");
+                ClaimResult::AlreadyUsed
+            }
+            Err(e) => {
+                self.metrics.l402_claim("error");
+                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                ClaimResult::Unavailable
+            }
         }
     }
 
@@ -425,6 +759,7 @@ impl Payments {
             );
             let reason = format!("upstream_status_{upstream_status}");
             self.record_release(&p, &reason);
+            self.give_back_lightning(&p).await;
             self.metrics.settle("failed");
             return Settled {
                 outcome: SettleOutcome::Failed,
@@ -434,27 +769,48 @@ impl Payments {
                 x402_version: p.x402_version,
             };
         }
-        let request = FacilitatorRequest {
-            x402_version: u32::from(p.x402_version),
-            payment_payload: &p.payload,
-            payment_requirements: &p.requirements,
-        };
-        let (outcome, mut answer) = match p.facilitator.settle(&request).await {
-            Ok(a) if a.success => (SettleOutcome::Settled, a),
-            Ok(a) if a.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
-                (SettleOutcome::Pending, a)
-            }
-            Ok(a) => (SettleOutcome::Failed, a),
-            Err(e) => {
-                tracing::error!(route = %p.route, payment_id = %payment_id, error = %e, "settle: facilitator unavailable");
-                (
-                    SettleOutcome::Unavailable,
-                    SettleAnswer {
-                        success: false,
-                        error_reason: Some(ErrorReason::UnexpectedSettleError.as_str().into()),
-                        ..SettleAnswer::default()
-                    },
-                )
+        let (outcome, mut answer) = match &p.settlement {
+            // Paid before the request was made: nothing to broadcast, the claim stays taken.
+            Settlement::Lightning { payment_hash, .. } => (
+                SettleOutcome::Settled,
+                SettleAnswer {
+                    success: true,
+                    transaction: hex::encode(payment_hash),
+                    network: p.wire_network.clone(),
+                    payer: Some(PAY_TO_ANONYMOUS.to_owned()),
+                    ..SettleAnswer::default()
+                },
+            ),
+            Settlement::Facilitator {
+                payload,
+                requirements,
+                facilitator,
+            } => {
+                let request = FacilitatorRequest {
+                    x402_version: u32::from(p.x402_version),
+                    payment_payload: payload,
+                    payment_requirements: requirements,
+                };
+                match facilitator.settle(&request).await {
+                    Ok(a) if a.success => (SettleOutcome::Settled, a),
+                    Ok(a) if a.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
+                        (SettleOutcome::Pending, a)
+                    }
+                    Ok(a) => (SettleOutcome::Failed, a),
+                    Err(e) => {
+                        tracing::error!(route = %p.route, payment_id = %payment_id, error = %e, "settle: facilitator unavailable");
+                        (
+                            SettleOutcome::Unavailable,
+                            SettleAnswer {
+                                success: false,
+                                error_reason: Some(
+                                    ErrorReason::UnexpectedSettleError.as_str().into(),
+                                ),
+                                ..SettleAnswer::default()
+                            },
+                        )
+                    }
+                }
             }
         };
         if answer.network.is_empty() {
@@ -520,12 +876,22 @@ impl Payments {
         });
     }
 
-    /// The upstream failed: nothing is charged. The nonce stays claimed (the authorization was
-    /// presented once; the client signs a new one to retry).
-    pub fn release(&self, payment_id: &str, upstream_status: u32) {
+    /// A Lightning payment that was not consumed (the upstream failed, or nobody settled it):
+    /// the client paid already, so its invoice may be presented again.
+    async fn give_back_lightning(&self, p: &Pending) {
+        if let Settlement::Lightning { claim_key, .. } = &p.settlement {
+            self.release_key(claim_key).await;
+        }
+    }
+
+    /// The upstream failed: nothing is charged. An EVM nonce stays claimed (the authorization
+    /// was presented once; the client signs a new one to retry); a paid Lightning invoice is
+    /// given back (the client cannot pay it twice).
+    pub async fn release(&self, payment_id: &str, upstream_status: u32) {
         match self.take(payment_id) {
             Some(p) => {
                 self.record_release(&p, &format!("upstream_status_{upstream_status}"));
+                self.give_back_lightning(&p).await;
                 tracing::info!(route = %p.route, payment_id = %payment_id, upstream_status, "payment released, not charged");
             }
             None => {
@@ -535,7 +901,8 @@ impl Payments {
     }
 
     /// Drops pending payments nobody settled or released in time; records them as released.
-    pub fn sweep_expired(&self) -> usize {
+    /// Also forgets expired minted invoices.
+    pub async fn sweep_expired(&self) -> usize {
         let now = (self.clock)();
         let expired: Vec<Pending> = match self.pending.lock() {
             Ok(mut p) => {
@@ -552,7 +919,11 @@ impl Payments {
         };
         for p in &expired {
             self.record_release(p, "expired");
+            self.give_back_lightning(p).await;
             tracing::warn!(route = %p.route, "pending payment expired without settle or release");
+        }
+        if let Some(rail) = &self.lightning {
+            rail.sweep(now);
         }
         expired.len()
     }
@@ -921,7 +1292,7 @@ mod tests {
         else {
             panic!("valid");
         };
-        h.payments.release(&payment_id, 502);
+        h.payments.release(&payment_id, 502).await;
         assert_eq!(h.payments.pending_count(), 0);
         // The nonce stays claimed after a release.
         let v = h
@@ -983,9 +1354,491 @@ mod tests {
             )
             .await;
         assert!(matches!(v, Verified::Valid { .. }));
-        assert_eq!(payments.sweep_expired(), 0);
+        assert_eq!(payments.sweep_expired().await, 0);
         clock.store(now + 301, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(payments.sweep_expired(), 1);
+        assert_eq!(payments.sweep_expired().await, 1);
         assert_eq!(payments.pending_count(), 0);
+    }
+
+    // ---- x402 over Lightning, challenges and claims -----------------------------------------
+
+    mod lightning {
+        use super::*;
+        use crate::l402::LightningRail;
+        use crate::lightning::doubles::{Double, LndDouble, Mode};
+        use crate::lightning::lnd::LndNode;
+        use crate::lightning::tls::load_certs;
+        use crate::lightning::{Backend, Node};
+        use crate::testkit::{
+            lightning_harness, lightning_harness_on, lightning_harness_with_clock, Harness,
+        };
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::time::Duration;
+        use tollway_protocol::lightning::LightningNetwork;
+
+        const REGTEST: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
+
+        /// The v2 payment a client sends for a minted x402 offer (after paying its invoice).
+        fn header(offer: &str, invoice: &str) -> String {
+            let accepted: Value = serde_json::from_str(offer).expect("offer json");
+            b64::encode(
+                json!({
+                    "x402Version": 2,
+                    "resource": {"url": URL, "description": "", "mimeType": ""},
+                    "accepted": accepted,
+                    "payload": {"invoice": invoice},
+                })
+                .to_string()
+                .as_bytes(),
+            )
+        }
+
+        fn pay(h: &Harness, bolt11: &str) -> [u8; 32] {
+            let dev = h
+                .payments
+                .lightning()
+                .and_then(|l| l.dev_node())
+                .expect("dev node");
+            dev.pay(bolt11, unix_now()).expect("pay").preimage
+        }
+
+        fn reason(v: &Verified) -> &str {
+            match v {
+                Verified::Invalid { reason, .. } | Verified::Unavailable { reason } => reason,
+                Verified::Valid { .. } => "",
+            }
+        }
+
+        #[tokio::test]
+        async fn paid_invoice_is_verified_once_and_settled_without_facilitator() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let c = h
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .expect("minted");
+            let payment = header(&c.x402_offer, &c.invoice.bolt11);
+
+            let v = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await;
+            assert_eq!(reason(&v), REASON_INVOICE_NOT_PAID, "{v:?}");
+
+            pay(&h, &c.invoice.bolt11);
+            let v = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await;
+            let Verified::Valid {
+                payment_id,
+                payer,
+                x402_version,
+            } = v
+            else {
+                panic!("expected valid, got {v:?}");
+            };
+            assert_eq!((payer.as_str(), x402_version), ("anonymous", 2));
+            // Presented again (even before settlement): refused.
+            let again = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await;
+            assert_eq!(reason(&again), REASON_INVOICE_ALREADY_USED);
+
+            let s = h.payments.settle(&payment_id, 200).await;
+            assert_eq!(s.outcome, SettleOutcome::Settled);
+            assert_eq!(s.x402_version, 2);
+            let hash = hex::encode(c.invoice.payment_hash);
+            assert_eq!(s.transaction, hash);
+            assert_eq!(
+                decode(&s.payment_response),
+                json!({"success": true, "transaction": hash, "network": REGTEST, "payer": "anonymous"})
+            );
+            assert!(
+                fake.calls().is_empty(),
+                "no facilitator on the Lightning rail"
+            );
+
+            h.ledger.flush().await.expect("flush");
+            let events = h.ledger.recent(10).await.expect("events");
+            let kinds: Vec<EventKind> = events.iter().map(|e| e.event).collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    EventKind::Settled,
+                    EventKind::Rejected,
+                    EventKind::Verified,
+                    EventKind::Rejected,
+                    EventKind::InvoiceCreated
+                ]
+            );
+            assert_eq!(events[0].transaction.as_deref(), Some(hash.as_str()));
+            assert_eq!(events[2].network.as_deref(), Some(REGTEST));
+            assert_eq!(events[2].asset.as_deref(), Some("BTC"));
+            assert_eq!(events[2].amount.as_deref(), Some("10000"));
+            assert_eq!(events[2].nonce.as_deref(), Some(hash.as_str()));
+            assert_eq!(events[4].nonce.as_deref(), Some(hash.as_str()));
+        }
+
+        #[tokio::test]
+        async fn refusals() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let quote = h
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .expect("minted");
+            let sats = h
+                .payments
+                .challenge("sats", "/api/sats", "GET")
+                .await
+                .expect("minted");
+            pay(&h, &quote.invoice.bolt11);
+            pay(&h, &sats.invoice.bolt11);
+
+            // An invoice minted for another route.
+            let v = h
+                .payments
+                .verify(
+                    "sats",
+                    "payment-signature",
+                    &header(&quote.x402_offer, &quote.invoice.bolt11),
+                    URL,
+                )
+                .await;
+            assert_eq!(
+                reason(&v),
+                REASON_INVOICE_AMOUNT,
+                "price of sats differs: {v:?}"
+            );
+            let mut offer: Value = serde_json::from_str(&quote.x402_offer).expect("json");
+            offer["amount"] = json!("21000");
+            let v = h
+                .payments
+                .verify(
+                    "sats",
+                    "payment-signature",
+                    &header(&offer.to_string(), &quote.invoice.bolt11),
+                    URL,
+                )
+                .await;
+            assert_eq!(reason(&v), REASON_INVOICE_AMOUNT, "{v:?}");
+
+            // Another node's invoice for the right amount: not ours.
+            let stranger = crate::lightning::dev::DevNode::new(LightningNetwork::Regtest)
+                .create_at(10_000, "x", 600, unix_now())
+                .expect("create");
+            let mut offer: Value = serde_json::from_str(&quote.x402_offer).expect("json");
+            offer["extra"]["invoice"] = json!(stranger.bolt11);
+            let v = h
+                .payments
+                .verify(
+                    "quote",
+                    "payment-signature",
+                    &header(&offer.to_string(), &stranger.bolt11),
+                    URL,
+                )
+                .await;
+            assert_eq!(reason(&v), REASON_INVOICE_UNKNOWN, "{v:?}");
+
+            // Payload invoice differs from the offered one (anti-substitution, protocol check).
+            let v = h
+                .payments
+                .verify(
+                    "quote",
+                    "payment-signature",
+                    &header(&quote.x402_offer, &stranger.bolt11),
+                    URL,
+                )
+                .await;
+            assert_eq!(reason(&v), "invalid_payload", "{v:?}");
+
+            // Another network's id with our regtest invoice.
+            let mut offer: Value = serde_json::from_str(&quote.x402_offer).expect("json");
+            offer["network"] = json!("bip122:000000000019d6689c085ae165831e93");
+            let v = h
+                .payments
+                .verify(
+                    "quote",
+                    "payment-signature",
+                    &header(&offer.to_string(), &quote.invoice.bolt11),
+                    URL,
+                )
+                .await;
+            assert!(matches!(v, Verified::Invalid { .. }), "{v:?}");
+
+            // A route that sells no Lightning.
+            let v = h
+                .payments
+                .verify(
+                    "echo",
+                    "payment-signature",
+                    &header(&quote.x402_offer, &quote.invoice.bolt11),
+                    URL,
+                )
+                .await;
+            assert_eq!(reason(&v), "invalid_network", "{v:?}");
+
+            // None of that consumed the paid invoice.
+            let v = h
+                .payments
+                .verify(
+                    "quote",
+                    "payment-signature",
+                    &header(&quote.x402_offer, &quote.invoice.bolt11),
+                    URL,
+                )
+                .await;
+            assert!(matches!(v, Verified::Valid { .. }), "{v:?}");
+            assert!(fake.calls().is_empty());
+        }
+
+        #[tokio::test]
+        async fn expired_invoice_and_release() {
+            let fake = FakeFacilitator::start().await;
+            let now = unix_now();
+            let clock = Arc::new(AtomicU64::new(now));
+            let c2 = clock.clone();
+            let h = lightning_harness_with_clock(
+                &fake.url,
+                Arc::new(move || c2.load(Ordering::Relaxed)),
+            );
+            let c = h
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .expect("minted");
+            pay(&h, &c.invoice.bolt11);
+            let payment = header(&c.x402_offer, &c.invoice.bolt11);
+
+            // The upstream fails: released, the paid invoice may come back.
+            let Verified::Valid { payment_id, .. } = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await
+            else {
+                panic!("valid");
+            };
+            h.payments.release(&payment_id, 502).await;
+            let Verified::Valid { payment_id, .. } = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await
+            else {
+                panic!("valid after release");
+            };
+            // Settling after a failed upstream releases too.
+            let s = h.payments.settle(&payment_id, 500).await;
+            assert_eq!(s.outcome, SettleOutcome::Failed);
+            assert!(matches!(
+                h.payments
+                    .verify("quote", "payment-signature", &payment, URL)
+                    .await,
+                Verified::Valid { .. }
+            ));
+
+            // Past the invoice's expiry: refused, and the registry forgets it on the sweep.
+            clock.store(now + 601, Ordering::Relaxed);
+            let v = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await;
+            assert_eq!(reason(&v), REASON_INVOICE_EXPIRED, "{v:?}");
+            h.payments.sweep_expired().await;
+            let rail = h.payments.lightning().expect("rail");
+            assert!(rail.minted(&c.invoice.payment_hash).is_none());
+            let v = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await;
+            assert!(matches!(v, Verified::Invalid { .. }), "{v:?}");
+        }
+
+        fn lnd_rail(
+            d: &LndDouble,
+        ) -> impl FnOnce(&Config, Arc<Metrics>) -> Arc<LightningRail> + '_ {
+            move |config: &Config, metrics: Arc<Metrics>| {
+                let lnd = LndNode::new(
+                    "127.0.0.1",
+                    d.addr.port(),
+                    load_certs(d.cert_pem.as_bytes()).expect("cert"),
+                    &d.macaroon,
+                )
+                .expect("client");
+                let node = Node::new(
+                    Backend::Lnd,
+                    LightningNetwork::Regtest,
+                    Arc::new(lnd),
+                    metrics,
+                );
+                Arc::new(LightningRail::with_node(
+                    node,
+                    None,
+                    600,
+                    config.l402.as_ref().expect("l402"),
+                ))
+            }
+        }
+
+        #[tokio::test]
+        async fn node_trouble_is_unavailable_never_a_grant() {
+            let fake = FakeFacilitator::start().await;
+            let d = LndDouble::start(LightningNetwork::Regtest).await;
+            let h = lightning_harness_on(&fake.url, lnd_rail(&d));
+            let c = h
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .expect("minted on LND");
+            let payment = header(&c.x402_offer, &c.invoice.bolt11);
+            d.pay(&c.invoice.payment_hash);
+
+            d.set_mode(Mode::Fail);
+            let v = h
+                .payments
+                .verify("quote", "payment-signature", &payment, URL)
+                .await;
+            assert_eq!(
+                v,
+                Verified::Unavailable {
+                    reason: REASON_NODE_UNAVAILABLE.into()
+                }
+            );
+            assert!(h
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .is_none());
+
+            // Slow node: the challenge gives up within the node timeout (2 s).
+            d.set_mode(Mode::Slow(Duration::from_secs(10)));
+            let started = std::time::Instant::now();
+            assert!(h
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .is_none());
+            assert!(
+                started.elapsed() < Duration::from_millis(2600),
+                "{:?}",
+                started.elapsed()
+            );
+
+            // Back up: the claim was given back, the paid invoice verifies.
+            d.set_mode(Mode::Normal);
+            assert!(matches!(
+                h.payments
+                    .verify("quote", "payment-signature", &payment, URL)
+                    .await,
+                Verified::Valid { .. }
+            ));
+            let text = h.metrics.encode();
+            assert!(
+                text.contains("tollway_lightning_challenges_total{outcome=\"unavailable\"} 2"),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    "tollway_lightning_node_errors_total{backend=\"lnd\",op=\"lookup_invoice\"} 1"
+                ),
+                "{text}"
+            );
+            assert!(text.contains("tollway_verify_total{outcome=\"unavailable\",reason=\"lightning_node_unavailable\"} 1"), "{text}");
+        }
+
+        #[tokio::test]
+        async fn challenge_inputs() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            assert!(h.payments.challenge("nope", "/x", "GET").await.is_none());
+            assert!(
+                h.payments
+                    .challenge("echo", "/api/echo", "POST")
+                    .await
+                    .is_none(),
+                "no Lightning price"
+            );
+            assert!(h
+                .payments
+                .challenge("quote", "/api/quote?x=1", "GET")
+                .await
+                .is_none());
+            assert!(h
+                .payments
+                .challenge("quote", "/api/quote", "G E T")
+                .await
+                .is_none());
+            // Unbound (no path/method given).
+            let c = h.payments.challenge("once", "", "").await.expect("minted");
+            assert_eq!(c.invoice.amount_msat, 5000);
+            // Without the rail nothing is minted.
+            let plain = crate::testkit::harness(&fake.url);
+            assert!(plain
+                .payments
+                .challenge("quote", "/api/quote", "GET")
+                .await
+                .is_none());
+            assert!(plain.payments.lightning().is_none());
+        }
+
+        #[tokio::test]
+        async fn single_use_claims() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let key = crate::l402::l402_claim_key(&[0xab; 32]);
+            let until = unix_now() + 3600;
+            assert_eq!(
+                h.payments.claim(&key, "once", until).await,
+                ClaimResult::Claimed
+            );
+            assert_eq!(
+                h.payments.claim(&key, "once", until).await,
+                ClaimResult::AlreadyUsed
+            );
+            // An expiry in the past still holds the claim a while.
+            let other = crate::l402::l402_claim_key(&[0xcd; 32]);
+            assert_eq!(
+                h.payments.claim(&other, "once", 1).await,
+                ClaimResult::Claimed
+            );
+            assert_eq!(
+                h.payments.claim(&other, "once", 1).await,
+                ClaimResult::AlreadyUsed
+            );
+            for bad in [
+                "",
+                "l402:xyz",
+                "bip122:abc",
+                &format!("l402:{}", "AB".repeat(32)),
+            ] {
+                assert_eq!(
+                    h.payments.claim(bad, "once", until).await,
+                    ClaimResult::Unavailable,
+                    "{bad}"
+                );
+            }
+            h.ledger.flush().await.expect("flush");
+            let events = h.ledger.recent(10).await.expect("events");
+            let kinds: Vec<EventKind> = events.iter().map(|e| e.event).collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    EventKind::Rejected,
+                    EventKind::L402Claimed,
+                    EventKind::Rejected,
+                    EventKind::L402Claimed
+                ]
+            );
+            assert_eq!(events[0].reason.as_deref(), Some("l402_token_already_used"));
+            assert_eq!(events[3].nonce.as_deref(), Some("ab".repeat(32).as_str()));
+            assert_eq!(events[3].amount.as_deref(), Some("5000"));
+            assert!(h
+                .metrics
+                .encode()
+                .contains("tollway_l402_claims_total{result=\"already_used\"} 2"));
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! Replay guard: an authorization nonce is accepted once.
+//! Replay guard: a payment is accepted once.
 //!
-//! A claim is taken *before* the facilitator is asked, so two concurrent requests carrying the
-//! same authorization cannot both pass. The in-memory store serves one node; a shared store
+//! Keys are strings: an EVM authorization is `network/asset/payer/nonce` (the `Display` of
+//! protocol's `ReplayKey`), a Lightning invoice paid through x402 `bip122:<payment hash>`, a
+//! single-use L402 token `l402:<payment hash>`. A claim is taken *before* the facilitator or
+//! the node is asked, so two concurrent requests carrying the same payment cannot both pass. The in-memory store serves one node; a shared store
 //! (Redis `SET NX PX`) implements the same trait for many replicas. A store error means
 //! "unavailable": the caller fails closed.
 
@@ -14,9 +16,8 @@ use std::sync::Mutex;
 /// chain).
 pub const EXPIRY_MARGIN_SECS: u64 = 120;
 
-/// Identity of one authorization: (network, asset, payer, nonce). Its `Display` is a stable,
-/// lower-case store key.
-pub use tollway_protocol::x402::ReplayKey as NonceKey;
+/// Longest key accepted (ours are under 200 bytes).
+pub const MAX_KEY_LEN: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -36,13 +37,13 @@ pub trait ReplayGuard: Send + Sync {
     /// Atomically claims `key` until `expires_at` (unix seconds).
     fn claim<'a>(
         &'a self,
-        key: &'a NonceKey,
+        key: &'a str,
         expires_at: u64,
         now: u64,
     ) -> BoxFuture<'a, Result<Claim, ReplayStoreError>>;
 
     /// Gives a claim back (the payment was never accepted, e.g. the facilitator was down).
-    fn release<'a>(&'a self, key: &'a NonceKey) -> BoxFuture<'a, Result<(), ReplayStoreError>>;
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplayStoreError>>;
 }
 
 /// Single-node store: a map of claims, expired entries swept every so often.
@@ -53,7 +54,7 @@ pub struct MemoryReplayGuard {
 
 #[derive(Default)]
 struct Claims {
-    map: HashMap<NonceKey, u64>,
+    map: HashMap<String, u64>,
     since_sweep: usize,
 }
 
@@ -70,12 +71,13 @@ impl MemoryReplayGuard {
         self.claims.lock().map(|c| c.map.len()).unwrap_or(0)
     }
 
-    fn claim_sync(
-        &self,
-        key: &NonceKey,
-        expires_at: u64,
-        now: u64,
-    ) -> Result<Claim, ReplayStoreError> {
+    fn claim_sync(&self, key: &str, expires_at: u64, now: u64) -> Result<Claim, ReplayStoreError> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(ReplayStoreError(format!(
+                "replay key of {} bytes refused",
+                key.len()
+            )));
+        }
         let mut c = self
             .claims
             .lock()
@@ -88,7 +90,7 @@ impl MemoryReplayGuard {
         match c.map.get(key) {
             Some(exp) if *exp > now => Ok(Claim::AlreadyUsed),
             _ => {
-                c.map.insert(key.clone(), expires_at);
+                c.map.insert(key.to_owned(), expires_at);
                 Ok(Claim::Claimed)
             }
         }
@@ -98,7 +100,7 @@ impl MemoryReplayGuard {
 impl ReplayGuard for MemoryReplayGuard {
     fn claim<'a>(
         &'a self,
-        key: &'a NonceKey,
+        key: &'a str,
         expires_at: u64,
         now: u64,
     ) -> BoxFuture<'a, Result<Claim, ReplayStoreError>> {
@@ -106,7 +108,7 @@ impl ReplayGuard for MemoryReplayGuard {
         Box::pin(async move { r })
     }
 
-    fn release<'a>(&'a self, key: &'a NonceKey) -> BoxFuture<'a, Result<(), ReplayStoreError>> {
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplayStoreError>> {
         let r = self
             .claims
             .lock()
@@ -123,16 +125,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn key_on(network: &str, payer: u8, n: u8) -> NonceKey {
-        NonceKey {
+    fn key_on(network: &str, payer: u8, n: u8) -> String {
+        tollway_protocol::x402::ReplayKey {
             network: network.parse().expect("network"),
             asset: tollway_protocol::evm::EvmAddress([0xaa; 20]),
             payer: tollway_protocol::evm::EvmAddress([payer; 20]),
             nonce: [n; 32],
         }
+        .to_string()
     }
 
-    fn key(n: u8) -> NonceKey {
+    fn key(n: u8) -> String {
         key_on("eip155:84532", 1, n)
     }
 
@@ -156,6 +159,19 @@ mod tests {
         );
         // After expiry the slot is free again (the authorization is dead on chain anyway).
         assert_eq!(g.claim(&key(1), 300, 100).await.ok(), Some(Claim::Claimed));
+    }
+
+    #[tokio::test]
+    async fn lightning_keys_are_independent() {
+        let g = MemoryReplayGuard::new();
+        let hash = "ab".repeat(32);
+        let bip122 = format!("bip122:{hash}");
+        let l402 = format!("l402:{hash}");
+        assert_eq!(g.claim(&bip122, 100, 0).await.ok(), Some(Claim::Claimed));
+        assert_eq!(g.claim(&l402, 100, 0).await.ok(), Some(Claim::Claimed));
+        assert_eq!(g.claim(&l402, 100, 1).await.ok(), Some(Claim::AlreadyUsed));
+        assert!(g.claim("", 100, 0).await.is_err());
+        assert!(g.claim(&"x".repeat(MAX_KEY_LEN + 1), 100, 0).await.is_err());
     }
 
     #[tokio::test]
@@ -189,9 +205,7 @@ mod tests {
     async fn sweep_drops_expired() {
         let g = MemoryReplayGuard::new();
         for i in 0..SWEEP_EVERY - 1 {
-            let mut k = key(0);
-            k.nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            g.claim(&k, 5, 0).await.expect("claim");
+            g.claim(&format!("l402:{i}"), 5, 0).await.expect("claim");
         }
         // The SWEEP_EVERY-th call sweeps what expired by then.
         g.claim(&key(0xee), 500, 10).await.expect("claim");

@@ -96,6 +96,32 @@ impl SecretRef {
         }
         Ok(Secret(value))
     }
+
+    /// Reads raw bytes (binary files such as LND's `invoice.macaroon` or a DER certificate);
+    /// an environment variable gives its UTF-8 bytes.
+    pub fn resolve_bytes(&self) -> Result<Vec<u8>, SecretError> {
+        let value = match self {
+            Self::Env(name) => match std::env::var(name) {
+                Ok(v) => v.into_bytes(),
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(SecretError::EnvMissing(name.clone()))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(SecretError::EnvNotUnicode(name.clone()))
+                }
+            },
+            Self::File(path) => std::fs::read(path).map_err(|e| SecretError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+        };
+        if value.is_empty() {
+            return Err(SecretError::Empty {
+                source_ref: self.to_string(),
+            });
+        }
+        Ok(value)
+    }
 }
 
 impl fmt::Display for SecretRef {
@@ -165,6 +191,24 @@ mod tests {
         assert!(matches!(missing.resolve(0), Err(SecretError::File { .. })));
         let env = SecretRef::Env("TOLLWAY_TEST_SURELY_UNSET_VAR".into());
         assert!(matches!(env.resolve(0), Err(SecretError::EnvMissing(_))));
+    }
+
+    #[test]
+    fn resolve_binary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m");
+        std::fs::write(&path, [0x02, 0x01, 0xff, 0x00]).expect("write");
+        let r = SecretRef::File(path);
+        assert_eq!(
+            r.resolve_bytes().expect("bytes"),
+            vec![0x02, 0x01, 0xff, 0x00]
+        );
+        let empty = dir.path().join("e");
+        std::fs::write(&empty, []).expect("write");
+        assert!(matches!(
+            SecretRef::File(empty).resolve_bytes(),
+            Err(SecretError::Empty { .. })
+        ));
     }
 
     #[test]

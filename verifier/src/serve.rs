@@ -96,11 +96,16 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let ledger = Arc::new(Ledger::open(&config.verifier.ledger, metrics.clone())?);
     tracing::info!(path = %ledger.path().display(), "ledger open");
     for route in &config.routes {
-        match &route.price {
-            Some(price) => {
-                tracing::info!(route = %route.name, price_usd = %price, rails = ?route.rails, "paid route")
-            }
-            None => tracing::info!(route = %route.name, "free route"),
+        match (&route.price, &route.lightning) {
+            (None, None) => tracing::info!(route = %route.name, "free route"),
+            (price, lightning) => tracing::info!(
+                route = %route.name,
+                price_usd = ?price.map(|p| p.to_string()),
+                rails = ?route.rails,
+                price_msat = ?lightning.map(|l| l.amount_msat),
+                single_use = lightning.is_some_and(|l| l.single_use),
+                "paid route"
+            ),
         }
     }
 
@@ -117,6 +122,20 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         ledger.clone(),
         metrics.clone(),
     )?);
+    if let Some(rail) = payments.lightning() {
+        tracing::info!(
+            backend = rail.node().backend().as_str(),
+            network = rail.network().name(),
+            service = rail.service(),
+            "lightning rail configured (L402 and x402 over bip122)"
+        );
+        if rail.dev_node().is_some() {
+            tracing::warn!(
+                "lightning backend is dev: invoices are paid for free with POST /dev/lightning/pay on {}; never expose it",
+                config.verifier.http
+            );
+        }
+    }
 
     let grpc_listener = TcpListener::bind(config.verifier.grpc)
         .await
@@ -150,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { payments.sweep_expired(); }
+                    _ = tick.tick() => { payments.sweep_expired().await; }
                     _ = stop.changed() => return,
                 }
             }

@@ -57,6 +57,53 @@ pub fn config(facilitator_url: &str) -> Config {
     Config::parse(&config_text(facilitator_url), Secrets::Resolve).expect("test config is valid")
 }
 
+/// The root secret of the Lightning test configs (64 hex characters).
+pub const L402_SECRET: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// Writes [`L402_SECRET`] to a file in `dir`; returns its `file:` reference.
+pub fn l402_secret_ref(dir: &std::path::Path) -> String {
+    let path = dir.join("l402.secret");
+    std::fs::write(&path, format!("{L402_SECRET}\n")).expect("write secret");
+    format!("file:{}", path.display())
+}
+
+/// [`config_text`] plus the Lightning rail (dev node, regtest) and three Lightning routes:
+/// `quote` in USD and sats, `sats` Lightning only, `once` single-use.
+pub fn lightning_config_text(facilitator_url: &str, secret_ref: &str) -> String {
+    config_text(facilitator_url)
+        .replace(
+            "    price: \"0.001\"\n    description: A quote",
+            "    price: \"0.001\"\n    price_sats: 10\n    description: A quote",
+        )
+        .replace(
+            "  - name: free\n",
+            "  - name: sats\n    path: /api/sats\n    methods: [GET]\n    price_msat: 21000\n    description: Sats only\n  - name: once\n    path: /api/once/[id]\n    price_sats: 5\n    single_use: true\n  - name: free\n",
+        )
+        + &format!(
+            r#"lightning:
+  backend: dev
+  network: regtest
+  invoice_expiry_seconds: 600
+  dev: {{}}
+l402:
+  root_secret: "{secret_ref}"
+  service: svc
+  valid_seconds: 3600
+"#
+        )
+}
+
+/// The example config with its L402 root secret from a file in `dir` (instead of the
+/// environment, which tests must not touch).
+pub fn example_config(dir: &std::path::Path, secrets: Secrets) -> Config {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
+    let text = std::fs::read_to_string(path)
+        .expect("example")
+        .replace("env:TOLLWAY_L402_SECRET", &l402_secret_ref(dir));
+    Config::parse(&text, secrets).expect("example config is valid")
+}
+
 pub struct Harness {
     pub payments: Arc<Payments>,
     pub ledger: Arc<Ledger>,
@@ -70,9 +117,56 @@ pub fn harness(facilitator_url: &str) -> Harness {
 }
 
 pub fn harness_with_clock(facilitator_url: &str, clock: crate::payments::Clock) -> Harness {
-    let config = config(facilitator_url);
-    let metrics = Arc::new(Metrics::new());
     let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(facilitator_url);
+    harness_from(config, dir, clock)
+}
+
+/// A harness whose config sells Lightning too ([`lightning_config_text`], dev node).
+pub fn lightning_harness(facilitator_url: &str) -> Harness {
+    lightning_harness_with_clock(facilitator_url, Arc::new(crate::clock::unix_now))
+}
+
+pub fn lightning_harness_with_clock(
+    facilitator_url: &str,
+    clock: crate::payments::Clock,
+) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = lightning_config_text(facilitator_url, &l402_secret_ref(dir.path()));
+    let config = Config::parse(&text, Secrets::Resolve).expect("lightning test config is valid");
+    harness_from(config, dir, clock)
+}
+
+/// [`lightning_harness`] with the rail on another node (a backend double, a dead node).
+pub fn lightning_harness_on(
+    facilitator_url: &str,
+    rail: impl FnOnce(&Config, Arc<Metrics>) -> Arc<crate::l402::LightningRail>,
+) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = lightning_config_text(facilitator_url, &l402_secret_ref(dir.path()));
+    let config = Config::parse(&text, Secrets::Resolve).expect("lightning test config is valid");
+    let metrics = Arc::new(Metrics::new());
+    let rail = rail(&config, metrics.clone());
+    harness_with(
+        config,
+        dir,
+        Arc::new(crate::clock::unix_now),
+        metrics,
+        Some(rail),
+    )
+}
+
+fn harness_from(config: Config, dir: tempfile::TempDir, clock: crate::payments::Clock) -> Harness {
+    harness_with(config, dir, clock, Arc::new(Metrics::new()), None)
+}
+
+fn harness_with(
+    config: Config,
+    dir: tempfile::TempDir,
+    clock: crate::payments::Clock,
+    metrics: Arc<Metrics>,
+    rail: Option<Arc<crate::l402::LightningRail>>,
+) -> Harness {
     let ledger =
         Arc::new(Ledger::open(&dir.path().join("ledger.db"), metrics.clone()).expect("ledger"));
     let mut clients = HashMap::new();
@@ -93,6 +187,14 @@ pub fn harness_with_clock(facilitator_url: &str, clock: crate::payments::Clock) 
         .expect("payments")
         .with_clock(clock),
     );
+    let payments = match rail {
+        Some(rail) => Arc::new(
+            Arc::try_unwrap(payments)
+                .unwrap_or_else(|_| panic!("payments shared"))
+                .with_lightning(rail),
+        ),
+        None => payments,
+    };
     Harness {
         payments,
         ledger,
