@@ -655,11 +655,7 @@ pub(crate) mod tests {
 
     mod lightning {
         use super::*;
-        use crate::l402::LightningRail;
         use crate::lightning::doubles::{Double, LndDouble, Mode};
-        use crate::lightning::lnd::LndNode;
-        use crate::lightning::tls::load_certs;
-        use crate::lightning::{Backend, Node};
         use crate::testkit::{lightning_harness, lightning_harness_on};
         use tollway_protocol::lightning::LightningNetwork;
 
@@ -920,27 +916,8 @@ pub(crate) mod tests {
         async fn node_down_offers_x402_alone() {
             let fake = FakeFacilitator::start().await;
             let d = LndDouble::start(LightningNetwork::Regtest).await;
-            let h = lightning_harness_on(&fake.url, |config, metrics| {
-                let lnd = LndNode::new(
-                    "127.0.0.1",
-                    d.addr.port(),
-                    load_certs(d.cert_pem.as_bytes()).expect("cert"),
-                    &d.macaroon,
-                )
-                .expect("client");
-                let node = Node::new(
-                    Backend::Lnd,
-                    LightningNetwork::Regtest,
-                    Arc::new(lnd),
-                    metrics,
-                );
-                Arc::new(LightningRail::with_node(
-                    node,
-                    None,
-                    600,
-                    config.l402.as_ref().expect("l402"),
-                ))
-            });
+            let h =
+                lightning_harness_on(&fake.url, crate::payments::tests::lightning::lnd_rail(&d));
             d.set_mode(Mode::Fail);
             let r = authz(&h)
                 .check(&check_request("GET", "/api/quote", &[]))

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tollway_protocol::rpc;
+use tonic::transport::server::TcpIncoming;
 
 use crate::ext_authz::ExtAuthz;
 use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};

@@ -930,7 +930,7 @@ impl Payments {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::facilitator::fake::{dead_url, FakeFacilitator, Reply};
     use crate::testkit::{harness, offer, Payer};
@@ -1362,7 +1362,7 @@ mod tests {
 
     // ---- x402 over Lightning, challenges and claims -----------------------------------------
 
-    mod lightning {
+    pub(crate) mod lightning {
         use super::*;
         use crate::l402::LightningRail;
         use crate::lightning::doubles::{Double, LndDouble, Mode};
@@ -1657,7 +1657,8 @@ mod tests {
             assert!(matches!(v, Verified::Invalid { .. }), "{v:?}");
         }
 
-        fn lnd_rail(
+        /// The LND rail over `d`, for harnesses that take a rail builder.
+        pub(crate) fn lnd_rail(
             d: &LndDouble,
         ) -> impl FnOnce(&Config, Arc<Metrics>) -> Arc<LightningRail> + '_ {
             move |config: &Config, metrics: Arc<Metrics>| {
