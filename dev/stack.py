@@ -41,6 +41,20 @@ NETWORK = "eip155:84532"
 LIGHTNING_NETWORK = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"  # CAIP-2 of the regtest genesis block
 L402_SERVICE = "tollway"
 
+# The `short` leased route: renewable in its last SHORT_RENEWAL_WINDOW seconds.
+SHORT_LEASE_SECONDS = 4
+SHORT_RENEWAL_WINDOW = 3
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The `lease:` block of a leased route (`kind: http-stream` or `websocket`)."""
+
+    path: str  # where the lease is bought, with the route's [param] names
+    seconds: int
+    single_use: bool = False  # one request (or one WebSocket session) per lease
+    renewal_window: int | None = None  # `renewal: {window_seconds: N}`; None: not renewable
+
 
 @dataclass(frozen=True)
 class Route:
@@ -50,13 +64,25 @@ class Route:
     price: str | None = None  # USD (x402 on the EVM rail); None: no x402 offer
     price_sats: int | None = None  # Lightning (L402 and x402 over bip122); None: no Lightning offer
     single_use: bool = False  # an L402 token is accepted once
+    kind: str = "http"  # http | http-stream | websocket
+    lease: Lease | None = None  # required for http-stream and websocket
+    upstream_path: str | None = None  # rewrite; placeholders come from `path`
+    request_headers: tuple[str, ...] = ()  # allow-list (presets and names); empty: everything
+    response_headers: tuple[str, ...] = ()  # response presets
+    mime_type: str = "application/json"
+    description: str | None = None
 
     @property
     def free(self) -> bool:
         return self.price is None and self.price_sats is None
 
+    @property
+    def leased(self) -> bool:
+        return self.lease is not None
 
-# Demo routes. The Lightning prices only appear in configs rendered with `lightning=True`.
+
+# Demo routes. The Lightning prices only appear in configs rendered with `lightning=True`, the
+# leased routes only in configs with a lease secret (a Stack always has one; bench/run.py not).
 ROUTES = [
     Route("free", ["GET"], "/free"),
     Route("quote", ["GET"], "/api/quote", price="0.001", price_sats=10),
@@ -64,6 +90,65 @@ ROUTES = [
     Route("fail", ["GET", "POST"], "/api/fail", price="0.001"),
     Route("sats", ["GET"], "/api/sats", price_sats=21),  # Lightning only
     Route("once", ["GET"], "/api/once", price_sats=5, single_use=True),  # one request per token
+    # Only the allow-listed request headers reach the upstream, which answers what it received.
+    Route(
+        "headers",
+        ["GET"],
+        "/api/headers",
+        price="0.001",
+        upstream_path="/v1/headers",
+        request_headers=("api-auth", "x-client-id"),
+        description="Echoes the request headers that reached the upstream",
+    ),
+    # Server-sent events, sold as a 60 s lease (renewable in its last 30 s).
+    Route(
+        "ticker",
+        ["GET"],
+        "/stream/ticker/[symbol]",
+        price="0.01",
+        price_sats=20,
+        kind="http-stream",
+        lease=Lease("/lease/ticker/[symbol]", seconds=60, renewal_window=30),
+        upstream_path="/v1/ticker/[symbol]",
+        response_headers=("streaming",),
+        mime_type="text/event-stream",
+        description="Live ticker (server-sent events), 60 s lease",
+    ),
+    # A WebSocket echo room: the upgrade needs a lease for that room.
+    Route(
+        "chat",
+        ["GET"],
+        "/ws/chat/[room]",
+        price="0.01",
+        kind="websocket",
+        lease=Lease("/lease/chat/[room]", seconds=60),
+        upstream_path="/v1/ws/[room]",
+        description="WebSocket echo room, 60 s lease",
+    ),
+    # One stream per lease.
+    Route(
+        "ticker-once",
+        ["GET"],
+        "/stream/once/[symbol]",
+        price="0.01",
+        kind="http-stream",
+        lease=Lease("/lease/once/[symbol]", seconds=60, single_use=True),
+        upstream_path="/v1/ticker/[symbol]",
+        response_headers=("streaming",),
+        mime_type="text/event-stream",
+        description="One ticker stream per lease",
+    ),
+    # A short, renewable lease (renewal window: its last 3 s) so tests see renewal and expiry fast.
+    Route(
+        "short",
+        ["GET"],
+        "/ws/short/[room]",
+        price="0.01",
+        kind="websocket",
+        lease=Lease("/lease/short/[room]", seconds=SHORT_LEASE_SECONDS, renewal_window=SHORT_RENEWAL_WINDOW),
+        upstream_path="/v1/ws/[room]",
+        description="WebSocket echo room, short lease",
+    ),
 ]
 
 

@@ -4,8 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::headers::{HeaderPolicy, HeaderPolicyError};
 use crate::l402::caveats::is_valid_service;
 use crate::l402::FilterKey;
+use crate::lease::LeaseKey;
+use crate::path_template::{PathTemplate, TemplateError};
 use crate::routes::{RouteError, RouteSpec, RouteTable};
 use crate::x402::{Challenge, Offer};
 
@@ -23,6 +26,20 @@ pub struct FilterConfig {
     /// L402 verification keys; required when a route sells Lightning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l402: Option<L402Filter>,
+    /// Lease key; required when a route is sold as a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases: Option<LeaseFilter>,
+    /// Poll the verifier (`Routes`) for the route table this often; `routes` above is then
+    /// ignored and requests get 503 until a first table arrives. `None`: `routes` is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval_ms: Option<u64>,
+}
+
+/// What the filter needs to check and mint lease tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseFilter {
+    /// [`LeaseKey`] (derived from the lease secret), 64 hex characters.
+    pub key_hex: String,
 }
 
 /// What the filter needs to verify L402 tokens by itself.
@@ -47,6 +64,61 @@ pub struct RouteConfig {
     /// `None` = free route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paid: Option<PaidRoute>,
+    #[serde(default, skip_serializing_if = "ResourceKind::is_http")]
+    pub kind: ResourceKind,
+    /// Required for `http-stream` and `websocket`, refused for `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseConfig>,
+    /// Rewrite of the path sent upstream; `[name]`s come from `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_path: Option<String>,
+    /// Allow-list of request headers (presets `api-auth`, `browser-auth`, or names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Vec<String>>,
+    /// Response presets (`streaming`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<String>,
+    /// Kept in the table (so no broader route serves it) but answered 404.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceKind {
+    /// Pay per request.
+    #[default]
+    Http,
+    /// A response streamed for as long as it lasts (SSE, chunked), bought as a lease.
+    HttpStream,
+    /// A WebSocket upgrade, bought as a lease.
+    Websocket,
+}
+
+impl ResourceKind {
+    pub fn is_http(&self) -> bool {
+        *self == ResourceKind::Http
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Http => "http",
+            ResourceKind::HttpStream => "http-stream",
+            ResourceKind::Websocket => "websocket",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseConfig {
+    /// Where the lease is bought: the same `[name]`s as the resource path.
+    pub path: String,
+    pub seconds: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_use: bool,
+    /// Renewable in the last this-many seconds; `None` = not renewable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_window_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +176,19 @@ pub enum ConfigError {
     ZeroTimeoutSeconds { route: String, offer: usize },
     #[error("route {route:?}: offer {offer} has an empty EIP-712 name or version")]
     NoEip712Domain { route: String, offer: usize },
+    #[error("route {route:?}: {message}")]
+    Lease { route: String, message: String },
+    #[error("route {route:?}: upstream_path {error}")]
+    UpstreamPath { route: String, error: TemplateError },
+    #[error("route {route:?}: {error}")]
+    Headers {
+        route: String,
+        error: HeaderPolicyError,
+    },
+    #[error("leases.key_hex must be 64 hex characters")]
+    BadLeaseKey,
+    #[error("sync_interval_ms must be between 100 and 60000")]
+    BadSyncInterval,
 }
 
 /// The config, ready for the hot path: the route table plus, per route (same index as
@@ -111,8 +196,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledConfig {
     pub table: RouteTable,
+    /// One per table entry: a leased route has two (its resource, then its lease sale).
     pub routes: Vec<CompiledRoute>,
     pub l402: Option<CompiledL402>,
+    pub lease_key: Option<LeaseKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +212,27 @@ pub struct CompiledL402 {
 pub struct CompiledRoute {
     pub name: String,
     pub paid: Option<CompiledPaid>,
+    pub kind: ResourceKind,
+    /// Set on both entries of a leased route.
+    pub lease: Option<CompiledLease>,
+    /// This entry is the lease path (sells leases) rather than the resource.
+    pub sells_lease: bool,
+    pub upstream_path: Option<PathTemplate>,
+    pub headers: HeaderPolicy,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledLease {
+    /// The resource path (literal and `[name]` segments only), to name the leased path.
+    pub resource: PathTemplate,
+    /// The lease path, to name it in a 402 on the resource.
+    pub sale: PathTemplate,
+    /// The one method a lease grants.
+    pub method: String,
+    pub seconds: u64,
+    pub single_use: bool,
+    pub renew_window_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,10 +246,16 @@ pub struct CompiledPaid {
 }
 
 impl CompiledConfig {
-    /// The route called `name` (as sent in gRPC requests).
+    /// The route called `name` (as sent in gRPC requests); for a leased route, its resource
+    /// entry (both entries have the same price).
     pub fn route(&self, name: &str) -> Option<&CompiledRoute> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
+
+/// Table name of a leased route's sale entry (`~` cannot appear in route names).
+fn sale_name(route: &str) -> String {
+    format!("{route}~lease")
 }
 
 impl FilterConfig {
@@ -160,39 +274,189 @@ impl FilterConfig {
                 return Err(ConfigError::BadPublicUrl(url.clone()));
             }
         }
-        let specs = self
-            .routes
-            .iter()
-            .map(|r| RouteSpec {
+        let l402 = self.l402.as_ref().map(compile_l402).transpose()?;
+        let lease_key = self
+            .leases
+            .as_ref()
+            .map(|l| LeaseKey::from_hex(&l.key_hex).ok_or(ConfigError::BadLeaseKey))
+            .transpose()?;
+        if let Some(ms) = self.sync_interval_ms {
+            if !(100..=60_000).contains(&ms) {
+                return Err(ConfigError::BadSyncInterval);
+            }
+        }
+        let mut specs = Vec::with_capacity(self.routes.len());
+        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut sales = Vec::new();
+        for r in &self.routes {
+            let paid = r
+                .paid
+                .as_ref()
+                .map(|p| compile_paid(&r.name, p, l402.is_some()))
+                .transpose()?;
+            let lease = compile_lease(r, paid.is_some(), lease_key.is_some())?;
+            let captures = path_params(&r.path);
+            let upstream_path = r
+                .upstream_path
+                .as_deref()
+                .map(|t| PathTemplate::parse(t, &captures))
+                .transpose()
+                .map_err(|error| ConfigError::UpstreamPath {
+                    route: r.name.clone(),
+                    error,
+                })?;
+            let headers = HeaderPolicy::compile(
+                r.request_headers.as_deref(),
+                &r.response_headers,
+                r.kind == ResourceKind::Websocket,
+            )
+            .map_err(|error| ConfigError::Headers {
+                route: r.name.clone(),
+                error,
+            })?;
+            let route = CompiledRoute {
+                name: r.name.clone(),
+                paid,
+                kind: r.kind,
+                lease,
+                sells_lease: false,
+                upstream_path,
+                headers,
+                disabled: r.disabled,
+            };
+            specs.push(RouteSpec {
                 name: r.name.clone(),
                 host: r.host.clone(),
                 methods: r.methods.clone(),
                 path: r.path.clone(),
-            })
-            .collect();
+            });
+            if let Some(lease) = &r.lease {
+                sales.push((
+                    RouteSpec {
+                        name: sale_name(&r.name),
+                        host: r.host.clone(),
+                        methods: vec!["GET".into(), "POST".into()],
+                        path: lease.path.clone(),
+                    },
+                    CompiledRoute {
+                        sells_lease: true,
+                        upstream_path: None,
+                        headers: HeaderPolicy::default(),
+                        ..route.clone()
+                    },
+                ));
+            }
+            routes.push(route);
+        }
+        for (spec, route) in sales {
+            specs.push(spec);
+            routes.push(route);
+        }
         let table = RouteTable::compile(specs)?;
-        let l402 = self.l402.as_ref().map(compile_l402).transpose()?;
-        let routes = self
-            .routes
-            .iter()
-            .map(|r| {
-                let paid = r
-                    .paid
-                    .as_ref()
-                    .map(|p| compile_paid(&r.name, p, l402.is_some()))
-                    .transpose()?;
-                Ok(CompiledRoute {
-                    name: r.name.clone(),
-                    paid,
-                })
-            })
-            .collect::<Result<_, ConfigError>>()?;
         Ok(CompiledConfig {
             table,
             routes,
             l402,
+            lease_key,
         })
     }
+}
+
+/// The `[name]` segments of a route path.
+fn path_params(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter_map(|s| s.strip_prefix('[').and_then(|s| s.strip_suffix(']')))
+        .collect()
+}
+
+fn compile_lease(
+    r: &RouteConfig,
+    paid: bool,
+    has_key: bool,
+) -> Result<Option<CompiledLease>, ConfigError> {
+    let fail = |message: String| ConfigError::Lease {
+        route: r.name.clone(),
+        message,
+    };
+    let lease = match (r.kind, &r.lease) {
+        (ResourceKind::Http, None) => return Ok(None),
+        (ResourceKind::Http, Some(_)) => {
+            return Err(fail(
+                "a lease needs kind http-stream or websocket (http routes are paid per request)"
+                    .into(),
+            ))
+        }
+        (kind, None) => {
+            return Err(fail(format!(
+                "kind {} is sold as a lease: add lease: {{ path, seconds }}",
+                kind.as_str()
+            )))
+        }
+        (_, Some(lease)) => lease,
+    };
+    if !paid {
+        return Err(fail("a leased route must have a price".into()));
+    }
+    if !has_key {
+        return Err(fail(
+            "sells leases but the filter config has no `leases` key".into(),
+        ));
+    }
+    let params = path_params(&r.path);
+    let resource = PathTemplate::parse(&r.path, &params).map_err(|e| {
+        fail(format!(
+            "a leased path may only have literal and [name] segments: {e}"
+        ))
+    })?;
+    let sale = PathTemplate::parse(&lease.path, &params)
+        .map_err(|e| fail(format!("lease.path: {e}")))?;
+    let mut sale_params: Vec<&str> = sale.params().collect();
+    let mut resource_params: Vec<&str> = resource.params().collect();
+    sale_params.sort_unstable();
+    resource_params.sort_unstable();
+    if sale_params != resource_params {
+        return Err(fail(format!(
+            "lease.path {:?} must capture the same [name]s as path {:?}",
+            lease.path, r.path
+        )));
+    }
+    if lease.path == r.path {
+        return Err(fail("lease.path must differ from path".into()));
+    }
+    let method = match (r.kind, r.methods.as_slice()) {
+        (_, []) => "GET".to_owned(),
+        (ResourceKind::Websocket, [m]) if !m.eq_ignore_ascii_case("GET") => {
+            return Err(fail("a websocket route is opened with GET".into()))
+        }
+        (_, [m]) => m.to_ascii_uppercase(),
+        _ => {
+            return Err(fail(
+                "a leased route lists at most one method (the one its lease grants)".into(),
+            ))
+        }
+    };
+    if lease.seconds == 0 {
+        return Err(fail("lease.seconds must be greater than 0".into()));
+    }
+    if let Some(window) = lease.renew_window_seconds {
+        if lease.single_use {
+            return Err(fail("a single-use lease cannot be renewed".into()));
+        }
+        if window == 0 || window > lease.seconds {
+            return Err(fail(format!(
+                "the renewal window must be 1..={} seconds (lease.seconds)",
+                lease.seconds
+            )));
+        }
+    }
+    Ok(Some(CompiledLease {
+        resource,
+        sale,
+        method,
+        seconds: lease.seconds,
+        single_use: lease.single_use,
+        renew_window_seconds: lease.renew_window_seconds,
+    }))
 }
 
 fn compile_l402(l402: &L402Filter) -> Result<CompiledL402, ConfigError> {

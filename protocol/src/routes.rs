@@ -414,6 +414,22 @@ fn compile_host(host: &str) -> Option<HostPattern> {
 }
 
 /// Non-empty segments of a request path.
+/// The path a lease is bound to: the query dropped, dot segments resolved and empty segments
+/// skipped, the way matching reads it, so `/a//b/` and `/a/./b` name the same resource as `/a/b`.
+pub fn canonical_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let resolved = resolve_dot_segments(path);
+    let mut out = String::with_capacity(resolved.len() + 1);
+    for s in segments(&resolved) {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }

@@ -10,6 +10,7 @@ pub const METHOD_SETTLE: &str = "Settle";
 pub const METHOD_RELEASE: &str = "Release";
 pub const METHOD_CHALLENGE: &str = "Challenge";
 pub const METHOD_CLAIM: &str = "Claim";
+pub const METHOD_ROUTES: &str = "Routes";
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VerifyRequest {
@@ -137,7 +138,7 @@ pub struct ChallengeResponse {
 /// verifier replica.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ClaimRequest {
-    /// `l402:<payment hash hex>`.
+    /// `l402:<payment hash hex>` or `lease:<lease id hex>`.
     #[prost(string, tag = "1")]
     pub key: String,
     #[prost(string, tag = "2")]
@@ -160,4 +161,21 @@ pub enum ClaimOutcome {
 pub struct ClaimResponse {
     #[prost(enumeration = "ClaimOutcome", tag = "1")]
     pub outcome: i32,
+}
+
+/// The filter's route table, polled by every Envoy worker (the verifier owns the table).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoutesRequest {
+    /// The version the filter serves (0: none yet).
+    #[prost(uint64, tag = "1")]
+    pub known_version: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoutesResponse {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// JSON array of `filter_config::RouteConfig`; empty when `version == known_version`.
+    #[prost(string, tag = "2")]
+    pub routes_json: String,
 }

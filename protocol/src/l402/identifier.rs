@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::error::L402Error;
-use super::hmac::sha256;
+use crate::hmac::sha256;
 
 pub const IDENTIFIER_LEN: usize = 66;
 const VERSION_0: [u8; 2] = [0, 0];

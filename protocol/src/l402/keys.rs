@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::hmac::{hmac_sha256, sha256};
+use crate::hmac::{hmac_sha256, sha256};
 use super::identifier::Identifier;
 
 /// Domain separation: the filter key is useless for anything but L402 v1 tokens.

@@ -17,7 +17,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use super::hmac::hmac_sha256;
+use crate::hmac::hmac_sha256;
 
 /// Largest binary macaroon accepted (Aperture's are ~180 bytes; clients may append a few caveats).
 pub const MAX_MACAROON_BYTES: usize = 4096;

@@ -13,7 +13,6 @@ pub mod authorization;
 pub mod caveats;
 pub mod challenge;
 pub mod error;
-mod hmac;
 pub mod identifier;
 pub mod keys;
 pub mod macaroon;

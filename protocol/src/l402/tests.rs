@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use super::hmac::{hmac_sha256, sha256};
+use crate::hmac::{hmac_sha256, sha256};
 use super::*;
 
 const ROOT_KEY: [u8; 32] = [0x5a; 32];

@@ -1,0 +1,343 @@
+//! Lease tokens: what a client holds after paying once for a stream or a WebSocket.
+//!
+//! `base64url(payload) "." base64url(HMAC-SHA256(lease_key, "tollway/lease/v1" || payload))`,
+//! no padding, so the token is safe in a header and in a query parameter. The payload binds the
+//! lease id, the route, the method, the concrete path and the expiry; it is checked with no
+//! store (single-use leases are claimed at the verifier by id).
+//!
+//! payload = version (1) | id (16) | expires_at (u64 BE) | flags (1) | route | method | path,
+//! the last three each as u16 BE length + bytes.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use crate::hmac::hmac_sha256;
+
+/// Request header carrying a lease (preferred).
+pub const HEADER_LEASE: &str = "x-x402-lease";
+/// Query parameter carrying a lease where headers cannot be set (`EventSource`, browsers'
+/// `WebSocket`).
+pub const QUERY_LEASE: &str = "t";
+/// Longest token accepted, checked before any decoding.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+const VERSION: u8 = 1;
+const KEY_LABEL: &[u8] = b"tollway/lease/v1/key";
+const MAC_LABEL: &[u8] = b"tollway/lease/v1";
+const FLAG_SINGLE_USE: u8 = 1;
+
+pub const REASON_REQUIRED: &str = "lease_required";
+pub const REASON_INVALID: &str = "lease_invalid";
+pub const REASON_EXPIRED: &str = "lease_expired";
+pub const REASON_ALREADY_USED: &str = "lease_already_used";
+pub const REASON_NOT_RENEWABLE: &str = "lease_not_renewable";
+pub const REASON_OUTSIDE_WINDOW: &str = "lease_renewal_outside_window";
+
+/// `HMAC-SHA256(secret, "tollway/lease/v1/key")`: mints and checks every lease; never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LeaseKey([u8; 32]);
+
+impl LeaseKey {
+    pub fn derive(secret: &[u8]) -> LeaseKey {
+        LeaseKey(hmac_sha256(secret, &[KEY_LABEL]))
+    }
+
+    pub fn from_hex(s: &str) -> Option<LeaseKey> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(LeaseKey(out))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LeaseKey(..)")
+    }
+}
+
+/// What a lease grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Stable across renewals; the single-use claim key.
+    pub id: [u8; 16],
+    pub route: String,
+    pub method: String,
+    /// Canonical concrete path (see [`crate::routes::canonical_path`]).
+    pub path: String,
+    pub expires_at: u64,
+    pub single_use: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the lease token is malformed")]
+    Malformed,
+    #[error("the lease token's signature does not match")]
+    BadSignature,
+    #[error("the lease was issued for another route, method or path")]
+    WrongBinding,
+    #[error("the lease has expired")]
+    Expired,
+}
+
+impl LeaseError {
+    /// The `error` of the 402 that refuses it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LeaseError::Expired => REASON_EXPIRED,
+            _ => REASON_INVALID,
+        }
+    }
+}
+
+impl Lease {
+    /// The lease id as the verifier's claim key sees it.
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    pub fn mint(&self, key: &LeaseKey) -> String {
+        let payload = self.payload();
+        let mac = hmac_sha256(&key.0, &[MAC_LABEL, &payload]);
+        let mut token = URL_SAFE_NO_PAD.encode(&payload);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(mac));
+        token
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(26 + 6 + self.route.len() + self.method.len() + self.path.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out.push(if self.single_use { FLAG_SINGLE_USE } else { 0 });
+        for field in [&self.route, &self.method, &self.path] {
+            // Fields are bounded by MAX_TOKEN_LEN at use; a longer one would not verify anyway.
+            let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&field.as_bytes()[..usize::from(len)]);
+        }
+        out
+    }
+
+    /// Checks the signature and decodes; says nothing about binding or expiry (see
+    /// [`Lease::check`]).
+    pub fn open(key: &LeaseKey, token: &str) -> Result<Lease, LeaseError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(LeaseError::Malformed);
+        }
+        let (payload, mac) = token.split_once('.').ok_or(LeaseError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| LeaseError::Malformed)?;
+        let mac = URL_SAFE_NO_PAD
+            .decode(mac)
+            .map_err(|_| LeaseError::Malformed)?;
+        let expected = hmac_sha256(&key.0, &[MAC_LABEL, &payload]);
+        if mac.len() != expected.len() || !bool::from(expected.ct_eq(&mac[..])) {
+            return Err(LeaseError::BadSignature);
+        }
+        Lease::decode(&payload).ok_or(LeaseError::Malformed)
+    }
+
+    fn decode(payload: &[u8]) -> Option<Lease> {
+        let mut r = Reader(payload);
+        if r.take(1)? != [VERSION] {
+            return None;
+        }
+        let id: [u8; 16] = r.take(16)?.try_into().ok()?;
+        let expires_at = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let flags = r.take(1)?[0];
+        let route = r.string()?;
+        let method = r.string()?;
+        let path = r.string()?;
+        if !r.0.is_empty() || flags & !FLAG_SINGLE_USE != 0 {
+            return None;
+        }
+        Some(Lease {
+            id,
+            route,
+            method,
+            path,
+            expires_at,
+            single_use: flags & FLAG_SINGLE_USE != 0,
+        })
+    }
+
+    /// The lease grants `method path` on `route` at `now`. `path` is canonical.
+    pub fn check(&self, route: &str, method: &str, path: &str, now: u64) -> Result<(), LeaseError> {
+        let method_ok = self.method.eq_ignore_ascii_case(method)
+            || (self.method == "GET" && method.eq_ignore_ascii_case("HEAD"));
+        if self.route != route || !method_ok || self.path != path {
+            return Err(LeaseError::WrongBinding);
+        }
+        if now >= self.expires_at {
+            return Err(LeaseError::Expired);
+        }
+        Ok(())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().ok()?);
+        String::from_utf8(self.take(usize::from(len))?.to_vec()).ok()
+    }
+}
+
+/// Where renewal stands for a lease expiring at `expires_at`, renewable in its last `window`
+/// seconds.
+pub fn renewal_open(expires_at: u64, window: u64, now: u64) -> Result<(), &'static str> {
+    if now >= expires_at {
+        return Err(REASON_EXPIRED);
+    }
+    if expires_at - now > window {
+        return Err(REASON_OUTSIDE_WINDOW);
+    }
+    Ok(())
+}
+
+/// Removes the `t` query parameter from a `:path`; `None` when it has none. Other parameters
+/// keep their order and spelling.
+pub fn strip_query_token(path: &str) -> Option<(String, &str)> {
+    let (base, query) = path.split_once('?')?;
+    let mut token = None;
+    let mut kept = String::with_capacity(path.len());
+    kept.push_str(base);
+    let mut first = true;
+    for pair in query.split('&') {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        if name == QUERY_LEASE {
+            // A second `t` is dropped too: it must not reach the upstream either.
+            token.get_or_insert(pair.split_once('=').map_or("", |(_, v)| v));
+            continue;
+        }
+        kept.push(if first { '?' } else { '&' });
+        kept.push_str(pair);
+        first = false;
+    }
+    token.map(|t| (kept, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> LeaseKey {
+        LeaseKey::derive(&[7u8; 32])
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            id: [9; 16],
+            route: "ticker".into(),
+            method: "GET".into(),
+            path: "/stream/ticker/BTC".into(),
+            expires_at: 1_000,
+            single_use: false,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_binds() {
+        let token = lease().mint(&key());
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        let opened = Lease::open(&key(), &token).unwrap();
+        assert_eq!(opened, lease());
+        assert_eq!(opened.check("ticker", "GET", "/stream/ticker/BTC", 999), Ok(()));
+        assert_eq!(opened.check("ticker", "HEAD", "/stream/ticker/BTC", 999), Ok(()));
+        for (route, method, path) in [
+            ("chat", "GET", "/stream/ticker/BTC"),
+            ("ticker", "POST", "/stream/ticker/BTC"),
+            ("ticker", "GET", "/stream/ticker/ETH"),
+        ] {
+            assert_eq!(
+                opened.check(route, method, path, 1),
+                Err(LeaseError::WrongBinding)
+            );
+        }
+        assert_eq!(
+            opened.check("ticker", "GET", "/stream/ticker/BTC", 1_000),
+            Err(LeaseError::Expired)
+        );
+        let mut once = lease();
+        once.single_use = true;
+        assert!(Lease::open(&key(), &once.mint(&key())).unwrap().single_use);
+    }
+
+    #[test]
+    fn refuses_forgeries() {
+        let token = lease().mint(&key());
+        assert_eq!(
+            Lease::open(&LeaseKey::derive(&[8u8; 32]), &token),
+            Err(LeaseError::BadSignature)
+        );
+        // Flip one bit in the payload's expiry: the signature no longer matches.
+        let (payload, mac) = token.split_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        bytes[20] ^= 1;
+        let forged = format!("{}.{mac}", URL_SAFE_NO_PAD.encode(&bytes));
+        assert_eq!(Lease::open(&key(), &forged), Err(LeaseError::BadSignature));
+        for bad in ["", ".", "abc", "a.b", &"x".repeat(MAX_TOKEN_LEN + 1), &format!("{payload}.")] {
+            assert!(Lease::open(&key(), bad).is_err(), "{bad}");
+        }
+        // A validly signed but structurally wrong payload is malformed, not accepted.
+        let junk = b"\x02junk";
+        let mac = hmac_sha256(&key().0, &[MAC_LABEL, junk]);
+        let token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(junk),
+            URL_SAFE_NO_PAD.encode(mac)
+        );
+        assert_eq!(Lease::open(&key(), &token), Err(LeaseError::Malformed));
+        assert_eq!(LeaseError::Expired.reason(), REASON_EXPIRED);
+        assert_eq!(LeaseError::BadSignature.reason(), REASON_INVALID);
+        assert_eq!(format!("{:?}", key()), "LeaseKey(..)");
+        assert_eq!(LeaseKey::from_hex(&key().to_hex()), Some(key()));
+        assert_eq!(LeaseKey::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn renewal_window() {
+        assert_eq!(renewal_open(100, 30, 70), Ok(()));
+        assert_eq!(renewal_open(100, 30, 99), Ok(()));
+        assert_eq!(renewal_open(100, 30, 69), Err(REASON_OUTSIDE_WINDOW));
+        assert_eq!(renewal_open(100, 30, 100), Err(REASON_EXPIRED));
+    }
+
+    #[test]
+    fn strips_the_query_token() {
+        assert_eq!(strip_query_token("/a"), None);
+        assert_eq!(strip_query_token("/a?x=1"), None);
+        assert_eq!(
+            strip_query_token("/a?t=abc"),
+            Some(("/a".to_owned(), "abc"))
+        );
+        assert_eq!(
+            strip_query_token("/a?x=1&t=abc&y=2&t=zz"),
+            Some(("/a?x=1&y=2".to_owned(), "abc"))
+        );
+        assert_eq!(strip_query_token("/a?tt=1&t"), Some(("/a?tt=1".to_owned(), "")));
+    }
+}
