@@ -266,6 +266,10 @@ class Stack:
         # must keep minting and accepting the same tokens). `file:` so `tollway envoy` (which
         # derives the filter key from it) and `tollway serve` read the same bytes.
         self.l402_secret = secrets.token_hex(32)
+        # Lease secret (HMAC key of every lease token) and the verifier's admin API bearer token,
+        # fresh per stack and kept across verifier restarts, in files like the L402 secret.
+        self.lease_secret = secrets.token_hex(32)
+        self.admin_token = secrets.token_urlsafe(32)
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -299,6 +303,14 @@ class Stack:
     @property
     def l402_secret_path(self) -> Path:
         return self.run_dir / "l402-root-secret"
+
+    @property
+    def lease_secret_path(self) -> Path:
+        return self.run_dir / "lease-secret"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.run_dir / "admin-token"
 
     @property
     def lightning_pay_url(self) -> str:
@@ -393,9 +405,12 @@ class Stack:
         wait_until("upstream", lambda: http_get(f"{self.upstream_url}/__hits")[0] == 200, proc=proc, log=log)
 
     def write_config(self):
+        secrets_to_write = [(self.lease_secret_path, self.lease_secret), (self.admin_token_path, self.admin_token)]
         if self.lightning:
-            self.l402_secret_path.write_text(self.l402_secret + "\n")
-            self.l402_secret_path.chmod(0o600)
+            secrets_to_write.append((self.l402_secret_path, self.l402_secret))
+        for path, value in secrets_to_write:
+            path.write_text(value + "\n")
+            path.chmod(0o600)
         self.config_path.write_text(render_config(self))
 
     def start_verifier(self):
@@ -441,6 +456,14 @@ class Stack:
             proc=proc,
             log=log,
         )
+        # The filter loads its route table from the verifier shortly after start (503 until then).
+        wait_until(
+            "envoy route table",
+            lambda: http_get(f"{self.url}/free")[0] == 200,
+            timeout=30,
+            proc=proc,
+            log=log,
+        )
 
     # -- chain helpers ---------------------------------------------------------------------
     def balance(self, address: str) -> int:
@@ -458,6 +481,38 @@ class Stack:
         status, body = http_get(f"{self.upstream_url}/__seen?path={urllib.parse.quote(path)}")
         assert status == 200, body
         return json.loads(body)
+
+    def upstream_release(self, symbol: str) -> int:
+        """Opens the upstream's gate for `symbol`: every ticker stream on it sends its second
+        event and ends. Answers how many streams were waiting."""
+        req = urllib.request.Request(
+            f"{self.upstream_url}/__release?symbol={urllib.parse.quote(symbol)}", data=b"", method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())["released"]
+
+    # -- admin API -------------------------------------------------------------------------
+    def admin(self, method: str, path: str, body=None, token: str | None = "") -> tuple[int, dict]:
+        """One request to the verifier's admin API (`path` like `/admin/routes/x`): (status,
+        JSON body or {}). `token` defaults to the stack's admin token; None sends no
+        Authorization header."""
+        headers = {"accept": "application/json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token or self.admin_token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        req = urllib.request.Request(self.verifier_http + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            return status, {"raw": raw.decode(errors="replace")}
 
     # -- lightning helpers -----------------------------------------------------------------
     def lightning_pay(self, invoice: str) -> dict:

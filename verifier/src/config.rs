@@ -1765,6 +1765,12 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
                 description: r.description.clone(),
                 mime_type: r.mime_type.clone(),
             }),
+            kind: Default::default(),
+            lease: None,
+            upstream_path: None,
+            request_headers: None,
+            response_headers: Vec::new(),
+            disabled: false,
         });
     }
 
@@ -1795,6 +1801,8 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         public_url,
         routes: route_configs,
         l402: l402_filter,
+        leases: None,
+        sync_interval_ms: None,
     };
     if let Err(e) = filter.compile() {
         use tollway_protocol::filter_config::ConfigError as E;
