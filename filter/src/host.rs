@@ -27,6 +27,11 @@ pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }
 
+/// Replaces every value of a request header (`:path` included).
+pub fn set_request_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+}
+
 pub fn add_request_header(name: &str, value: &[u8]) {
     let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
 }

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub l402_rejected: u32,
     /// Lightning routes whose 402 could not offer Lightning (verifier or node down).
     pub lightning_challenge_unavailable: u32,
+    /// Leases sold or renewed.
+    pub leases_sold: u32,
+    /// Requests let through on a lease.
+    pub leases_accepted: u32,
+    /// Lease tokens refused (missing, invalid, expired, used) and refused renewals.
+    pub leases_rejected: u32,
 }
 
 impl Metrics {
@@ -44,6 +50,9 @@ impl Metrics {
             l402_accepted: counter("tollway.l402_accepted")?,
             l402_rejected: counter("tollway.l402_rejected")?,
             lightning_challenge_unavailable: counter("tollway.lightning_challenge_unavailable")?,
+            leases_sold: counter("tollway.leases_sold")?,
+            leases_accepted: counter("tollway.leases_accepted")?,
+            leases_rejected: counter("tollway.leases_rejected")?,
         })
     }
 }

@@ -3,12 +3,15 @@
 //! answered so its own `on_http_response_headers` lets the reply through.
 
 use tollway_protocol::l402::HEADER_WWW_AUTHENTICATE;
+use tollway_protocol::lease::HEADER_LEASE;
 use tollway_protocol::x402::{Challenge, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED};
 
 use crate::host;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 const NO_STORE: (&str, &str) = ("cache-control", "no-store");
+/// Where a leased resource's lease is sold.
+const HEADER_LEASE_URL: &str = "x-x402-lease-url";
 
 /// The Lightning part of a 402, minted by the verifier for this request.
 pub struct Lightning<'a> {
@@ -54,7 +57,55 @@ pub fn payment_required(
 
 /// A JSON error; `body` is a complete JSON document (a constant).
 pub fn error(status: u32, body: &'static str) {
+    json(status, body);
+}
+
+/// A JSON answer built for this request.
+pub fn json(status: u32, body: &str) {
     host::send_response(status, vec![JSON, NO_STORE], body.as_bytes());
+}
+
+/// 402 on a leased resource: the lease path's challenge (resource = the lease URL, which is also
+/// in `x-x402-lease-url`) with the reason in `error`.
+pub fn lease_required(challenge: &Challenge, lease_url: &str, reason: &str) {
+    let rendered = challenge.render(lease_url, Some(reason));
+    let mut headers = Vec::with_capacity(CHALLENGE_HEADERS.len() + 2);
+    headers.extend_from_slice(CHALLENGE_HEADERS);
+    if challenge.has_offers() {
+        headers.push((
+            HEADER_PAYMENT_REQUIRED,
+            rendered.payment_required_header.as_str(),
+        ));
+    }
+    headers.push((HEADER_LEASE_URL, lease_url));
+    host::send_response(402, headers, rendered.body.as_bytes());
+}
+
+/// 200 with a newly sold (or renewed) lease: the grant JSON, the token in `x-x402-lease`, and
+/// the x402 receipt when paid with x402.
+pub fn lease_granted(token: &str, body: &str, receipt: Option<(&str, &str)>) {
+    let mut headers = vec![
+        JSON,
+        NO_STORE,
+        (HEADER_LEASE, token),
+        (
+            "access-control-expose-headers",
+            "PAYMENT-RESPONSE, X-PAYMENT-RESPONSE, x-x402-lease",
+        ),
+    ];
+    if let Some(receipt) = receipt {
+        headers.push(receipt);
+    }
+    host::send_response(200, headers, body.as_bytes());
+}
+
+/// 503 until the first route table arrives from the verifier.
+pub fn not_ready() {
+    host::send_response(
+        503,
+        vec![("retry-after", "1"), JSON, NO_STORE],
+        br#"{"error":"payment gateway starting: route table not loaded yet"}"#,
+    );
 }
 
 pub const DUPLICATE_PAYMENT: &str =
@@ -63,7 +114,7 @@ pub const PAYMENT_TOO_LARGE: &str = r#"{"error":"payment header too large"}"#;
 pub const BOTH_RAILS: &str =
     r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
 pub const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
-pub const NOT_CONFIGURED: &str = r#"{"error":"payment gateway not configured"}"#;
+pub const ROUTE_DISABLED: &str = r#"{"error":"route_disabled"}"#;
 
 /// 503: the verifier could not decide. Fail closed, never a free pass.
 pub fn verifier_unavailable() {

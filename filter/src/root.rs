@@ -1,15 +1,20 @@
 //! Root context: loads and compiles the configuration, defines the metrics, creates one
-//! [`Stream`] per HTTP request sharing the compiled configuration.
+//! [`Stream`] per HTTP request sharing the compiled configuration. With `sync_interval_ms` the
+//! route table comes from the verifier (`Routes`, polled on a tick); a table that does not
+//! compile is refused and the last good one keeps serving.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use log::warn;
+use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig};
+use tollway_protocol::rpc::{RoutesRequest, RoutesResponse, METHOD_ROUTES, SERVICE};
 
+use crate::host;
 use crate::http::Stream;
 use crate::metrics::Metrics;
 
@@ -27,7 +32,23 @@ pub struct Root {
     id: u32,
     metrics: Option<Metrics>,
     shared: Option<Rc<Shared>>,
+    /// Set when the route table comes from the verifier.
+    sync: Option<Sync>,
 }
+
+/// Route-table sync state (see `docs/leases.md`, dynamic routes).
+struct Sync {
+    /// The plugin configuration; its `routes` are replaced by each table received.
+    base: FilterConfig,
+    interval: Duration,
+    /// Version of the table in `Root::shared` (0: none yet).
+    version: u64,
+    /// Routes call in flight.
+    call: Option<u32>,
+}
+
+/// Tick while no table has arrived: short, so a fresh Envoy serves within moments.
+const FIRST_TABLE_TICK: Duration = Duration::from_millis(100);
 
 impl Root {
     pub fn new(id: u32) -> Root {
@@ -35,10 +56,22 @@ impl Root {
             id,
             metrics: None,
             shared: None,
+            sync: None,
         }
     }
 
-    fn load(&mut self, size: usize) -> Result<Shared, String> {
+    fn metrics(&mut self) -> Result<Metrics, String> {
+        match self.metrics {
+            Some(m) => Ok(m),
+            None => {
+                let m = Metrics::define().ok_or("cannot define metrics")?;
+                self.metrics = Some(m);
+                Ok(m)
+            }
+        }
+    }
+
+    fn read(&self, size: usize) -> Result<FilterConfig, String> {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
             Ok(Some(bytes)) if !bytes.is_empty() => bytes,
             _ => {
@@ -48,44 +81,149 @@ impl Root {
                 )
             }
         };
-        let config: FilterConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("configuration is not valid JSON for the filter: {e}"))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("configuration is not valid JSON for the filter: {e}"))
+    }
+
+    fn build(&mut self, config: &FilterConfig) -> Result<Shared, String> {
         let compiled = config
             .compile()
             .map_err(|e| format!("configuration rejected: {e}"))?;
-        let metrics = match self.metrics {
-            Some(m) => m,
-            None => {
-                let m = Metrics::define().ok_or("cannot define metrics")?;
-                self.metrics = Some(m);
-                m
-            }
-        };
         Ok(Shared {
             config: compiled,
-            verifier_cluster: config.verifier_cluster,
+            verifier_cluster: config.verifier_cluster.clone(),
             verify_timeout: Duration::from_millis(config.verifier_timeout_ms),
             settle_timeout: Duration::from_millis(config.settle_timeout_ms),
-            public_url: config.public_url,
-            metrics,
+            public_url: config.public_url.clone(),
+            metrics: self.metrics()?,
         })
+    }
+
+    fn configure(&mut self, size: usize) -> Result<(), String> {
+        let config = self.read(size)?;
+        match config.sync_interval_ms {
+            None => {
+                self.shared = Some(Rc::new(self.build(&config)?));
+                self.sync = None;
+            }
+            Some(ms) => {
+                // The static part must be valid on its own; routes come from the verifier.
+                let base = FilterConfig {
+                    routes: Vec::new(),
+                    ..config
+                };
+                self.build(&base)?;
+                // A reconfigured filter keeps serving its last table until the next one.
+                let version = self.sync.as_ref().map_or(0, |s| s.version);
+                self.sync = Some(Sync {
+                    base,
+                    interval: Duration::from_millis(ms),
+                    version,
+                    call: None,
+                });
+                let _ = hostcalls::set_tick_period(FIRST_TABLE_TICK);
+                self.poll();
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the verifier for the route table unless a call is in flight.
+    fn poll(&mut self) {
+        let Some(sync) = self.sync.as_mut() else {
+            return;
+        };
+        if sync.call.is_some() {
+            return;
+        }
+        let request = RoutesRequest {
+            known_version: sync.version,
+        };
+        let timeout = Duration::from_millis(sync.base.verifier_timeout_ms);
+        match hostcalls::dispatch_grpc_call(
+            &sync.base.verifier_cluster,
+            SERVICE,
+            METHOD_ROUTES,
+            Vec::new(),
+            Some(&request.encode_to_vec()),
+            timeout,
+        ) {
+            Ok(token) => sync.call = Some(token),
+            Err(status) => warn!("cannot ask the verifier for routes: {status:?}"),
+        }
+    }
+
+    fn routes_answer(&mut self, status: u32, size: usize) {
+        let answer = if status == 0 {
+            host::grpc_response_body(size)
+                .and_then(|b| RoutesResponse::decode(b.as_slice()).ok())
+        } else {
+            None
+        };
+        let Some(answer) = answer else {
+            if status != 0 {
+                warn!("Routes failed with gRPC status {status}; keeping the current table");
+            }
+            return;
+        };
+        let Some(sync) = self.sync.as_ref() else {
+            return;
+        };
+        if answer.version == sync.version || answer.routes_json.is_empty() {
+            return;
+        }
+        let routes = match serde_json::from_str(&answer.routes_json) {
+            Ok(routes) => routes,
+            Err(e) => {
+                warn!("route table {} is not valid JSON ({e}); keeping the current table", answer.version);
+                return;
+            }
+        };
+        let config = FilterConfig {
+            routes,
+            ..sync.base.clone()
+        };
+        let first = sync.version == 0;
+        match self.build(&config) {
+            Ok(shared) => {
+                self.shared = Some(Rc::new(shared));
+                if let Some(sync) = self.sync.as_mut() {
+                    sync.version = answer.version;
+                    if first {
+                        let _ = hostcalls::set_tick_period(sync.interval);
+                    }
+                }
+            }
+            Err(e) => warn!("route table {} refused ({e}); keeping the current table", answer.version),
+        }
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let ours = self.sync.as_ref().and_then(|s| s.call) == Some(token_id);
+        if ours {
+            if let Some(sync) = self.sync.as_mut() {
+                sync.call = None;
+            }
+            self.routes_answer(status_code, response_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        match self.load(plugin_configuration_size) {
-            Ok(shared) => {
-                self.shared = Some(Rc::new(shared));
-                true
-            }
+        match self.configure(plugin_configuration_size) {
+            Ok(()) => true,
             Err(e) => {
                 warn!("{e}");
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        self.poll();
     }
 
     fn get_type(&self) -> Option<ContextType> {

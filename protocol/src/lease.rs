@@ -204,6 +204,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The JSON answer to a lease purchase (see `docs/leases.md`).
+pub fn grant_json(lease: &Lease, token: &str, url: &str, renewable: bool, now: u64) -> String {
+    serde_json::json!({
+        "lease": token,
+        "expires_at": lease.expires_at,
+        "expires_in": lease.expires_at.saturating_sub(now),
+        "resource": lease.route,
+        "method": lease.method,
+        "path": lease.path,
+        "url": url,
+        "single_use": lease.single_use,
+        "renewable": renewable,
+    })
+    .to_string()
+}
+
 /// Where renewal stands for a lease expiring at `expires_at`, renewable in its last `window`
 /// seconds.
 pub fn renewal_open(expires_at: u64, window: u64, now: u64) -> Result<(), &'static str> {
@@ -316,6 +332,20 @@ mod tests {
         assert_eq!(format!("{:?}", key()), "LeaseKey(..)");
         assert_eq!(LeaseKey::from_hex(&key().to_hex()), Some(key()));
         assert_eq!(LeaseKey::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn grant_names_everything_a_client_needs() {
+        let v: serde_json::Value =
+            serde_json::from_str(&grant_json(&lease(), "tok", "http://h/stream/ticker/BTC", true, 940))
+                .unwrap();
+        assert_eq!(v["lease"], "tok");
+        assert_eq!(v["expires_at"], 1_000);
+        assert_eq!(v["expires_in"], 60);
+        assert_eq!(v["path"], "/stream/ticker/BTC");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["renewable"], true);
+        assert_eq!(v["single_use"], false);
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //! `on_http_response_headers` or while paused there (the Settle answer). Every branch that
 //! paused either resumes or replies.
 
+mod forward;
+mod lease;
+
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
@@ -38,6 +41,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use proxy_wasm::types::Bytes;
 use tollway_protocol::filter_config::{CompiledL402, LightningPrice};
+use tollway_protocol::headers::{
+    CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
+};
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, REASON_TOKEN_ALREADY_USED,
@@ -55,6 +61,8 @@ use tollway_protocol::x402::{
     HEADER_X_PAYMENT_RESPONSE, MAX_PAYMENT_BYTES,
 };
 
+use self::forward::{response_presets, upstream_path, Forward};
+use self::lease::{Sale, Target};
 use crate::host;
 use crate::metrics::inc;
 use crate::reply;
@@ -76,6 +84,8 @@ enum State {
     Challenging(u32),
     /// Paused until the Claim of a single-use L402 token answers.
     Claiming(u32),
+    /// Paused until the Claim of a single-use lease answers.
+    ClaimingLease(u32),
     /// Forwarded upstream with a verified payment, not settled yet.
     Verified,
     /// Paused in the response headers until the Settle call with this token answers.
@@ -127,6 +137,14 @@ pub struct Stream {
     replied: bool,
     payment: Option<Box<Payment>>,
     pending: Option<Box<Pending>>,
+    /// Set once the request is known to go upstream (when allowed).
+    forward: Option<Box<Forward>>,
+    /// On a lease path: the lease the payment buys.
+    sale: Option<Box<Sale>>,
+    /// The lease URL of a 402 that a single-use claim may still need.
+    lease_url: Option<String>,
+    /// The L402 claim key of a lease sale (seeds the lease id).
+    claim_key: Option<String>,
 }
 
 impl Stream {
@@ -139,6 +157,32 @@ impl Stream {
             replied: false,
             payment: None,
             pending: None,
+            forward: None,
+            sale: None,
+            lease_url: None,
+            claim_key: None,
+        }
+    }
+
+    /// Applies the forwarding plan and lets the request go upstream (request-header phase).
+    fn forward_now(&mut self, shared: &Shared) -> Action {
+        self.apply_forward(shared);
+        self.state = State::Done;
+        Action::Continue
+    }
+
+    /// Same, from a gRPC answer while paused in the request headers.
+    fn resume(&mut self, shared: &Shared) {
+        self.apply_forward(shared);
+        self.state = State::Done;
+        host::resume_request();
+    }
+
+    fn apply_forward(&self, shared: &Shared) {
+        if let Some(forward) = self.forward.as_deref() {
+            if let Some(route) = shared.config.routes.get(forward.route) {
+                forward.apply(route);
+            }
         }
     }
 
@@ -317,6 +361,10 @@ impl Stream {
         let method = String::from_utf8_lossy(&method);
         let authority = String::from_utf8_lossy(&authority);
 
+        // Trusted context is ours alone: a client's copy never reaches the upstream.
+        for name in CONTEXT_HEADERS {
+            host::remove_request_header(name);
+        }
         let Some(found) = shared.config.table.find(&authority, &method, &path) else {
             return Action::Continue;
         };
@@ -324,18 +372,46 @@ impl Stream {
         let Some(compiled) = shared.config.routes.get(route) else {
             return Action::Continue;
         };
+        if compiled.disabled {
+            return self.error(404, reply::ROUTE_DISABLED);
+        }
         let Some(paid) = compiled.paid.as_ref() else {
             inc(shared.metrics.requests_free);
-            return Action::Continue;
+            if compiled.upstream_path.is_some() || compiled.headers.filters_requests() {
+                self.forward = Some(Box::new(Forward {
+                    route,
+                    path: upstream_path(compiled, &found.params, &path),
+                    context: Vec::new(),
+                }));
+            }
+            return self.forward_now(shared);
         };
 
         let scheme = host::request_header(":scheme").unwrap_or_default();
-        let url = resource_url(
-            shared.public_url.as_deref(),
-            &String::from_utf8_lossy(&scheme),
-            &authority,
-            &path,
-        );
+        let scheme = String::from_utf8_lossy(&scheme);
+        let target = Target {
+            route,
+            params: &found.params,
+            path: &path,
+            method: &method,
+            scheme: &scheme,
+            authority: &authority,
+        };
+        if compiled.lease.is_some() && !compiled.sells_lease {
+            return self.leased(shared, &target);
+        }
+        if compiled.sells_lease {
+            if let Err(answered) = self.prepare_sale(shared, &target) {
+                return answered;
+            }
+        } else {
+            self.forward = Some(Box::new(Forward {
+                route,
+                path: upstream_path(compiled, &found.params, &path),
+                context: vec![(CONTEXT_RESOURCE, compiled.name.clone())],
+            }));
+        }
+        let url = resource_url(shared.public_url.as_deref(), &scheme, &authority, &path);
         let lightning = paid.lightning.zip(shared.config.l402.as_ref());
         // What a Lightning 402 binds its macaroon to; x402-only routes never need it.
         let (bound_path, bound_method) = match lightning {
@@ -399,17 +475,35 @@ impl Stream {
             let reason = ErrorReason::InvalidPayload.as_str();
             return self.reject(shared, pending(url, Some(reason.into())));
         };
+        // (payer, amount) for the trusted context; a Lightning payer is known after Verify.
         let checked = decode_payment(&value).and_then(|payload| {
             match PaymentKind::of(&payload) {
                 // The verifier checks the invoice with the node; only the shape is checked here.
-                PaymentKind::Lightning if lightning.is_some() => {
-                    check_lightning_payment(&payload).map(|_| ())
-                }
-                _ => check_payment(&paid.offers, &payload, host::now_unix()).map(|_| ()),
+                PaymentKind::Lightning if lightning.is_some() => check_lightning_payment(&payload)
+                    .map(|_| {
+                        let msat = lightning.map_or(0, |(p, _)| p.amount_msat);
+                        (None, format!("{msat} msat"))
+                    }),
+                _ => check_payment(&paid.offers, &payload, host::now_unix()).map(|c| {
+                    let amount = paid.offers.get(c.offer_index).map_or(String::new(), |o| {
+                        format!("{} {}/erc20:{}", o.amount.get(), o.network, o.asset)
+                    });
+                    (Some(c.authorization.from.to_string()), amount)
+                }),
             }
         });
-        if let Err(reason) = checked {
-            return self.reject(shared, pending(url, Some(reason.as_str().into())));
+        let (payer, amount) = match checked {
+            Ok(context) => context,
+            Err(reason) => {
+                return self.reject(shared, pending(url, Some(reason.as_str().into())));
+            }
+        };
+        if let Some(forward) = self.forward.as_mut() {
+            forward.context.push((CONTEXT_RAIL, "x402".to_owned()));
+            forward.context.push((CONTEXT_AMOUNT, amount));
+            if let Some(payer) = payer {
+                forward.context.push((CONTEXT_PAYER, payer));
+            }
         }
 
         // The credential never reaches the upstream.
@@ -495,10 +589,19 @@ impl Stream {
             host::add_request_header(HEADER_AUTHORIZATION, &value);
         }
 
-        if !request.price.single_use {
+        if let Some(forward) = self.forward.as_mut() {
+            forward.context.push((CONTEXT_RAIL, "l402".to_owned()));
+            forward
+                .context
+                .push((CONTEXT_PAYER, token.payment_hash.to_hex()));
+            forward
+                .context
+                .push((CONTEXT_AMOUNT, format!("{} msat", request.price.amount_msat)));
+        }
+        // A lease is bought once per token: always claimed.
+        if !request.price.single_use && self.sale.is_none() {
             inc(shared.metrics.l402_accepted);
-            self.state = State::Done;
-            return Action::Continue;
+            return self.forward_now(shared);
         }
         let Some(compiled) = shared.config.routes.get(request.route) else {
             return self.unavailable(shared);
@@ -508,6 +611,9 @@ impl Stream {
             route: compiled.name.clone(),
             expires_at: token.valid_until,
         };
+        if self.sale.is_some() {
+            self.claim_key = Some(claim.key.clone());
+        }
         let Some(call) = self.dispatch(
             shared,
             METHOD_CLAIM,
@@ -535,8 +641,12 @@ impl Stream {
         match answer.map(|a| a.outcome()) {
             Some(ClaimOutcome::Claimed) => {
                 inc(shared.metrics.l402_accepted);
-                self.state = State::Done;
-                host::resume_request();
+                if self.sale.is_some() {
+                    let claim_key = self.claim_key.take().unwrap_or_default();
+                    self.grant(shared, pending.route, claim_key.as_bytes(), None);
+                    return;
+                }
+                self.resume(shared);
             }
             Some(ClaimOutcome::AlreadyUsed) => {
                 inc(shared.metrics.l402_rejected);
@@ -564,8 +674,20 @@ impl Stream {
             Some(a) if a.outcome() == VerifyOutcome::Valid => {
                 payment.payment_id = a.payment_id;
                 payment.x402_version = a.x402_version;
-                self.state = State::Verified;
                 inc(shared.metrics.verified);
+                if self.sale.is_some() {
+                    // A lease is issued only once its payment has settled.
+                    self.settle(shared, 200);
+                    return;
+                }
+                if let Some(forward) = self.forward.as_mut() {
+                    let known = forward.context.iter().any(|(n, _)| *n == CONTEXT_PAYER);
+                    if !known && !a.payer.is_empty() {
+                        forward.context.push((CONTEXT_PAYER, a.payer));
+                    }
+                }
+                self.apply_forward(shared);
+                self.state = State::Verified;
                 host::resume_request();
             }
             Some(a) if a.outcome() == VerifyOutcome::Invalid => {
@@ -590,10 +712,11 @@ impl Stream {
     }
 
     fn response_headers(&mut self, shared: &Shared) -> Action {
-        let Some(payment) = self.payment.as_ref() else {
+        self.response_presets(shared);
+        if self.payment.is_none() {
             self.state = State::Done;
             return Action::Continue;
-        };
+        }
         let status = host::response_header(":status")
             .and_then(|s| {
                 std::str::from_utf8(&s)
@@ -602,27 +725,46 @@ impl Stream {
             })
             .unwrap_or(0);
         if (100..400).contains(&status) {
-            let request = SettleRequest {
-                payment_id: payment.payment_id.clone(),
-                upstream_status: status,
-            };
-            if let Some(token) = self.dispatch(
-                shared,
-                METHOD_SETTLE,
-                &request.encode_to_vec(),
-                shared.settle_timeout,
-            ) {
-                self.state = State::Settling(token);
-                return Action::Pause;
-            }
-            inc(shared.metrics.verifier_unavailable);
-            self.settle_failed(shared, "", "");
+            self.settle(shared, status);
             return Action::Pause;
         }
         // The upstream failed (or gave no status): nothing is charged.
         self.release(shared, status);
         inc(shared.metrics.upstream_failed_not_charged);
         Action::Continue
+    }
+
+    /// Asks the verifier to settle (paused until it answers); a failed dispatch answers 402.
+    fn settle(&mut self, shared: &Shared, upstream_status: u32) {
+        let Some(payment) = self.payment.as_ref() else {
+            self.unavailable(shared);
+            return;
+        };
+        let request = SettleRequest {
+            payment_id: payment.payment_id.clone(),
+            upstream_status,
+        };
+        if let Some(token) = self.dispatch(
+            shared,
+            METHOD_SETTLE,
+            &request.encode_to_vec(),
+            shared.settle_timeout,
+        ) {
+            self.state = State::Settling(token);
+            return;
+        }
+        inc(shared.metrics.verifier_unavailable);
+        self.settle_failed(shared, "", "");
+    }
+
+    fn response_presets(&self, shared: &Shared) {
+        if let Some(route) = self
+            .forward
+            .as_ref()
+            .and_then(|f| shared.config.routes.get(f.route))
+        {
+            response_presets(route);
+        }
     }
 
     fn release(&mut self, shared: &Shared, upstream_status: u32) {
@@ -659,6 +801,21 @@ impl Stream {
         };
         self.state = State::Done;
         match answer {
+            Some(a)
+                if self.sale.is_some()
+                    && matches!(a.outcome(), SettleOutcome::Settled | SettleOutcome::Pending) =>
+            {
+                inc(shared.metrics.settled);
+                let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
+                let paid_by = self
+                    .payment
+                    .as_ref()
+                    .map(|p| p.payment_id.clone())
+                    .unwrap_or_default();
+                let receipt = (!a.payment_response.is_empty())
+                    .then(|| (self.receipt_header(), a.payment_response.as_str()));
+                self.grant(shared, route, paid_by.as_bytes(), receipt);
+            }
             Some(a) if matches!(a.outcome(), SettleOutcome::Settled | SettleOutcome::Pending) => {
                 if !a.payment_response.is_empty() {
                     host::set_response_header(self.receipt_header(), &a.payment_response);
@@ -702,6 +859,17 @@ impl Stream {
     }
 }
 
+/// The decoded answer of a Claim call.
+fn claim_outcome(status: u32, size: usize) -> Option<ClaimOutcome> {
+    if status != 0 {
+        warn!("Claim failed with gRPC status {status}");
+        return None;
+    }
+    host::grpc_response_body(size)
+        .and_then(|b| ClaimResponse::decode(b.as_slice()).ok())
+        .map(|a| a.outcome())
+}
+
 /// The path a token is bound to: `:path` without its query string.
 fn path_without_query(path: &str) -> &str {
     path.split_once('?').map_or(path, |(p, _)| p)
@@ -739,6 +907,14 @@ impl Context for Stream {
             State::Claiming(token) if token == token_id => {
                 self.claim_answer(&shared, status_code, response_size)
             }
+            State::ClaimingLease(token) if token == token_id => {
+                let claimed = claim_outcome(status_code, response_size).and_then(|o| match o {
+                    ClaimOutcome::Claimed => Some(true),
+                    ClaimOutcome::AlreadyUsed => Some(false),
+                    _ => None,
+                });
+                self.lease_claim_answer(&shared, claimed)
+            }
             // A Release answer, or a call this stream stopped waiting for.
             _ => {}
         }
@@ -760,7 +936,11 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.shared.clone() {
             Some(shared) => self.request_headers(&shared),
-            None => self.error(503, reply::NOT_CONFIGURED),
+            None => {
+                self.answered();
+                reply::not_ready();
+                Action::Pause
+            }
         }
     }
 
@@ -774,11 +954,19 @@ impl HttpContext for Stream {
                 None => Action::Continue,
             },
             // Envoy answered (timeout, reset) while we waited for a call: forget it.
-            State::Verifying(_) | State::Challenging(_) | State::Claiming(_) => {
+            State::Verifying(_)
+            | State::Challenging(_)
+            | State::Claiming(_)
+            | State::ClaimingLease(_) => {
                 self.state = State::Done;
                 Action::Continue
             }
-            _ => Action::Continue,
+            _ => {
+                if let Some(shared) = self.shared.clone() {
+                    self.response_presets(&shared);
+                }
+                Action::Continue
+            }
         }
     }
 }

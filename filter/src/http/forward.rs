@@ -1,0 +1,54 @@
+//! What happens to a request the filter lets through: the route's header allow-list, the
+//! trusted payment context, the upstream path rewrite; and the response presets.
+
+use tollway_protocol::filter_config::CompiledRoute;
+
+use crate::host;
+
+/// Decided in the request-header phase, applied right before the request goes upstream (in
+/// that phase, or while still paused in it).
+pub struct Forward {
+    pub route: usize,
+    /// New `:path` (rewritten, or with the `t` lease parameter removed).
+    pub path: Option<String>,
+    /// Trusted context headers to set (client copies were removed on arrival).
+    pub context: Vec<(&'static str, String)>,
+}
+
+impl Forward {
+    pub fn apply(&self, route: &CompiledRoute) {
+        if route.headers.filters_requests() {
+            for (name, _) in host::request_headers() {
+                if !route.headers.allows(&name) {
+                    host::remove_request_header(&name);
+                }
+            }
+        }
+        for (name, value) in &self.context {
+            host::add_request_header(name, value.as_bytes());
+        }
+        if let Some(path) = &self.path {
+            host::set_request_header(":path", path);
+        }
+    }
+}
+
+/// Adds the route's response presets the upstream did not set itself.
+pub fn response_presets(route: &CompiledRoute) {
+    for (name, value) in route.headers.response_headers() {
+        if host::response_header(name).is_none() {
+            host::add_response_header(name, value);
+        }
+    }
+}
+
+/// `template`'s rendering plus the request's query, or the query-stripped path alone.
+pub fn upstream_path(route: &CompiledRoute, params: &[(String, String)], path: &str) -> Option<String> {
+    let template = route.upstream_path.as_ref()?;
+    let mut out = template.render(params);
+    if let Some((_, query)) = path.split_once('?') {
+        out.push('?');
+        out.push_str(query);
+    }
+    Some(out)
+}

@@ -1,0 +1,286 @@
+//! Leased resources (`http-stream`, `websocket`): using a lease on the resource path, and
+//! selling one on the lease path (see `docs/leases.md`).
+//!
+//! ```text
+//! resource ─ no token ─► 402 lease_required (the lease path's challenge, no call)
+//!          ─ bad / expired / other path ─► 402 with the reason (no call)
+//!          ─ valid ─ strip token ─ reusable ─► Continue
+//!                                ─ single-use ─ Claim ─ Pause ─ CLAIMED ─ resume
+//!                                                          ─ ALREADY_USED ─► 402
+//! lease path ─ renewal token invalid ─► 400; not renewable / outside window ─► 409 (no charge)
+//!            ─ x402 ─ Verify ─ VALID ─ Settle ─ SETTLED/PENDING ─► 200 grant + PAYMENT-RESPONSE
+//!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
+//! ```
+
+use prost::Message;
+use proxy_wasm::types::Action;
+use tollway_protocol::filter_config::CompiledRoute;
+use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
+use tollway_protocol::hmac::sha256;
+use tollway_protocol::lease::{
+    grant_json, renewal_open, strip_query_token, Lease, HEADER_LEASE, REASON_ALREADY_USED,
+    REASON_INVALID, REASON_NOT_RENEWABLE, REASON_REQUIRED,
+};
+use tollway_protocol::resource_url;
+use tollway_protocol::routes::canonical_path;
+use tollway_protocol::rpc::{ClaimRequest, METHOD_CLAIM};
+
+use super::forward::{upstream_path, Forward};
+use super::{State, Stream};
+use crate::host;
+use crate::metrics::inc;
+use crate::reply;
+use crate::root::Shared;
+
+/// A lease being sold: what it will grant once the payment is in.
+pub struct Sale {
+    /// Canonical resource path the lease unlocks.
+    pub path: String,
+    /// Absolute URL of that path, for the grant.
+    pub url: String,
+    /// The lease being renewed.
+    pub renew: Option<Lease>,
+}
+
+/// What a request names: its path, method and the URL pieces of a 402.
+pub struct Target<'a> {
+    pub route: usize,
+    pub params: &'a [(String, String)],
+    pub path: &'a str,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+}
+
+impl Stream {
+    /// A request on a leased resource.
+    pub(super) fn leased(&mut self, shared: &Shared, target: &Target<'_>) -> Action {
+        let Some(route) = shared.config.routes.get(target.route) else {
+            return self.unavailable(shared);
+        };
+        let header = host::request_header(HEADER_LEASE);
+        let query = strip_query_token(target.path);
+        // Neither copy of the credential goes upstream, whatever happens next.
+        if header.is_some() {
+            host::remove_request_header(HEADER_LEASE);
+        }
+        let token = header
+            .map(|h| String::from_utf8_lossy(&h).into_owned())
+            .or_else(|| query.as_ref().map(|(_, t)| (*t).to_owned()));
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return self.lease_refused(shared, route, target, REASON_REQUIRED);
+        };
+        let now = host::now_unix();
+        let Some(key) = shared.config.lease_key.as_ref() else {
+            return self.unavailable(shared);
+        };
+        let lease = Lease::open(key, &token).and_then(|lease| {
+            lease
+                .check(&route.name, target.method, &canonical_path(target.path), now)
+                .map(|()| lease)
+        });
+        let lease = match lease {
+            Ok(lease) if now != 0 => lease,
+            Ok(_) => return self.unavailable(shared),
+            Err(e) => return self.lease_refused(shared, route, target, e.reason()),
+        };
+        let base = query.as_ref().map_or(target.path, |(p, _)| p.as_str());
+        self.forward = Some(Box::new(Forward {
+            route: target.route,
+            path: upstream_path(route, target.params, base).or_else(|| query.map(|(p, _)| p)),
+            context: vec![
+                (CONTEXT_RAIL, "lease".to_owned()),
+                (CONTEXT_PAYER, lease.id_hex()),
+                (CONTEXT_RESOURCE, route.name.clone()),
+            ],
+        }));
+        if !lease.single_use {
+            inc(shared.metrics.leases_accepted);
+            return self.forward_now(shared);
+        }
+        let claim = ClaimRequest {
+            key: format!("lease:{}", lease.id_hex()),
+            route: route.name.clone(),
+            expires_at: lease.expires_at,
+        };
+        let Some(call) = self.dispatch(
+            shared,
+            METHOD_CLAIM,
+            &claim.encode_to_vec(),
+            shared.verify_timeout,
+        ) else {
+            return self.unavailable(shared);
+        };
+        self.state = State::ClaimingLease(call);
+        self.lease_url = Some(lease_url(shared, route, target));
+        Action::Pause
+    }
+
+    pub(super) fn lease_claim_answer(&mut self, shared: &Shared, claimed: Option<bool>) {
+        let route = self.forward.as_ref().map(|f| f.route);
+        match (claimed, route) {
+            (Some(true), Some(_)) => {
+                inc(shared.metrics.leases_accepted);
+                self.resume(shared);
+            }
+            (Some(false), Some(route)) => {
+                let url = self.lease_url.take().unwrap_or_default();
+                if let Some(compiled) = shared.config.routes.get(route) {
+                    self.lease_refused_at(shared, compiled, &url, REASON_ALREADY_USED);
+                } else {
+                    self.unavailable(shared);
+                }
+            }
+            _ => {
+                self.unavailable(shared);
+            }
+        }
+    }
+
+    fn lease_refused(
+        &mut self,
+        shared: &Shared,
+        route: &CompiledRoute,
+        target: &Target<'_>,
+        reason: &str,
+    ) -> Action {
+        let url = lease_url(shared, route, target);
+        self.lease_refused_at(shared, route, &url, reason);
+        Action::Pause
+    }
+
+    fn lease_refused_at(&mut self, shared: &Shared, route: &CompiledRoute, url: &str, reason: &str) {
+        inc(shared.metrics.leases_rejected);
+        let Some(paid) = route.paid.as_ref() else {
+            self.unavailable(shared);
+            return;
+        };
+        self.answered();
+        reply::lease_required(&paid.challenge, url, reason);
+    }
+
+    /// On the lease path: checks a renewal token, if any, and records what the lease will
+    /// grant. `Err` carries the answer already sent (nothing is charged).
+    pub(super) fn prepare_sale(
+        &mut self,
+        shared: &Shared,
+        target: &Target<'_>,
+    ) -> Result<(), Action> {
+        let Some(route) = shared.config.routes.get(target.route) else {
+            return Err(self.unavailable(shared));
+        };
+        let Some(lease) = route.lease.as_ref() else {
+            return Err(self.unavailable(shared));
+        };
+        let path = canonical_path(&lease.resource.render(target.params));
+        let url = resource_url(
+            shared.public_url.as_deref(),
+            target.scheme,
+            target.authority,
+            &path,
+        );
+        let renew = match host::request_header(HEADER_LEASE) {
+            None => None,
+            Some(token) => {
+                host::remove_request_header(HEADER_LEASE);
+                let now = host::now_unix();
+                let old = shared
+                    .config
+                    .lease_key
+                    .as_ref()
+                    .and_then(|key| Lease::open(key, &String::from_utf8_lossy(&token)).ok())
+                    .filter(|old| {
+                        old.route == route.name && old.path == path && old.method == lease.method
+                    });
+                let Some(old) = old else {
+                    inc(shared.metrics.leases_rejected);
+                    return Err(self.lease_error(400, REASON_INVALID, None));
+                };
+                let Some(window) = lease.renew_window_seconds else {
+                    inc(shared.metrics.leases_rejected);
+                    return Err(self.lease_error(409, REASON_NOT_RENEWABLE, Some(&old)));
+                };
+                if let Err(reason) = renewal_open(old.expires_at, window, now) {
+                    inc(shared.metrics.leases_rejected);
+                    return Err(self.lease_error(409, reason, Some(&old)));
+                }
+                Some(old)
+            }
+        };
+        self.sale = Some(Box::new(Sale { path, url, renew }));
+        Ok(())
+    }
+
+    fn lease_error(&mut self, status: u32, reason: &str, old: Option<&Lease>) -> Action {
+        let body = match old {
+            Some(old) => format!(
+                r#"{{"error":"{reason}","expires_at":{}}}"#,
+                old.expires_at
+            ),
+            None => format!(r#"{{"error":"{reason}"}}"#),
+        };
+        self.answered();
+        reply::json(status, &body);
+        Action::Pause
+    }
+
+    /// The payment for the lease is in (settled or claimed): answer with the lease. `paid_by`
+    /// names the payment (its id seeds a new lease's id); `receipt` is the x402 receipt header.
+    pub(super) fn grant(&mut self, shared: &Shared, route: usize, paid_by: &[u8], receipt: Option<(&str, &str)>) {
+        let sale = self.sale.take();
+        let compiled = shared.config.routes.get(route);
+        let (Some(sale), Some(compiled), Some(key)) =
+            (sale, compiled, shared.config.lease_key.as_ref())
+        else {
+            self.unavailable(shared);
+            return;
+        };
+        let Some(terms) = compiled.lease.as_ref() else {
+            self.unavailable(shared);
+            return;
+        };
+        let now = host::now_unix();
+        let (id, expires_at) = match &sale.renew {
+            Some(old) => (old.id, old.expires_at.saturating_add(terms.seconds)),
+            None => {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&sha256(paid_by)[..16]);
+                (id, now.saturating_add(terms.seconds))
+            }
+        };
+        let lease = Lease {
+            id,
+            route: compiled.name.clone(),
+            method: terms.method.clone(),
+            path: sale.path,
+            expires_at,
+            single_use: terms.single_use,
+        };
+        let token = lease.mint(key);
+        let body = grant_json(
+            &lease,
+            &token,
+            &sale.url,
+            terms.renew_window_seconds.is_some(),
+            now,
+        );
+        inc(shared.metrics.leases_sold);
+        self.answered();
+        reply::lease_granted(&token, &body, receipt);
+    }
+}
+
+/// Absolute URL of the lease path for this request's resource.
+fn lease_url(shared: &Shared, route: &CompiledRoute, target: &Target<'_>) -> String {
+    let path = route
+        .lease
+        .as_ref()
+        .map(|l| l.sale.render(target.params))
+        .unwrap_or_default();
+    resource_url(
+        shared.public_url.as_deref(),
+        target.scheme,
+        target.authority,
+        &path,
+    )
+}
