@@ -155,8 +155,7 @@ impl Root {
 
     fn routes_answer(&mut self, status: u32, size: usize) {
         let answer = if status == 0 {
-            host::grpc_response_body(size)
-                .and_then(|b| RoutesResponse::decode(b.as_slice()).ok())
+            host::grpc_response_body(size).and_then(|b| RoutesResponse::decode(b.as_slice()).ok())
         } else {
             None
         };
@@ -175,7 +174,10 @@ impl Root {
         let routes = match serde_json::from_str(&answer.routes_json) {
             Ok(routes) => routes,
             Err(e) => {
-                warn!("route table {} is not valid JSON ({e}); keeping the current table", answer.version);
+                warn!(
+                    "route table {} is not valid JSON ({e}); keeping the current table",
+                    answer.version
+                );
                 return;
             }
         };
@@ -194,7 +196,10 @@ impl Root {
                     }
                 }
             }
-            Err(e) => warn!("route table {} refused ({e}); keeping the current table", answer.version),
+            Err(e) => warn!(
+                "route table {} refused ({e}); keeping the current table",
+                answer.version
+            ),
         }
     }
 }

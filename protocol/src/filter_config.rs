@@ -378,22 +378,21 @@ fn compile_lease(
         route: r.name.clone(),
         message,
     };
-    let lease = match (r.kind, &r.lease) {
-        (ResourceKind::Http, None) => return Ok(None),
-        (ResourceKind::Http, Some(_)) => {
-            return Err(fail(
+    let lease =
+        match (r.kind, &r.lease) {
+            (ResourceKind::Http, None) => return Ok(None),
+            (ResourceKind::Http, Some(_)) => return Err(fail(
                 "a lease needs kind http-stream or websocket (http routes are paid per request)"
                     .into(),
-            ))
-        }
-        (kind, None) => {
-            return Err(fail(format!(
-                "kind {} is sold as a lease: add lease: {{ path, seconds }}",
-                kind.as_str()
-            )))
-        }
-        (_, Some(lease)) => lease,
-    };
+            )),
+            (kind, None) => {
+                return Err(fail(format!(
+                    "kind {} is sold as a lease: add lease: {{ path, seconds }}",
+                    kind.as_str()
+                )))
+            }
+            (_, Some(lease)) => lease,
+        };
     if !paid {
         return Err(fail("a leased route must have a price".into()));
     }
@@ -408,8 +407,8 @@ fn compile_lease(
             "a leased path may only have literal and [name] segments: {e}"
         ))
     })?;
-    let sale = PathTemplate::parse(&lease.path, &params)
-        .map_err(|e| fail(format!("lease.path: {e}")))?;
+    let sale =
+        PathTemplate::parse(&lease.path, &params).map_err(|e| fail(format!("lease.path: {e}")))?;
     let mut sale_params: Vec<&str> = sale.params().collect();
     let mut resource_params: Vec<&str> = resource.params().collect();
     sale_params.sort_unstable();

@@ -140,7 +140,14 @@ mod tests {
         let p = HeaderPolicy::compile(Some(&strings(&["api-auth", "X-Client-Id"])), &[], false)
             .unwrap();
         assert!(p.filters_requests());
-        for ok in [":path", "host", "authorization", "x-api-key", "x-client-id", "content-type"] {
+        for ok in [
+            ":path",
+            "host",
+            "authorization",
+            "x-api-key",
+            "x-client-id",
+            "content-type",
+        ] {
             assert!(p.allows(ok), "{ok}");
         }
         for no in ["cookie", "x-secret", "upgrade"] {

@@ -281,8 +281,14 @@ mod tests {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
         let opened = Lease::open(&key(), &token).unwrap();
         assert_eq!(opened, lease());
-        assert_eq!(opened.check("ticker", "GET", "/stream/ticker/BTC", 999), Ok(()));
-        assert_eq!(opened.check("ticker", "HEAD", "/stream/ticker/BTC", 999), Ok(()));
+        assert_eq!(
+            opened.check("ticker", "GET", "/stream/ticker/BTC", 999),
+            Ok(())
+        );
+        assert_eq!(
+            opened.check("ticker", "HEAD", "/stream/ticker/BTC", 999),
+            Ok(())
+        );
         for (route, method, path) in [
             ("chat", "GET", "/stream/ticker/BTC"),
             ("ticker", "POST", "/stream/ticker/BTC"),
@@ -315,7 +321,14 @@ mod tests {
         bytes[20] ^= 1;
         let forged = format!("{}.{mac}", URL_SAFE_NO_PAD.encode(&bytes));
         assert_eq!(Lease::open(&key(), &forged), Err(LeaseError::BadSignature));
-        for bad in ["", ".", "abc", "a.b", &"x".repeat(MAX_TOKEN_LEN + 1), &format!("{payload}.")] {
+        for bad in [
+            "",
+            ".",
+            "abc",
+            "a.b",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+            &format!("{payload}."),
+        ] {
             assert!(Lease::open(&key(), bad).is_err(), "{bad}");
         }
         // A validly signed but structurally wrong payload is malformed, not accepted.
@@ -336,9 +349,14 @@ mod tests {
 
     #[test]
     fn grant_names_everything_a_client_needs() {
-        let v: serde_json::Value =
-            serde_json::from_str(&grant_json(&lease(), "tok", "http://h/stream/ticker/BTC", true, 940))
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&grant_json(
+            &lease(),
+            "tok",
+            "http://h/stream/ticker/BTC",
+            true,
+            940,
+        ))
+        .unwrap();
         assert_eq!(v["lease"], "tok");
         assert_eq!(v["expires_at"], 1_000);
         assert_eq!(v["expires_in"], 60);
@@ -368,6 +386,9 @@ mod tests {
             strip_query_token("/a?x=1&t=abc&y=2&t=zz"),
             Some(("/a?x=1&y=2".to_owned(), "abc"))
         );
-        assert_eq!(strip_query_token("/a?tt=1&t"), Some(("/a?tt=1".to_owned(), "")));
+        assert_eq!(
+            strip_query_token("/a?tt=1&t"),
+            Some(("/a?tt=1".to_owned(), ""))
+        );
     }
 }

@@ -35,9 +35,7 @@ impl PathTemplate {
                 template: template.to_owned(),
                 segment: segment.to_owned(),
             };
-            let name = segment
-                .strip_prefix('[')
-                .and_then(|s| s.strip_suffix(']'));
+            let name = segment.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
             match name {
                 Some(name) => {
                     if !params.contains(&name) {

@@ -43,7 +43,11 @@ pub fn response_presets(route: &CompiledRoute) {
 }
 
 /// `template`'s rendering plus the request's query, or the query-stripped path alone.
-pub fn upstream_path(route: &CompiledRoute, params: &[(String, String)], path: &str) -> Option<String> {
+pub fn upstream_path(
+    route: &CompiledRoute,
+    params: &[(String, String)],
+    path: &str,
+) -> Option<String> {
     let template = route.upstream_path.as_ref()?;
     let mut out = template.render(params);
     if let Some((_, query)) = path.split_once('?') {

@@ -76,7 +76,12 @@ impl Stream {
         };
         let lease = Lease::open(key, &token).and_then(|lease| {
             lease
-                .check(&route.name, target.method, &canonical_path(target.path), now)
+                .check(
+                    &route.name,
+                    target.method,
+                    &canonical_path(target.path),
+                    now,
+                )
                 .map(|()| lease)
         });
         let lease = match lease {
@@ -149,7 +154,13 @@ impl Stream {
         Action::Pause
     }
 
-    fn lease_refused_at(&mut self, shared: &Shared, route: &CompiledRoute, url: &str, reason: &str) {
+    fn lease_refused_at(
+        &mut self,
+        shared: &Shared,
+        route: &CompiledRoute,
+        url: &str,
+        reason: &str,
+    ) {
         inc(shared.metrics.leases_rejected);
         let Some(paid) = route.paid.as_ref() else {
             self.unavailable(shared);
@@ -213,10 +224,7 @@ impl Stream {
 
     fn lease_error(&mut self, status: u32, reason: &str, old: Option<&Lease>) -> Action {
         let body = match old {
-            Some(old) => format!(
-                r#"{{"error":"{reason}","expires_at":{}}}"#,
-                old.expires_at
-            ),
+            Some(old) => format!(r#"{{"error":"{reason}","expires_at":{}}}"#, old.expires_at),
             None => format!(r#"{{"error":"{reason}"}}"#),
         };
         self.answered();
@@ -226,7 +234,13 @@ impl Stream {
 
     /// The payment for the lease is in (settled or claimed): answer with the lease. `paid_by`
     /// names the payment (its id seeds a new lease's id); `receipt` is the x402 receipt header.
-    pub(super) fn grant(&mut self, shared: &Shared, route: usize, paid_by: &[u8], receipt: Option<(&str, &str)>) {
+    pub(super) fn grant(
+        &mut self,
+        shared: &Shared,
+        route: usize,
+        paid_by: &[u8],
+        receipt: Option<(&str, &str)>,
+    ) {
         let sale = self.sale.take();
         let compiled = shared.config.routes.get(route);
         let (Some(sale), Some(compiled), Some(key)) =

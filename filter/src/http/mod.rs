@@ -594,9 +594,10 @@ impl Stream {
             forward
                 .context
                 .push((CONTEXT_PAYER, token.payment_hash.to_hex()));
-            forward
-                .context
-                .push((CONTEXT_AMOUNT, format!("{} msat", request.price.amount_msat)));
+            forward.context.push((
+                CONTEXT_AMOUNT,
+                format!("{} msat", request.price.amount_msat),
+            ));
         }
         // A lease is bought once per token: always claimed.
         if !request.price.single_use && self.sale.is_none() {

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use crate::hmac::{hmac_sha256, sha256};
 use super::identifier::Identifier;
+use crate::hmac::{hmac_sha256, sha256};
 
 /// Domain separation: the filter key is useless for anything but L402 v1 tokens.
 const FILTER_KEY_LABEL: &[u8] = b"tollway/l402/v1";

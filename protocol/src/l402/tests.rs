@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
-use crate::hmac::{hmac_sha256, sha256};
 use super::*;
+use crate::hmac::{hmac_sha256, sha256};
 
 const ROOT_KEY: [u8; 32] = [0x5a; 32];
 const PREIMAGE: [u8; 32] = [0x42; 32];
