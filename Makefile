@@ -66,9 +66,12 @@ test-unit:
 test-e2e: build
 	$(PY) -m pytest tests -ra
 
-# The example's L402 root secret comes from the environment; a throwaway one is made if unset.
+# The example's secrets (L402 root secret, lease secret, admin token) come from the environment;
+# throwaway ones are made if unset.
 check: build
 	TOLLWAY_L402_SECRET=$${TOLLWAY_L402_SECRET:-$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')} \
+	TOLLWAY_LEASE_SECRET=$${TOLLWAY_LEASE_SECRET:-$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')} \
+	TOLLWAY_ADMIN_TOKEN=$${TOLLWAY_ADMIN_TOKEN:-$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')} \
 		$(BUILD)/tollway check -c envoy/tollway.example.yaml
 
 fmt:

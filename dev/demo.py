@@ -1,5 +1,6 @@
 """`make demo`: the whole stack on the usual ports, with copy-paste paying requests for both
-rails (x402 on the local chain, Lightning through the verifier's dev node)."""
+rails (x402 on the local chain, Lightning through the verifier's dev node), leased streams and
+WebSockets, and the admin API."""
 
 import shlex
 import signal
@@ -17,7 +18,12 @@ def describe(route) -> str:
         prices.append(f"{route.price} USD")
     if route.price_sats is not None:
         prices.append(f"{route.price_sats} sats" + (", one request per token" if route.single_use else ""))
-    return f"{'/'.join(route.methods)} {route.path} ({' or '.join(prices) or 'free'})"
+    price = " or ".join(prices) or "free"
+    if route.lease is not None:
+        kind = "WebSocket" if route.kind == "websocket" else "stream"
+        terms = f"{route.lease.seconds} s" + (", one use" if route.lease.single_use else "")
+        return f"{'/'.join(route.methods)} {route.path} ({kind}; lease {price} for {terms} at {route.lease.path})"
+    return f"{'/'.join(route.methods)} {route.path} ({price})"
 
 
 def main() -> int:
@@ -33,9 +39,12 @@ def main() -> int:
         "DEMO_PAY_TO": PAY_TO,
         "DEMO_NETWORK": NETWORK,
         "DEMO_LN_PAY_URL": stack.lightning_pay_url,
+        "DEMO_WS_URL": stack.url.replace("http://", "ws://", 1),
+        "DEMO_UPSTREAM_URL": stack.upstream_url,
+        "DEMO_VERIFIER_URL": stack.verifier_http,
     }
     (run_dir / "env").write_text("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in facts.items()))
-    shown = [r for r in ROUTES if r.name != "fail"]  # /api/fail exists for the tests
+    shown = [r for r in ROUTES if r.name not in ("fail", "short")]  # these two exist for the tests
     routes = "\n".join(f"  {'routes' if i == 0 else '':<16}{describe(r)}" for i, r in enumerate(shown))
     print(
         f"""
@@ -59,6 +68,23 @@ Lightning (the wallet is the dev node: it pays each invoice through {stack.light
   . .demo/env && .venv/bin/python dev/pay_l402.py "$DEMO_URL/api/echo" --method POST --data '{{"hello":"sats"}}'
   . .demo/env && node dev/chain/pay-l402-alby.mjs "$DEMO_URL/api/sats"                # L402, @getalby/lightning-tools
   . .demo/env && node dev/chain/pay-l402-alby.mjs "$DEMO_URL/api/sats" --x402         # x402 over Lightning (bip122)
+
+Streams and WebSockets are sold as leases: pay once at the lease URL, then use the token until it expires.
+  curl -i {stack.url}/stream/ticker/BTC  # 402 lease_required; the challenge's resource is /lease/ticker/BTC
+  . .demo/env && LEASE=$(.venv/bin/python dev/lease.py "$DEMO_URL/lease/ticker/BTC" --token)
+  curl -N -H "x-x402-lease: $LEASE" "$DEMO_URL/stream/ticker/BTC"    # event 1 at once, event 2 on release (or after 10 s)
+  curl -X POST "$DEMO_UPSTREAM_URL/__release?symbol=BTC"             # (another terminal) the upstream sends event 2 and ends
+  curl -N "$DEMO_URL/stream/ticker/BTC?t=$LEASE"                     # the token as ?t= (what EventSource can send)
+  .venv/bin/python dev/lease.py "$DEMO_URL/lease/ticker/BTC" --renew "$LEASE"   # renew in the last 30 s (409 before)
+  . .demo/env && CHAT=$(.venv/bin/python dev/lease.py "$DEMO_URL/lease/chat/lobby" --token)
+  .venv/bin/python -m websockets "$DEMO_WS_URL/ws/chat/lobby?t=$CHAT"  # an echo room; type a line, get it back
+
+Routes at run time (the verifier's admin API; the filter picks changes up within a second or so,
+and they are kept in .demo/ledger.db across demo restarts):
+  . .demo/env && curl -s -H "authorization: Bearer $(cat .demo/admin-token)" "$DEMO_VERIFIER_URL/admin/routes"
+  . .demo/env && curl -s -X PUT -H "authorization: Bearer $(cat .demo/admin-token)" -H "content-type: application/json" \\
+      -d '{{"path":"/api/new","methods":["GET"],"price":"0.005"}}' "$DEMO_VERIFIER_URL/admin/routes/new"
+  curl -i {stack.url}/api/new            # 402 for 0.005 USD; PATCH '{{"disabled":true}}' or DELETE the same URL
 
 Ctrl-C stops everything.""",
         flush=True,

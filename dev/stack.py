@@ -41,6 +41,20 @@ NETWORK = "eip155:84532"
 LIGHTNING_NETWORK = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"  # CAIP-2 of the regtest genesis block
 L402_SERVICE = "tollway"
 
+# The `short` leased route: renewable in its last SHORT_RENEWAL_WINDOW seconds.
+SHORT_LEASE_SECONDS = 6
+SHORT_RENEWAL_WINDOW = 4
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The `lease:` block of a leased route (`kind: http-stream` or `websocket`)."""
+
+    path: str  # where the lease is bought, with the route's [param] names
+    seconds: int
+    single_use: bool = False  # one request (or one WebSocket session) per lease
+    renewal_window: int | None = None  # `renewal: {window_seconds: N}`; None: not renewable
+
 
 @dataclass(frozen=True)
 class Route:
@@ -50,13 +64,25 @@ class Route:
     price: str | None = None  # USD (x402 on the EVM rail); None: no x402 offer
     price_sats: int | None = None  # Lightning (L402 and x402 over bip122); None: no Lightning offer
     single_use: bool = False  # an L402 token is accepted once
+    kind: str = "http"  # http | http-stream | websocket
+    lease: Lease | None = None  # required for http-stream and websocket
+    upstream_path: str | None = None  # rewrite; placeholders come from `path`
+    request_headers: tuple[str, ...] = ()  # allow-list (presets and names); empty: everything
+    response_headers: tuple[str, ...] = ()  # response presets
+    mime_type: str = "application/json"
+    description: str | None = None
 
     @property
     def free(self) -> bool:
         return self.price is None and self.price_sats is None
 
+    @property
+    def leased(self) -> bool:
+        return self.lease is not None
 
-# Demo routes. The Lightning prices only appear in configs rendered with `lightning=True`.
+
+# Demo routes. The Lightning prices only appear in configs rendered with `lightning=True`, the
+# leased routes only in configs with a lease secret (a Stack always has one; bench/run.py not).
 ROUTES = [
     Route("free", ["GET"], "/free"),
     Route("quote", ["GET"], "/api/quote", price="0.001", price_sats=10),
@@ -64,6 +90,65 @@ ROUTES = [
     Route("fail", ["GET", "POST"], "/api/fail", price="0.001"),
     Route("sats", ["GET"], "/api/sats", price_sats=21),  # Lightning only
     Route("once", ["GET"], "/api/once", price_sats=5, single_use=True),  # one request per token
+    # Only the allow-listed request headers reach the upstream, which answers what it received.
+    Route(
+        "headers",
+        ["GET"],
+        "/api/headers",
+        price="0.001",
+        upstream_path="/v1/headers",
+        request_headers=("api-auth", "x-client-id"),
+        description="Echoes the request headers that reached the upstream",
+    ),
+    # Server-sent events, sold as a 60 s lease (renewable in its last 30 s).
+    Route(
+        "ticker",
+        ["GET"],
+        "/stream/ticker/[symbol]",
+        price="0.01",
+        price_sats=20,
+        kind="http-stream",
+        lease=Lease("/lease/ticker/[symbol]", seconds=60, renewal_window=30),
+        upstream_path="/v1/ticker/[symbol]",
+        response_headers=("streaming",),
+        mime_type="text/event-stream",
+        description="Live ticker (server-sent events), 60 s lease",
+    ),
+    # A WebSocket echo room: the upgrade needs a lease for that room.
+    Route(
+        "chat",
+        ["GET"],
+        "/ws/chat/[room]",
+        price="0.01",
+        kind="websocket",
+        lease=Lease("/lease/chat/[room]", seconds=60),
+        upstream_path="/v1/ws/[room]",
+        description="WebSocket echo room, 60 s lease",
+    ),
+    # One stream per lease.
+    Route(
+        "ticker-once",
+        ["GET"],
+        "/stream/once/[symbol]",
+        price="0.01",
+        kind="http-stream",
+        lease=Lease("/lease/once/[symbol]", seconds=60, single_use=True),
+        upstream_path="/v1/ticker/[symbol]",
+        response_headers=("streaming",),
+        mime_type="text/event-stream",
+        description="One ticker stream per lease",
+    ),
+    # A short, renewable lease (renewal window: its last 4 s) so tests see renewal and expiry fast.
+    Route(
+        "short",
+        ["GET"],
+        "/ws/short/[room]",
+        price="0.01",
+        kind="websocket",
+        lease=Lease("/lease/short/[room]", seconds=SHORT_LEASE_SECONDS, renewal_window=SHORT_RENEWAL_WINDOW),
+        upstream_path="/v1/ws/[room]",
+        description="WebSocket echo room, short lease",
+    ),
 ]
 
 
@@ -158,6 +243,9 @@ def rpc(url: str, method: str, params: list):
     return answer["result"]
 
 
+STACK_TOKEN = "<the stack's admin token>"  # Stack.admin's default (a sentinel, compared by identity)
+
+
 class Stack:
     """One running stack. Use as a context manager or call `start()` / `stop()`."""
 
@@ -181,6 +269,10 @@ class Stack:
         # must keep minting and accepting the same tokens). `file:` so `tollway envoy` (which
         # derives the filter key from it) and `tollway serve` read the same bytes.
         self.l402_secret = secrets.token_hex(32)
+        # Lease secret (HMAC key of every lease token) and the verifier's admin API bearer token,
+        # fresh per stack and kept across verifier restarts, in files like the L402 secret.
+        self.lease_secret = secrets.token_hex(32)
+        self.admin_token = secrets.token_urlsafe(32)
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -214,6 +306,14 @@ class Stack:
     @property
     def l402_secret_path(self) -> Path:
         return self.run_dir / "l402-root-secret"
+
+    @property
+    def lease_secret_path(self) -> Path:
+        return self.run_dir / "lease-secret"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.run_dir / "admin-token"
 
     @property
     def lightning_pay_url(self) -> str:
@@ -308,9 +408,12 @@ class Stack:
         wait_until("upstream", lambda: http_get(f"{self.upstream_url}/__hits")[0] == 200, proc=proc, log=log)
 
     def write_config(self):
+        secrets_to_write = [(self.lease_secret_path, self.lease_secret), (self.admin_token_path, self.admin_token)]
         if self.lightning:
-            self.l402_secret_path.write_text(self.l402_secret + "\n")
-            self.l402_secret_path.chmod(0o600)
+            secrets_to_write.append((self.l402_secret_path, self.l402_secret))
+        for path, value in secrets_to_write:
+            path.write_text(value + "\n")
+            path.chmod(0o600)
         self.config_path.write_text(render_config(self))
 
     def start_verifier(self):
@@ -356,6 +459,14 @@ class Stack:
             proc=proc,
             log=log,
         )
+        # The filter loads its route table from the verifier shortly after start (503 until then).
+        wait_until(
+            "envoy route table",
+            lambda: http_get(f"{self.url}/free")[0] == 200,
+            timeout=30,
+            proc=proc,
+            log=log,
+        )
 
     # -- chain helpers ---------------------------------------------------------------------
     def balance(self, address: str) -> int:
@@ -374,6 +485,40 @@ class Stack:
         assert status == 200, body
         return json.loads(body)
 
+    def upstream_release(self, symbol: str) -> int:
+        """Opens the upstream's gate for `symbol`: every ticker stream on it sends its second
+        event and ends. Answers how many streams were waiting."""
+        req = urllib.request.Request(
+            f"{self.upstream_url}/__release?symbol={urllib.parse.quote(symbol)}", data=b"", method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())["released"]
+
+    # -- admin API -------------------------------------------------------------------------
+    def admin(self, method: str, path: str, body=None, token: str | None = STACK_TOKEN) -> tuple[int, dict]:
+        """One request to the verifier's admin API (`path` like `/admin/routes/x`): (status,
+        JSON body or {}). `token` defaults to the stack's admin token; None sends no
+        Authorization header."""
+        headers = {"accept": "application/json"}
+        if token is STACK_TOKEN:
+            token = self.admin_token
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        req = urllib.request.Request(self.verifier_http + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            return status, {"raw": raw.decode(errors="replace")}
+
     # -- lightning helpers -----------------------------------------------------------------
     def lightning_pay(self, invoice: str) -> dict:
         """Pays `invoice` with the dev node: {"preimage": hex, "payment_hash": hex}."""
@@ -383,12 +528,17 @@ class Stack:
 def render_config(stack) -> str:
     """The stack's tollway.yaml: one x402 rail on the local chain, the demo routes, and (when
     `stack.lightning` is true) the Lightning rail: the verifier's `dev` node on regtest, L402 with
-    a root secret from a file in the run dir, and prices in sats.
+    a root secret from a file in the run dir, and prices in sats. With `stack.lease_secret_path`
+    (a Stack always has one) it also sells leases (streams and WebSockets, docs/leases.md), sets
+    header policies and serves the admin API with the token in `stack.admin_token_path`.
 
-    `stack` needs `ports`, `ledger_path` and `token`; `lightning` and `l402_secret_path` are read
-    only if present (`bench/run.py` passes a plain record and gets the x402-only config)."""
+    `stack` needs `ports`, `ledger_path` and `token`; `lightning`, `l402_secret_path`,
+    `lease_secret_path` and `admin_token_path` are read only if present (`bench/run.py` passes a
+    plain record and gets the x402-only config with the routes it measures)."""
     p = stack.ports
     lightning = bool(getattr(stack, "lightning", False))
+    lease_secret = getattr(stack, "lease_secret_path", None)
+    admin_token = getattr(stack, "admin_token_path", None)
     lines = [
         "# Generated by dev/stack.py for a local stack; see envoy/tollway.example.yaml for a commented config.",
         "verifier:",
@@ -426,11 +576,20 @@ def render_config(stack) -> str:
             f"  service: {L402_SERVICE}",
             "  valid_seconds: 3600",
         ]
+    if lease_secret is not None:
+        lines += ["leases:", f"  secret: file:{lease_secret}"]
+    if admin_token is not None:
+        lines += ["admin:", f"  token: file:{admin_token}"]
     lines.append("routes:")
     for r in ROUTES:
         if not lightning and r.price is None and r.price_sats is not None:
             continue  # Lightning-only route in an x402-only config
-        lines += [f"  - name: {r.name}", f"    path: {r.path}", f"    methods: [{', '.join(r.methods)}]"]
+        if lease_secret is None and (r.leased or r.upstream_path or r.request_headers or r.response_headers):
+            continue  # bench/run.py's config: only the plain routes it measures
+        lines += [f"  - name: {r.name}"]
+        if r.kind != "http":
+            lines.append(f"    kind: {r.kind}")
+        lines += [f"    path: {r.path}", f"    methods: [{', '.join(r.methods)}]"]
         if r.free:
             lines.append("    free: true")
             continue
@@ -440,5 +599,17 @@ def render_config(stack) -> str:
             lines.append(f"    price_sats: {r.price_sats}")
             if r.single_use:
                 lines.append("    single_use: true")
-        lines += [f"    description: Demo {r.name}", "    mime_type: application/json"]
+        if r.lease is not None:
+            lines += ["    lease:", f"      path: {r.lease.path}", f"      seconds: {r.lease.seconds}"]
+            if r.lease.single_use:
+                lines.append("      single_use: true")
+            if r.lease.renewal_window is not None:
+                lines.append(f"      renewal: {{ window_seconds: {r.lease.renewal_window} }}")
+        if r.upstream_path:
+            lines.append(f"    upstream_path: {r.upstream_path}")
+        if r.request_headers:
+            lines.append(f"    request_headers: [{', '.join(r.request_headers)}]")
+        if r.response_headers:
+            lines.append(f"    response_headers: [{', '.join(r.response_headers)}]")
+        lines += [f"    description: {r.description or 'Demo ' + r.name}", f"    mime_type: {r.mime_type}"]
     return "\n".join(lines) + "\n"

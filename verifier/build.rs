@@ -62,6 +62,12 @@ fn main() {
             "ChallengeResponse",
         ))
         .method(method("claim", "Claim", "ClaimRequest", "ClaimResponse"))
+        .method(method(
+            "routes",
+            "Routes",
+            "RoutesRequest",
+            "RoutesResponse",
+        ))
         .build();
     Builder::new().compile(&[payments]);
 

@@ -765,4 +765,95 @@ mod tests {
         v["routes"][0]["paid"]["offers"][0]["pay_to"] = json!("0x1234");
         assert!(serde_json::from_value::<FilterConfig>(v).is_err());
     }
+
+    // ---- leases, rewrites, header policy (more in tests/leased_routes.rs) ---------------------
+
+    fn leased_config() -> FilterConfig {
+        let mut v = config_json();
+        v["leases"] = json!({"key_hex": "22".repeat(32)});
+        let paid = v["routes"][0]["paid"].clone();
+        v["routes"].as_array_mut().unwrap().push(json!({
+            "name": "ticker",
+            "path": "/stream/ticker/[symbol]",
+            "kind": "http-stream",
+            "paid": paid,
+            "lease": {"path": "/lease/ticker/[symbol]", "seconds": 60, "renew_window_seconds": 30},
+            "upstream_path": "/v1/ticker/[symbol]"
+        }));
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn lease_message(c: &FilterConfig) -> String {
+        match c.compile().unwrap_err() {
+            ConfigError::Lease { route, message } => {
+                assert_eq!(route, "ticker");
+                message
+            }
+            other => panic!("expected a lease error, got {other:?}"),
+        }
+    }
+
+    /// `tollway check` (verifier/src/config.rs, `filter_error`) reports these at the field their
+    /// message starts with or names: keep the wording's prefixes.
+    #[test]
+    fn lease_messages_name_their_field() {
+        let mut c = leased_config();
+        c.routes[2].lease.as_mut().unwrap().path = "/lease/[coin]".into();
+        assert!(lease_message(&c).starts_with("lease.path: "));
+        let mut c = leased_config();
+        c.routes[2].lease.as_mut().unwrap().path = "/lease/ticker".into();
+        assert!(lease_message(&c).starts_with("lease.path "));
+        let mut c = leased_config();
+        c.routes[2].lease.as_mut().unwrap().path = c.routes[2].path.clone();
+        assert!(lease_message(&c).starts_with("lease.path must differ"));
+        let mut c = leased_config();
+        c.routes[2].path = "/stream/**".into();
+        c.routes[2].upstream_path = None;
+        assert!(lease_message(&c).starts_with("a leased path"));
+        let mut c = leased_config();
+        c.routes[2].methods = vec!["GET".into(), "PUT".into()];
+        assert!(lease_message(&c).contains("method"));
+        let mut c = leased_config();
+        c.routes[2].paid = None;
+        assert!(lease_message(&c).contains("price"));
+    }
+
+    #[test]
+    fn lease_paths_rewrites_and_header_policies() {
+        // The lease path is a table entry of its own (GET and POST): it may not shadow a route.
+        let mut c = leased_config();
+        c.routes[1].path = "/lease/ticker/[symbol]".into();
+        c.routes[1].methods = vec!["POST".into(), "GET".into()];
+        assert_eq!(
+            c.compile().unwrap_err(),
+            ConfigError::Route(RouteError::Shadowed {
+                route: "ticker~lease".into(),
+                other: "free".into()
+            })
+        );
+        let mut c = leased_config();
+        c.routes[2].upstream_path = Some("v1".into());
+        assert!(matches!(
+            c.compile().unwrap_err(),
+            ConfigError::UpstreamPath {
+                error: TemplateError::NotAbsolute(_),
+                ..
+            }
+        ));
+        // A rewrite and a header policy on a plain http route; a disabled route keeps its place.
+        let mut c = leased_config();
+        c.routes[0].upstream_path = Some("/v2/quote".into());
+        c.routes[0].request_headers = Some(vec!["browser-auth".into(), "X-Client".into()]);
+        c.routes[1].disabled = true;
+        c.sync_interval_ms = Some(60_000);
+        let compiled = c.compile().unwrap();
+        let quote = compiled.route("quote").unwrap();
+        assert!(quote.headers.allows("x-client") && quote.headers.allows("cookie"));
+        assert!(!quote.headers.allows("x-api-key"));
+        assert!(quote.lease.is_none() && quote.upstream_path.is_some());
+        let free = compiled.table.find("h", "GET", "/free").unwrap();
+        assert!(compiled.routes[free.index].disabled);
+        c.sync_interval_ms = Some(60_001);
+        assert_eq!(c.compile().unwrap_err(), ConfigError::BadSyncInterval);
+    }
 }

@@ -40,6 +40,9 @@ fn config(routes: Vec<Value>) -> Value {
     })
 }
 
+/// A named change to the `ticker` route.
+type Mutation = (&'static str, Box<dyn Fn(&mut Value)>);
+
 fn compile(v: Value) -> Result<tollway_protocol::filter_config::CompiledConfig, ConfigError> {
     serde_json::from_value::<FilterConfig>(v).unwrap().compile()
 }
@@ -86,7 +89,7 @@ fn a_leased_route_has_a_resource_and_a_sale_entry() {
 
 #[test]
 fn refuses_leases_that_cannot_work() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<Mutation> = vec![
         (
             "a lease needs kind",
             Box::new(|r| r["kind"] = json!("http")),

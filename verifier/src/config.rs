@@ -14,14 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use tollway_protocol::amount::{AmountError, UsdPrice};
 use tollway_protocol::evm::EvmAddress;
 use tollway_protocol::filter_config::{
-    FilterConfig, L402Filter, LightningPrice, PaidRoute, RouteConfig,
+    CompiledConfig, FilterConfig, L402Filter, LeaseConfig, LeaseFilter, LightningPrice, PaidRoute,
+    ResourceKind, RouteConfig,
 };
 use tollway_protocol::l402::caveats::is_valid_service;
 use tollway_protocol::l402::{filter_key, FilterKey};
+use tollway_protocol::lease::LeaseKey;
 use tollway_protocol::lightning::LightningNetwork;
 use tollway_protocol::network::Network;
 use tollway_protocol::routes::{RouteError, RouteSpec, RouteTable};
@@ -48,6 +50,10 @@ pub const DEFAULT_L402_VALID_SECONDS: u64 = 3600;
 const MAX_L402_VALID_SECONDS: u64 = 366 * 86_400;
 /// 21 million BTC in msat: no price is higher.
 const MAX_MSAT: u64 = 21_000_000 * 100_000_000 * 1000;
+/// How often the filter polls the verifier for the route table (`tollway envoy` renders it).
+pub const SYNC_INTERVAL_MS: u64 = 1000;
+/// Longest lease: a year.
+const MAX_LEASE_SECONDS: u64 = 366 * 86_400;
 
 // ------------------------------------------------------------------------------------------
 // Problems
@@ -172,6 +178,24 @@ struct RawConfig {
     lightning: Option<RawLightning>,
     #[serde(default)]
     l402: Option<RawL402>,
+    #[serde(default)]
+    leases: Option<RawLeases>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+/// `leases: { secret: env:NAME }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLeases {
+    secret: String,
+}
+
+/// `admin: { token: env:NAME }`: the bearer token of the admin API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,33 +354,97 @@ struct RawEip712 {
     version: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// One route in `tollway.yaml` shape: what the file holds, what the admin API takes and lists
+/// (as JSON), and what the route store keeps. Validated by [`Config::validate_routes`].
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: String,
-    path: String,
-    #[serde(default)]
-    methods: Option<Vec<String>>,
-    #[serde(default)]
-    host: Option<String>,
+pub struct RawRoute {
+    pub name: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Read as any YAML value so an unquoted number gets a precise message.
-    #[serde(default)]
-    price: Option<serde_yaml::Value>,
-    #[serde(default)]
-    free: bool,
-    #[serde(default)]
-    rails: Option<Vec<String>>,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    mime_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub free: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rails: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mime_type: String,
     /// Read as any YAML value for precise messages (like `price`).
-    #[serde(default)]
-    price_sats: Option<serde_yaml::Value>,
-    #[serde(default)]
-    price_msat: Option<serde_yaml::Value>,
-    #[serde(default)]
-    single_use: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_sats: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_msat: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_use: Option<bool>,
+    /// `http` (default), `http-stream` or `websocket`; read as text for a precise message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<RawLease>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+}
+
+/// `lease: { path, seconds, single_use, renewal: { window_seconds } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLease {
+    pub path: String,
+    pub seconds: u64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub single_use: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RawRenewal>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRenewal {
+    pub window_seconds: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl RawRoute {
+    /// A route from JSON (the admin API's body), `index` being its place in the table (for
+    /// the problem's path).
+    pub fn from_json(value: serde_json::Value, index: usize) -> Result<RawRoute, Problem> {
+        serde_path_to_error::deserialize::<_, RawRoute>(value).map_err(|e| {
+            let inner = e.path().to_string();
+            let message = e.inner().to_string();
+            let path = if inner == "." {
+                format!("routes[{index}]")
+            } else {
+                format!("routes[{index}].{inner}")
+            };
+            let hint = serde_hint(&inner, &message);
+            Problem {
+                path,
+                message,
+                hint,
+            }
+        })
+    }
+
+    /// The route as JSON (`tollway.yaml` shape, defaults left out).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -488,11 +576,68 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub lightning: Option<LightningSettings>,
     pub l402: Option<L402Settings>,
+    pub leases: Option<LeaseSettings>,
+    pub admin: Option<AdminSettings>,
     /// What the filter receives (and what ext_authz mode compiles too).
     pub filter: FilterConfig,
+    /// The file's `routes:` as written, for the route store (admin changes go on top).
+    pub file_routes: Vec<RawRoute>,
+    /// Every section but `routes:` (which is live): a change there needs a restart.
+    pub static_sections: serde_yaml::Value,
+}
+
+/// `leases:`. Only the key derived from the secret is kept.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    pub key: LeaseKey,
+}
+
+/// `admin:`. The token is `None` when loaded with [`Secrets::Skip`].
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    pub token: Option<Secret>,
+}
+
+/// A route table that passed every check of `tollway check`, compiled.
+#[derive(Clone, Debug)]
+pub struct ValidRoutes {
+    pub routes: Vec<Route>,
+    /// The whole filter config with these routes.
+    pub filter: FilterConfig,
+    pub compiled: CompiledConfig,
 }
 
 impl Config {
+    /// Validates `raw` as the `routes:` of this config (its rails, Lightning, L402 and lease
+    /// settings): the same rules and messages as `tollway check`, then the filter's compile.
+    pub fn validate_routes(&self, raw: &[RawRoute]) -> Result<ValidRoutes, ConfigErrors> {
+        let rail_names: Vec<String> = self.rails.iter().map(|r| r.name.clone()).collect();
+        let ctx = RouteCtx {
+            rails: &self.rails,
+            rail_names: &rail_names,
+            lightning_block: self.lightning.is_some(),
+            lightning: self.lightning.as_ref(),
+            leases_block: self.leases.is_some(),
+        };
+        let mut p = Problems::default();
+        let (routes, configs) = validate_routes(&mut p, &ctx, raw);
+        if !p.0.is_empty() {
+            return Err(ConfigErrors(p.0));
+        }
+        let filter = FilterConfig {
+            routes: configs,
+            ..self.filter.clone()
+        };
+        match compile_filter(&mut p, &filter, raw) {
+            Some(compiled) if p.0.is_empty() => Ok(ValidRoutes {
+                routes,
+                filter,
+                compiled,
+            }),
+            _ => Err(ConfigErrors(p.0)),
+        }
+    }
+
     pub fn paid_routes(&self) -> usize {
         self.routes
             .iter()
@@ -500,14 +645,16 @@ impl Config {
             .count()
     }
 
+    #[cfg(test)]
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
 }
 
 /// Whether secret references are read (`check`, `serve`) or only syntax-checked (`envoy`, which
-/// runs where the secrets may not exist). The one exception is `l402.root_secret`: it is always
-/// read, because the filter configuration `envoy` renders carries the key derived from it.
+/// runs where the secrets may not exist). The exceptions are `l402.root_secret` and
+/// `leases.secret`: they are always read, because the filter configuration `envoy` renders
+/// carries the keys derived from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Secrets {
     Resolve,
@@ -528,13 +675,35 @@ impl Config {
 
     pub fn parse(text: &str, secrets: Secrets) -> Result<Config, ConfigErrors> {
         let raw = parse_raw(text)?;
+        let static_sections = static_sections(text);
         let mut problems = Problems::default();
         let config = validate(raw, secrets, &mut problems);
         match config {
-            Some(c) if problems.0.is_empty() => Ok(c),
+            Some(c) if problems.0.is_empty() => Ok(Config {
+                static_sections,
+                ..c
+            }),
             _ => Err(ConfigErrors(problems.0)),
         }
     }
+}
+
+/// The `routes:` of a config file and its other sections (to compare with the running
+/// config's), for a reload. The file's shape is checked whole; the routes are not validated
+/// here (see [`Config::validate_routes`]).
+pub fn parse_routes(text: &str) -> Result<(Vec<RawRoute>, serde_yaml::Value), ConfigErrors> {
+    let raw = parse_raw(text)?;
+    Ok((raw.routes, static_sections(text)))
+}
+
+/// The YAML document without its `routes:` key.
+fn static_sections(text: &str) -> serde_yaml::Value {
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(text).unwrap_or(serde_yaml::Value::Null);
+    if let serde_yaml::Value::Mapping(m) = &mut value {
+        m.remove("routes");
+    }
+    value
 }
 
 fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
@@ -573,6 +742,12 @@ fn strip_path_prefix(message: &str, path: &str) -> String {
 fn serde_hint(path: &str, message: &str) -> Option<String> {
     if message.contains("unknown field") {
         return Some("check the spelling; docs/internals.md lists every field".into());
+    }
+    if message.contains("flow mapping") || message.contains("flow sequence") {
+        return Some(
+            "inside { } or [ ], quote values that contain [ ] or , (e.g. path: \"/lease/[id]\"), or use block style"
+                .into(),
+        );
     }
     if path.ends_with("decimals") {
         return Some("the token's decimals, e.g. 6 for USDC".into());
@@ -1473,6 +1648,236 @@ fn lightning_price(
     })
 }
 
+/// What route validation needs from the rest of the config.
+struct RouteCtx<'a> {
+    rails: &'a [Rail],
+    rail_names: &'a [String],
+    /// A `lightning:` section is present (even if it has problems of its own).
+    lightning_block: bool,
+    lightning: Option<&'a LightningSettings>,
+    /// A `leases:` section is present.
+    leases_block: bool,
+}
+
+/// Every route on its own (cross-route rules are [`compile_filter`]'s): the validated routes
+/// and their filter configs, for the routes without problems.
+fn validate_routes(
+    p: &mut Problems,
+    ctx: &RouteCtx<'_>,
+    raw_routes: &[RawRoute],
+) -> (Vec<Route>, Vec<RouteConfig>) {
+    let mut routes = Vec::new();
+    let mut route_configs = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in raw_routes.iter().enumerate() {
+        let base = format!("routes[{i}]");
+        let before = p.0.len();
+        let name_ok = !r.name.is_empty()
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !name_ok {
+            p.hint(
+                format!("{base}.name"),
+                format!("{:?} is not a route name", r.name),
+                "letters, digits, '-', '_' or '.': it appears in metrics and the ledger",
+            );
+        } else if let Some(j) = seen.get(r.name.as_str()) {
+            p.hint(
+                format!("{base}.name"),
+                format!("duplicate route name {:?} (also routes[{j}])", r.name),
+                "route names must be unique",
+            );
+        } else {
+            seen.insert(&r.name, i);
+        }
+        let methods: Vec<String> = r
+            .methods
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m.trim().to_ascii_uppercase())
+            .collect();
+        if r.methods.as_ref().is_some_and(Vec::is_empty) {
+            p.hint(
+                format!("{base}.methods"),
+                "an empty list matches nothing",
+                "omit methods to accept any method",
+            );
+        }
+        let spec = RouteSpec {
+            name: if r.name.is_empty() {
+                format!("#{i}")
+            } else {
+                r.name.clone()
+            },
+            host: r.host.clone(),
+            methods: methods.clone(),
+            path: r.path.clone(),
+        };
+        // Syntax of this route alone, so each route reports its own errors.
+        if let Err(e) = RouteTable::compile(vec![spec]) {
+            route_error(p, &base, &e);
+        }
+
+        let ln_price = lightning_price(p, &base, r, ctx.lightning_block, ctx.lightning);
+        let sells_lightning = r.price_sats.is_some() || r.price_msat.is_some();
+        let price = match (&r.price, r.free) {
+            (Some(_), true) => {
+                p.hint(
+                    format!("{base}.price"),
+                    "a free route has no price",
+                    "remove price, or remove free: true",
+                );
+                None
+            }
+            (None, false) if sells_lightning => None,
+            (None, false) => {
+                p.hint(
+                    format!("{base}.price"),
+                    "missing: a route is paid (price: \"0.001\" and/or price_sats: 10) or free (free: true)",
+                    "price: \"0.001\"",
+                );
+                None
+            }
+            (None, true) => None,
+            (Some(v), false) => price(p, &format!("{base}.price"), v),
+        };
+        let paid = r.price.is_some() && !r.free;
+        if r.free && r.rails.is_some() {
+            p.hint(
+                format!("{base}.rails"),
+                "a free route takes no rails",
+                "remove rails, or free: true",
+            );
+        } else if !r.free && r.price.is_none() && r.rails.is_some() {
+            p.hint(
+                format!("{base}.rails"),
+                "rails are x402 offers of the USD price, and this route has none",
+                "add price: \"0.001\", or remove rails",
+            );
+        }
+
+        // Rails of a paid route: listed, or every rail.
+        let mut route_rails: Vec<&Rail> = Vec::new();
+        if paid {
+            match &r.rails {
+                Some(list) => {
+                    if list.is_empty() {
+                        p.hint(
+                            format!("{base}.rails"),
+                            "a paid route needs at least one rail",
+                            format!(
+                                "omit rails to accept every rail, or list some ({})",
+                                defined("rails", ctx.rail_names)
+                            ),
+                        );
+                    }
+                    for (k, rail_name) in list.iter().enumerate() {
+                        if !ctx.rail_names.contains(rail_name) {
+                            p.hint(
+                                format!("{base}.rails[{k}]"),
+                                format!("unknown rail {rail_name:?}"),
+                                defined("rails", ctx.rail_names),
+                            );
+                        } else if list[..k].contains(rail_name) {
+                            p.add(
+                                format!("{base}.rails[{k}]"),
+                                format!("rail {rail_name:?} is listed twice"),
+                            );
+                        } else if let Some(rail) = ctx.rails.iter().find(|x| x.name == *rail_name) {
+                            route_rails.push(rail);
+                        }
+                    }
+                }
+                None => {
+                    if ctx.rail_names.is_empty() {
+                        p.hint(
+                            base.clone(),
+                            "paid route but no rail is defined",
+                            "define a rail under rails: (network, asset, pay_to, facilitator)",
+                        );
+                    }
+                    route_rails.extend(ctx.rails.iter());
+                }
+            }
+        }
+
+        // Offers: the price in each rail's token units.
+        let mut offers = Vec::new();
+        if let Some(price) = price {
+            for rail in &route_rails {
+                match price.to_atomic(rail.decimals) {
+                    Ok(amount) => offers.push(Offer {
+                        network: rail.network.clone(),
+                        asset: rail.asset,
+                        pay_to: rail.pay_to,
+                        amount,
+                        max_timeout_seconds: rail.max_timeout_seconds,
+                        eip712_name: rail.eip712_name.clone(),
+                        eip712_version: rail.eip712_version.clone(),
+                        v1_name: rail.v1_name.clone(),
+                    }),
+                    Err(AmountError::NotRepresentable { .. }) => p.hint(
+                        format!("{base}.price"),
+                        format!(
+                            "{price} USD is not a whole number of units of rail {} ({} decimals)",
+                            rail.name, rail.decimals
+                        ),
+                        format!("use at most {} decimal places", rail.decimals),
+                    ),
+                    Err(e) => p.add(
+                        format!("{base}.price"),
+                        format!("{price} USD on rail {}: {e}", rail.name),
+                    ),
+                }
+            }
+        }
+
+        let shape = route_shape(p, &base, r, ctx, methods.len());
+
+        if p.0.len() != before {
+            continue;
+        }
+        let Some((kind, lease)) = shape else {
+            continue;
+        };
+        routes.push(Route {
+            name: r.name.clone(),
+            price,
+            lightning: ln_price,
+            rails: route_rails.iter().map(|x| x.name.clone()).collect(),
+            facilitators: route_rails.iter().map(|x| x.facilitator.clone()).collect(),
+        });
+        let rc = RouteConfig {
+            name: r.name.clone(),
+            host: r.host.clone(),
+            methods,
+            path: r.path.clone(),
+            paid: (price.is_some() || ln_price.is_some()).then(|| PaidRoute {
+                offers,
+                lightning: ln_price,
+                description: r.description.clone(),
+                mime_type: r.mime_type.clone(),
+            }),
+            kind,
+            lease,
+            upstream_path: r.upstream_path.as_ref().map(|u| u.trim().to_owned()),
+            request_headers: r.request_headers.clone(),
+            response_headers: r.response_headers.clone().unwrap_or_default(),
+            disabled: r.disabled,
+        };
+        // What only the filter's compile knows (path templates, header names), per route so
+        // each route reports its own problem.
+        if probe_route(p, &base, &rc) {
+            route_configs.push(rc);
+        } else {
+            routes.pop();
+        }
+    }
+    (routes, route_configs)
+}
+
 fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config> {
     // verifier
     let grpc = socket_addr(p, "verifier.grpc", &raw.verifier.grpc);
@@ -1569,210 +1974,22 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         _ => {}
     }
 
+    // leases + admin
+    let leases = raw.leases.as_ref().and_then(|l| lease_settings(p, l));
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| admin_settings(p, a, secrets));
+
     // routes
-    let mut routes = Vec::new();
-    let mut route_configs = Vec::new();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, r) in raw.routes.iter().enumerate() {
-        let base = format!("routes[{i}]");
-        let before = p.0.len();
-        let name_ok = !r.name.is_empty()
-            && r.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-        if !name_ok {
-            p.hint(
-                format!("{base}.name"),
-                format!("{:?} is not a route name", r.name),
-                "letters, digits, '-', '_' or '.': it appears in metrics and the ledger",
-            );
-        } else if let Some(j) = seen.get(r.name.as_str()) {
-            p.hint(
-                format!("{base}.name"),
-                format!("duplicate route name {:?} (also routes[{j}])", r.name),
-                "route names must be unique",
-            );
-        } else {
-            seen.insert(&r.name, i);
-        }
-        let methods: Vec<String> = r
-            .methods
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .map(|m| m.trim().to_ascii_uppercase())
-            .collect();
-        if r.methods.as_ref().is_some_and(Vec::is_empty) {
-            p.hint(
-                format!("{base}.methods"),
-                "an empty list matches nothing",
-                "omit methods to accept any method",
-            );
-        }
-        let spec = RouteSpec {
-            name: if r.name.is_empty() {
-                format!("#{i}")
-            } else {
-                r.name.clone()
-            },
-            host: r.host.clone(),
-            methods: methods.clone(),
-            path: r.path.clone(),
-        };
-        // Syntax of this route alone, so each route reports its own errors.
-        if let Err(e) = RouteTable::compile(vec![spec]) {
-            route_error(p, &base, &e);
-        }
-
-        let ln_price = lightning_price(
-            p,
-            &base,
-            r,
-            raw.lightning.is_some(),
-            lightning_settings.as_ref(),
-        );
-        let sells_lightning = r.price_sats.is_some() || r.price_msat.is_some();
-        let price = match (&r.price, r.free) {
-            (Some(_), true) => {
-                p.hint(
-                    format!("{base}.price"),
-                    "a free route has no price",
-                    "remove price, or remove free: true",
-                );
-                None
-            }
-            (None, false) if sells_lightning => None,
-            (None, false) => {
-                p.hint(
-                    format!("{base}.price"),
-                    "missing: a route is paid (price: \"0.001\" and/or price_sats: 10) or free (free: true)",
-                    "price: \"0.001\"",
-                );
-                None
-            }
-            (None, true) => None,
-            (Some(v), false) => price(p, &format!("{base}.price"), v),
-        };
-        let paid = r.price.is_some() && !r.free;
-        if r.free && r.rails.is_some() {
-            p.hint(
-                format!("{base}.rails"),
-                "a free route takes no rails",
-                "remove rails, or free: true",
-            );
-        } else if !r.free && r.price.is_none() && r.rails.is_some() {
-            p.hint(
-                format!("{base}.rails"),
-                "rails are x402 offers of the USD price, and this route has none",
-                "add price: \"0.001\", or remove rails",
-            );
-        }
-
-        // Rails of a paid route: listed, or every rail.
-        let mut route_rails: Vec<&Rail> = Vec::new();
-        if paid {
-            match &r.rails {
-                Some(list) => {
-                    if list.is_empty() {
-                        p.hint(
-                            format!("{base}.rails"),
-                            "a paid route needs at least one rail",
-                            format!(
-                                "omit rails to accept every rail, or list some ({})",
-                                defined("rails", &rail_names)
-                            ),
-                        );
-                    }
-                    for (k, rail_name) in list.iter().enumerate() {
-                        if !rail_names.contains(rail_name) {
-                            p.hint(
-                                format!("{base}.rails[{k}]"),
-                                format!("unknown rail {rail_name:?}"),
-                                defined("rails", &rail_names),
-                            );
-                        } else if list[..k].contains(rail_name) {
-                            p.add(
-                                format!("{base}.rails[{k}]"),
-                                format!("rail {rail_name:?} is listed twice"),
-                            );
-                        } else if let Some(rail) = rails.iter().find(|x| x.name == *rail_name) {
-                            route_rails.push(rail);
-                        }
-                    }
-                }
-                None => {
-                    if rail_names.is_empty() {
-                        p.hint(
-                            base.clone(),
-                            "paid route but no rail is defined",
-                            "define a rail under rails: (network, asset, pay_to, facilitator)",
-                        );
-                    }
-                    route_rails.extend(rails.iter());
-                }
-            }
-        }
-
-        // Offers: the price in each rail's token units.
-        let mut offers = Vec::new();
-        if let Some(price) = price {
-            for rail in &route_rails {
-                match price.to_atomic(rail.decimals) {
-                    Ok(amount) => offers.push(Offer {
-                        network: rail.network.clone(),
-                        asset: rail.asset,
-                        pay_to: rail.pay_to,
-                        amount,
-                        max_timeout_seconds: rail.max_timeout_seconds,
-                        eip712_name: rail.eip712_name.clone(),
-                        eip712_version: rail.eip712_version.clone(),
-                        v1_name: rail.v1_name.clone(),
-                    }),
-                    Err(AmountError::NotRepresentable { .. }) => p.hint(
-                        format!("{base}.price"),
-                        format!(
-                            "{price} USD is not a whole number of units of rail {} ({} decimals)",
-                            rail.name, rail.decimals
-                        ),
-                        format!("use at most {} decimal places", rail.decimals),
-                    ),
-                    Err(e) => p.add(
-                        format!("{base}.price"),
-                        format!("{price} USD on rail {}: {e}", rail.name),
-                    ),
-                }
-            }
-        }
-
-        if p.0.len() != before {
-            continue;
-        }
-        routes.push(Route {
-            name: r.name.clone(),
-            price,
-            lightning: ln_price,
-            rails: route_rails.iter().map(|x| x.name.clone()).collect(),
-            facilitators: route_rails.iter().map(|x| x.facilitator.clone()).collect(),
-        });
-        route_configs.push(RouteConfig {
-            name: r.name.clone(),
-            host: r.host.clone(),
-            methods,
-            path: r.path.clone(),
-            paid: (price.is_some() || ln_price.is_some()).then(|| PaidRoute {
-                offers,
-                lightning: ln_price,
-                description: r.description.clone(),
-                mime_type: r.mime_type.clone(),
-            }),
-            kind: Default::default(),
-            lease: None,
-            upstream_path: None,
-            request_headers: None,
-            response_headers: Vec::new(),
-            disabled: false,
-        });
-    }
+    let ctx = RouteCtx {
+        rails: &rails,
+        rail_names: &rail_names,
+        lightning_block: raw.lightning.is_some(),
+        lightning: lightning_settings.as_ref(),
+        leases_block: raw.leases.is_some(),
+    };
+    let (routes, route_configs) = validate_routes(p, &ctx, &raw.routes);
 
     if !p.0.is_empty() {
         return None;
@@ -1801,27 +2018,12 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         public_url,
         routes: route_configs,
         l402: l402_filter,
-        leases: None,
+        leases: leases.as_ref().map(|l| LeaseFilter {
+            key_hex: l.key.to_hex(),
+        }),
         sync_interval_ms: None,
     };
-    if let Err(e) = filter.compile() {
-        use tollway_protocol::filter_config::ConfigError as E;
-        match &e {
-            E::Route(re) => {
-                let name = match re {
-                    RouteError::Shadowed { route, .. } | RouteError::DuplicateName(route) => {
-                        Some(route.as_str())
-                    }
-                    _ => None,
-                };
-                let idx = name.and_then(|n| raw.routes.iter().rposition(|r| r.name == n));
-                let base = idx.map_or_else(|| "routes".to_owned(), |i| format!("routes[{i}]"));
-                route_error(p, &base, re);
-            }
-            other => p.add("routes", other.to_string()),
-        }
-        return None;
-    }
+    compile_filter(p, &filter, &raw.routes)?;
 
     Some(Config {
         verifier: VerifierSettings {
@@ -1835,9 +2037,320 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         routes,
         lightning: lightning_settings,
         l402: l402_settings,
+        leases,
+        admin,
         filter,
+        file_routes: raw.routes,
+        static_sections: serde_yaml::Value::Null,
     })
 }
+
+/// `leases:`: the secret is always read (the filter config carries the key derived from it).
+fn lease_settings(p: &mut Problems, raw: &RawLeases) -> Option<LeaseSettings> {
+    let secret = secret_ref(p, "leases.secret", raw.secret.trim())
+        .and_then(|r| resolve(p, "leases.secret", &r, MIN_SECRET_BYTES))?;
+    Some(LeaseSettings {
+        key: LeaseKey::derive(secret.expose().as_bytes()),
+    })
+}
+
+/// `admin:`: the token is read only when secrets are resolved (`check`, `serve`).
+fn admin_settings(p: &mut Problems, raw: &RawAdmin, secrets: Secrets) -> Option<AdminSettings> {
+    let r = secret_ref(p, "admin.token", raw.token.trim())?;
+    let token = match secrets {
+        Secrets::Skip => None,
+        Secrets::Resolve => Some(resolve(p, "admin.token", &r, MIN_SECRET_BYTES)?),
+    };
+    Some(AdminSettings { token })
+}
+
+const KIND_HINT: &str = "http (pay per request), http-stream or websocket (sold as a lease)";
+const LEASE_EXAMPLE: &str =
+    "lease: { path: /lease/ticker/[symbol], seconds: 60 } (the same [name]s as path)";
+
+/// The route's kind and lease (what `tollway.yaml` says about them), with the rules that have
+/// a precise field and hint; the path templates are the filter compile's ([`probe_route`]).
+fn route_shape(
+    p: &mut Problems,
+    base: &str,
+    r: &RawRoute,
+    ctx: &RouteCtx<'_>,
+    methods: usize,
+) -> Option<(ResourceKind, Option<LeaseConfig>)> {
+    let before = p.0.len();
+    let kind = match r.kind.as_deref().map(str::trim) {
+        None | Some("http") => ResourceKind::Http,
+        Some("http-stream") => ResourceKind::HttpStream,
+        Some("websocket") => ResourceKind::Websocket,
+        Some(other) => {
+            p.hint(
+                format!("{base}.kind"),
+                format!("unknown kind {other:?}"),
+                KIND_HINT,
+            );
+            return None;
+        }
+    };
+    let free = r.free || (r.price.is_none() && r.price_sats.is_none() && r.price_msat.is_none());
+    let lease = match (kind, &r.lease) {
+        (ResourceKind::Http, None) => None,
+        (ResourceKind::Http, Some(_)) => {
+            p.hint(
+                format!("{base}.lease"),
+                "an http route is paid per request and has no lease",
+                "kind: http-stream or kind: websocket, or remove lease",
+            );
+            return None;
+        }
+        (kind, None) => {
+            p.hint(
+                format!("{base}.lease"),
+                format!("missing: kind {} is sold as a lease", kind.as_str()),
+                LEASE_EXAMPLE,
+            );
+            return None;
+        }
+        (_, Some(lease)) => Some(lease),
+    };
+    let Some(lease) = lease else {
+        return Some((kind, None));
+    };
+    if free {
+        p.hint(
+            format!("{base}.lease"),
+            "a leased route is paid: the price is the lease's",
+            "add price: \"0.01\" and/or price_sats: 20, or remove lease",
+        );
+    }
+    if !ctx.leases_block {
+        p.hint(
+            format!("{base}.lease"),
+            "the route is sold as a lease but there is no leases: section",
+            "add leases: { secret: env:TOLLWAY_LEASE_SECRET } (at least 32 bytes, e.g. `openssl rand -hex 32`)",
+        );
+    }
+    if methods > 1 {
+        p.hint(
+            format!("{base}.methods"),
+            "a leased route has one method: the one its lease grants",
+            "e.g. methods: [GET] (the default)",
+        );
+    }
+    if kind == ResourceKind::Websocket
+        && r.methods
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| !m.trim().eq_ignore_ascii_case("GET")))
+    {
+        p.hint(
+            format!("{base}.methods"),
+            "a WebSocket is opened with GET",
+            "methods: [GET], or omit methods",
+        );
+    }
+    if lease.seconds == 0 || lease.seconds > MAX_LEASE_SECONDS {
+        p.hint(
+            format!("{base}.lease.seconds"),
+            format!("{} is out of range 1..={MAX_LEASE_SECONDS}", lease.seconds),
+            "how long a lease lasts; 60 is common",
+        );
+    }
+    let same_path = |a: &str| a.trim().trim_end_matches('/').to_owned();
+    if same_path(&lease.path) == same_path(&r.path) {
+        p.hint(
+            format!("{base}.lease.path"),
+            "the lease is bought on a path of its own, not on the resource's",
+            "e.g. path: /stream/ticker/[symbol] and lease.path: /lease/ticker/[symbol]",
+        );
+    }
+    let window = lease.renewal.map(|w| w.window_seconds);
+    if let Some(w) = window {
+        if lease.single_use {
+            p.hint(
+                format!("{base}.lease.renewal"),
+                "a single-use lease cannot be renewed",
+                "remove renewal, or single_use",
+            );
+        } else if w == 0 || w > lease.seconds {
+            p.hint(
+                format!("{base}.lease.renewal.window_seconds"),
+                format!("{w} is out of range 1..={} (lease.seconds)", lease.seconds),
+                "renewal is open in the last window_seconds before expiry, e.g. half the lease",
+            );
+        }
+    }
+    if p.0.len() != before {
+        return None;
+    }
+    Some((
+        kind,
+        Some(LeaseConfig {
+            path: lease.path.trim().to_owned(),
+            seconds: lease.seconds,
+            single_use: lease.single_use,
+            renew_window_seconds: window,
+        }),
+    ))
+}
+
+/// Compiles `rc` alone (with stand-in keys: the sections are checked elsewhere) and reports
+/// what the filter refuses at the route's field. True when it compiles.
+fn probe_route(p: &mut Problems, base: &str, rc: &RouteConfig) -> bool {
+    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    let probe = FilterConfig {
+        verifier_cluster: VERIFIER_CLUSTER.to_owned(),
+        verifier_timeout_ms: 1,
+        settle_timeout_ms: 1,
+        public_url: None,
+        routes: vec![rc.clone()],
+        l402: Some(L402Filter {
+            key_hex: KEY.to_owned(),
+            service: DEFAULT_L402_SERVICE.to_owned(),
+        }),
+        leases: Some(LeaseFilter {
+            key_hex: KEY.to_owned(),
+        }),
+        sync_interval_ms: None,
+    };
+    match probe.compile() {
+        Ok(_) => true,
+        Err(e) => {
+            filter_error(p, base, &e);
+            false
+        }
+    }
+}
+
+/// Maps one of the filter compile's errors to the route field it is about, with a hint.
+fn filter_error(p: &mut Problems, base: &str, e: &tollway_protocol::filter_config::ConfigError) {
+    use tollway_protocol::filter_config::ConfigError as E;
+    use tollway_protocol::headers::HeaderPolicyError as H;
+    const TEMPLATE_HINT: &str =
+        "literal segments and whole [name] segments, every [name] captured by path";
+    match e {
+        E::Route(re) => route_error(p, base, re),
+        E::Lease { message, .. } => {
+            let (field, message, hint) = if let Some(rest) = message.strip_prefix("lease.path: ") {
+                ("lease.path", rest.to_owned(), TEMPLATE_HINT)
+            } else if message.starts_with("lease.path") {
+                ("lease.path", message.clone(), TEMPLATE_HINT)
+            } else if message.starts_with("a leased path") {
+                (
+                    "path",
+                    message.clone(),
+                    "a leased path names one resource: no `*` or `**`",
+                )
+            } else if message.contains("method") {
+                ("methods", message.clone(), "e.g. methods: [GET]")
+            } else if message.contains("price") {
+                (
+                    "price",
+                    message.clone(),
+                    "price: \"0.01\" and/or price_sats: 20",
+                )
+            } else {
+                ("lease", message.clone(), LEASE_EXAMPLE)
+            };
+            p.hint(format!("{base}.{field}"), message, hint);
+        }
+        E::UpstreamPath { error, .. } => p.hint(
+            format!("{base}.upstream_path"),
+            error.to_string(),
+            format!("{TEMPLATE_HINT}, e.g. /v1/ticker/[symbol]"),
+        ),
+        E::Headers {
+            error: error @ H::BadRequestHeader(_),
+            ..
+        } => p.hint(
+            format!("{base}.request_headers"),
+            error.to_string(),
+            "header names like x-client-id, or presets api-auth, browser-auth",
+        ),
+        E::Headers {
+            error: error @ H::BadResponsePreset(_),
+            ..
+        } => p.hint(
+            format!("{base}.response_headers"),
+            error.to_string(),
+            "streaming (cache-control: no-cache, x-accel-buffering: no)",
+        ),
+        other => {
+            // `route "name": message`: the path already says which route.
+            let text = other.to_string();
+            let message = text
+                .strip_prefix("route \"")
+                .and_then(|rest| rest.split_once("\": "))
+                .map_or(text.clone(), |(_, m)| m.to_owned());
+            p.add(base.to_owned(), message);
+        }
+    }
+}
+
+/// Compiles the whole table (cross-route rules: shadowing, lease paths against every other
+/// route) and maps a refusal to the route it names.
+fn compile_filter(
+    p: &mut Problems,
+    filter: &FilterConfig,
+    raw_routes: &[RawRoute],
+) -> Option<CompiledConfig> {
+    use tollway_protocol::filter_config::ConfigError as E;
+    let e = match filter.compile() {
+        Ok(c) => return Some(c),
+        Err(e) => e,
+    };
+    let index_of = |name: &str| raw_routes.iter().rposition(|r| r.name == name);
+    let route_name = |e: &E| -> Option<String> {
+        match e {
+            E::Route(RouteError::Shadowed { route, .. } | RouteError::DuplicateName(route)) => {
+                Some(route.clone())
+            }
+            E::NoOffers { route }
+            | E::LightningWithoutL402 { route }
+            | E::ZeroLightningAmount { route }
+            | E::NotEvm { route, .. }
+            | E::ZeroAmount { route, .. }
+            | E::ZeroTimeoutSeconds { route, .. }
+            | E::NoEip712Domain { route, .. }
+            | E::Lease { route, .. }
+            | E::UpstreamPath { route, .. }
+            | E::Headers { route, .. } => Some(route.clone()),
+            _ => None,
+        }
+    };
+    match (&e, route_name(&e)) {
+        // A lease path (table entry `<route>~lease`) that collides with a route.
+        (E::Route(RouteError::Shadowed { route, other }), _) if route.ends_with(SALE_SUFFIX) => {
+            let owner = route.trim_end_matches(SALE_SUFFIX);
+            let base =
+                index_of(owner).map_or_else(|| "routes".to_owned(), |i| format!("routes[{i}]"));
+            let other = match other.strip_suffix(SALE_SUFFIX) {
+                Some(o) => format!("the lease path of route {o:?}"),
+                None => format!("route {other:?}"),
+            };
+            p.hint(
+                format!("{base}.lease.path"),
+                format!("matches exactly the same requests as {other}"),
+                "give the lease path a prefix of its own, e.g. /lease/...",
+            );
+        }
+        (E::Route(RouteError::Shadowed { .. }), Some(name)) => {
+            let base =
+                index_of(&name).map_or_else(|| "routes".to_owned(), |i| format!("routes[{i}]"));
+            if let E::Route(re) = &e {
+                route_error(p, &base, re);
+            }
+        }
+        (_, Some(name)) => {
+            let base =
+                index_of(&name).map_or_else(|| "routes".to_owned(), |i| format!("routes[{i}]"));
+            filter_error(p, &base, &e);
+        }
+        (_, None) => p.add("routes", e.to_string()),
+    }
+    None
+}
+
+/// Suffix of a leased route's sale entry in the compiled table (see protocol's `compile`).
+const SALE_SUFFIX: &str = "~lease";
 
 #[cfg(test)]
 mod tests {
@@ -2588,12 +3101,306 @@ routes:
         );
     }
 
+    // ---- Leases, header policy, admin -----------------------------------------------------
+
+    const TICKER: &str = "  - name: ticker
+    kind: http-stream
+    path: /stream/ticker/[symbol]
+    methods: [GET]
+    price: \"0.01\"
+    lease:
+      path: /lease/ticker/[symbol]
+      seconds: 60
+      single_use: false
+      renewal: { window_seconds: 30 }
+    upstream_path: /v1/ticker/[symbol]
+    request_headers: [api-auth, x-client-id]
+    response_headers: [streaming]
+";
+
+    /// `good()` with `ticker` (routes[2]) sold as a lease, and `leases:` and `admin:` with
+    /// their secrets in files in `dir`.
+    fn leased(dir: &Path) -> String {
+        let lease = crate::testkit::secret_file(dir, "lease", crate::testkit::LEASE_SECRET);
+        let admin = crate::testkit::secret_file(dir, "admin", crate::testkit::ADMIN_TOKEN);
+        good().replace("  - name: free\n", &format!("{TICKER}  - name: free\n"))
+            + &format!("leases:\n  secret: \"{lease}\"\nadmin:\n  token: \"{admin}\"\n")
+    }
+
+    #[test]
+    fn leased_route_compiles_into_the_filter_config() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = leased(dir.path()).replace(
+            "    rails: [usdc]\n",
+            "    rails: [usdc]\n    disabled: true\n",
+        );
+        let c = Config::parse(&text, Secrets::Resolve).expect("valid");
+        let t = &c.filter.routes[2];
+        assert_eq!(t.name, "ticker");
+        assert_eq!(t.kind, ResourceKind::HttpStream);
+        assert_eq!(
+            t.lease,
+            Some(LeaseConfig {
+                path: "/lease/ticker/[symbol]".into(),
+                seconds: 60,
+                single_use: false,
+                renew_window_seconds: Some(30),
+            })
+        );
+        assert_eq!(t.upstream_path.as_deref(), Some("/v1/ticker/[symbol]"));
+        assert_eq!(
+            t.request_headers,
+            Some(vec!["api-auth".to_owned(), "x-client-id".to_owned()])
+        );
+        assert_eq!(t.response_headers, vec!["streaming".to_owned()]);
+        assert!(!t.disabled);
+        assert!(c.filter.routes[1].disabled, "echo is disabled");
+        // The filter gets the derived lease key, never the secret.
+        let key = LeaseKey::derive(crate::testkit::LEASE_SECRET.as_bytes()).to_hex();
+        assert_eq!(
+            c.filter.leases.as_ref().map(|l| l.key_hex.as_str()),
+            Some(key.as_str())
+        );
+        let json = serde_json::to_string(&c.filter).expect("json");
+        assert!(!json.contains(crate::testkit::LEASE_SECRET));
+        assert!(!json.contains(crate::testkit::ADMIN_TOKEN));
+        assert_eq!(
+            c.admin
+                .as_ref()
+                .and_then(|a| a.token.as_ref())
+                .map(Secret::expose),
+            Some(crate::testkit::ADMIN_TOKEN)
+        );
+        let compiled = c.filter.compile().expect("compiles");
+        // The resource and its lease sale.
+        assert_eq!(compiled.routes.len(), 5);
+        assert!(compiled
+            .table
+            .find("x", "POST", "/lease/ticker/BTC")
+            .is_some());
+        // The store validates the same routes to the same result.
+        let again = c.validate_routes(&c.file_routes).expect("valid");
+        assert_eq!(again.filter, c.filter);
+        assert_eq!(again.compiled, compiled);
+        // `tollway envoy` (Skip) needs the lease secret, not the admin token.
+        let skip = text.replace(
+            &format!("file:{}", dir.path().join("admin").display()),
+            "env:TOLLWAY_TEST_UNSET_ADMIN",
+        );
+        let c2 = Config::parse(&skip, Secrets::Skip).expect("valid without the admin token");
+        assert_eq!(c2.filter, c.filter);
+        assert!(c2.admin.as_ref().is_some_and(|a| a.token.is_none()));
+        assert_problem(
+            &skip,
+            "admin.token: environment variable TOLLWAY_TEST_UNSET_ADMIN is not set (hint: export TOLLWAY_TEST_UNSET_ADMIN=...)",
+        );
+        // The file's routes, kept in tollway.yaml shape for the store and the admin API.
+        assert_eq!(c.file_routes.len(), 4);
+        assert_eq!(
+            c.file_routes[2].to_json()["lease"]["renewal"]["window_seconds"],
+            30
+        );
+    }
+
+    #[test]
+    fn lease_and_header_problems() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = leased(dir.path());
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "kind: http-stream",
+                "kind: stream",
+                "routes[2].kind: unknown kind \"stream\" (hint: http (pay per request), http-stream or websocket (sold as a lease))",
+            ),
+            (
+                "kind: http-stream",
+                "kind: http",
+                "routes[2].lease: an http route is paid per request and has no lease (hint: kind: http-stream or kind: websocket, or remove lease)",
+            ),
+            (
+                "    lease:\n      path: /lease/ticker/[symbol]\n      seconds: 60\n      single_use: false\n      renewal: { window_seconds: 30 }\n",
+                "",
+                "routes[2].lease: missing: kind http-stream is sold as a lease (hint: lease: { path: /lease/ticker/[symbol], seconds: 60 } (the same [name]s as path))",
+            ),
+            (
+                "    price: \"0.01\"\n    lease:",
+                "    free: true\n    lease:",
+                "routes[2].lease: a leased route is paid: the price is the lease's (hint: add price: \"0.01\" and/or price_sats: 20, or remove lease)",
+            ),
+            (
+                "    methods: [GET]\n    price: \"0.01\"",
+                "    methods: [GET, POST]\n    price: \"0.01\"",
+                "routes[2].methods: a leased route has one method: the one its lease grants (hint: e.g. methods: [GET] (the default))",
+            ),
+            (
+                "kind: http-stream\n    path: /stream/ticker/[symbol]\n    methods: [GET]",
+                "kind: websocket\n    path: /stream/ticker/[symbol]\n    methods: [POST]",
+                "routes[2].methods: a WebSocket is opened with GET (hint: methods: [GET], or omit methods)",
+            ),
+            (
+                "seconds: 60",
+                "seconds: 0",
+                "routes[2].lease.seconds: 0 is out of range 1..=31622400 (hint: how long a lease lasts; 60 is common)",
+            ),
+            (
+                "window_seconds: 30",
+                "window_seconds: 61",
+                "routes[2].lease.renewal.window_seconds: 61 is out of range 1..=60 (lease.seconds) (hint: renewal is open in the last window_seconds before expiry, e.g. half the lease)",
+            ),
+            (
+                "single_use: false",
+                "single_use: true",
+                "routes[2].lease.renewal: a single-use lease cannot be renewed (hint: remove renewal, or single_use)",
+            ),
+            (
+                "path: /lease/ticker/[symbol]",
+                "path: /lease/ticker/[coin]",
+                "routes[2].lease.path: \"/lease/ticker/[coin]\": `[coin]` is not captured by the route's path (hint: literal segments and whole [name] segments, every [name] captured by path)",
+            ),
+            (
+                "path: /lease/ticker/[symbol]",
+                "path: /lease/ticker",
+                "routes[2].lease.path: lease.path \"/lease/ticker\" must capture the same [name]s as path \"/stream/ticker/[symbol]\" (hint: literal segments and whole [name] segments, every [name] captured by path)",
+            ),
+            (
+                "path: /stream/ticker/[symbol]",
+                "path: /stream/*/[symbol]",
+                "routes[2].path: a leased path may only have literal and [name] segments: \"/stream/*/[symbol]\": segment \"*\" must be literal text or a whole `[name]` (hint: a leased path names one resource: no `*` or `**`)",
+            ),
+            (
+                "upstream_path: /v1/ticker/[symbol]",
+                "upstream_path: /v1/[coin]",
+                "routes[2].upstream_path: \"/v1/[coin]\": `[coin]` is not captured by the route's path (hint: literal segments and whole [name] segments, every [name] captured by path, e.g. /v1/ticker/[symbol])",
+            ),
+            (
+                "[api-auth, x-client-id]",
+                "[api-auth, \"x client\"]",
+                "routes[2].request_headers: \"x client\" is not a header name or a preset (presets: api-auth, browser-auth) (hint: header names like x-client-id, or presets api-auth, browser-auth)",
+            ),
+            (
+                "[streaming]",
+                "[sse]",
+                "routes[2].response_headers: \"sse\" is not a response preset (presets: streaming) (hint: streaming (cache-control: no-cache, x-accel-buffering: no))",
+            ),
+            (
+                "path: /lease/ticker/[symbol]",
+                "path: /stream/ticker/[symbol]/",
+                "routes[2].lease.path: the lease is bought on a path of its own, not on the resource's (hint: e.g. path: /stream/ticker/[symbol] and lease.path: /lease/ticker/[symbol])",
+            ),
+            (
+                "path: /lease/ticker/[symbol]",
+                "path: /api/quote",
+                "routes[2].lease.path: lease.path \"/api/quote\" must capture the same [name]s as path \"/stream/ticker/[symbol]\" (hint: literal segments and whole [name] segments, every [name] captured by path)",
+            ),
+            (
+                "    path: /free/**",
+                "    path: /lease/ticker/[symbol]\n    methods: [POST, GET]",
+                "routes[2].lease.path: matches exactly the same requests as route \"free\" (hint: give the lease path a prefix of its own, e.g. /lease/...)",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(base.contains(from), "{from:?}");
+            assert_problem(&base.replacen(from, to, 1), expected);
+        }
+        // Shape errors have their path too.
+        let ps = problems(&base.replace("seconds: 60", "seconds: 60\n      secondz: 1"));
+        assert!(
+            ps[0].starts_with("routes[2].lease.secondz: unknown field `secondz`"),
+            "{ps:#?}"
+        );
+        let ps = problems(&base.replace("seconds: 60", "seconds: soon"));
+        assert!(
+            ps[0].starts_with("routes[2].lease.seconds: invalid type"),
+            "{ps:#?}"
+        );
+        // `[` in a flow mapping: a hint to quote it.
+        let ps = problems(&base.replace(
+            "    lease:\n      path: /lease/ticker/[symbol]\n      seconds: 60\n",
+            "    lease: { path: /lease/ticker/[symbol], seconds: 60 }\n    x:\n",
+        ));
+        assert!(
+            ps[0].contains("(hint: inside { } or [ ], quote values"),
+            "{ps:#?}"
+        );
+    }
+
+    #[test]
+    fn leases_and_admin_sections() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = leased(dir.path());
+        let lease_ref = format!("\"file:{}\"", dir.path().join("lease").display());
+        let admin_ref = format!("\"file:{}\"", dir.path().join("admin").display());
+        // A leased route without a leases: section.
+        let cut = base.find("leases:").expect("leases");
+        let no_leases = format!("{}admin:\n  token: {admin_ref}\n", &base[..cut]);
+        assert_problem(
+            &no_leases,
+            "routes[2].lease: the route is sold as a lease but there is no leases: section (hint: add leases: { secret: env:TOLLWAY_LEASE_SECRET } (at least 32 bytes, e.g. `openssl rand -hex 32`))",
+        );
+        let short = crate::testkit::secret_file(dir.path(), "short", "tooshort");
+        let ps = problems(&base.replace(&lease_ref, &format!("\"{short}\"")));
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("leases.secret: secret from file:")
+                    && p.contains("is 8 bytes, need at least 32")),
+            "{ps:#?}"
+        );
+        let ps = problems(&base.replace(&admin_ref, &format!("\"{short}\"")));
+        assert!(
+            ps.iter()
+                .any(|p| p.starts_with("admin.token: secret from file:")
+                    && p.contains("is 8 bytes, need at least 32")),
+            "{ps:#?}"
+        );
+        // Never inline, and never echoed.
+        for (r, path) in [(&lease_ref, "leases.secret"), (&admin_ref, "admin.token")] {
+            let text = base.replace(r.as_str(), "s3cr3t-inline-value-that-is-long-enough-1234");
+            let ps = problems(&text);
+            assert!(
+                ps.contains(&format!("{path}: not a secret reference (hint: write env:NAME or file:PATH; secrets are never inline)")),
+                "{ps:#?}"
+            );
+            assert!(ps.iter().all(|p| !p.contains("s3cr3t")));
+            // Refused even when secrets are not read.
+            assert!(Config::parse(&text, Secrets::Skip).is_err());
+        }
+        // The lease secret is read even by `tollway envoy`.
+        let unset = base.replace(&lease_ref, "env:TOLLWAY_TEST_UNSET_LEASE");
+        let e = Config::parse(&unset, Secrets::Skip).expect_err("needs the lease secret");
+        assert_eq!(
+            e.0[0].to_string(),
+            "leases.secret: environment variable TOLLWAY_TEST_UNSET_LEASE is not set (hint: export TOLLWAY_TEST_UNSET_LEASE=...)"
+        );
+        // Unknown keys in the new sections.
+        let ps = problems(&base.replace("leases:\n  secret:", "leases:\n  key: x\n  secret:"));
+        assert!(
+            ps[0].starts_with("leases.key: unknown field `key`"),
+            "{ps:#?}"
+        );
+        // A leases: section without a leased route is fine (the admin API may add one).
+        let text = good() + &format!("leases:\n  secret: {lease_ref}\n");
+        assert!(problems(&text).is_empty());
+    }
+
     #[test]
     fn example_file_is_valid() {
         let dir = tempfile::tempdir().expect("tmp");
         let c = crate::testkit::example_config(dir.path(), Secrets::Resolve);
-        assert_eq!(c.routes.len(), 4);
-        assert_eq!(c.paid_routes(), 3);
+        assert_eq!(c.routes.len(), 5);
+        assert_eq!(c.paid_routes(), 4);
+        let ticker = c
+            .filter
+            .routes
+            .iter()
+            .find(|r| r.name == "ticker")
+            .expect("ticker");
+        assert_eq!(ticker.kind, ResourceKind::HttpStream);
+        assert_eq!(
+            ticker.lease.as_ref().map(|l| l.renew_window_seconds),
+            Some(Some(30))
+        );
+        assert!(c.admin.as_ref().is_some_and(|a| a.token.is_some()));
+        assert!(c.filter.leases.is_some());
         assert!(matches!(
             c.lightning.as_ref().map(|l| &l.node),
             Some(NodeSettings::Dev)
@@ -2602,5 +3409,7 @@ routes:
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
         let text = std::fs::read_to_string(path).expect("read");
         assert!(text.contains("root_secret: env:TOLLWAY_L402_SECRET"));
+        assert!(text.contains("secret: env:TOLLWAY_LEASE_SECRET"));
+        assert!(text.contains("token: env:TOLLWAY_ADMIN_TOKEN"));
     }
 }

@@ -1,19 +1,28 @@
 //! `tollway envoy`: renders a complete Envoy v3 bootstrap from `tollway.yaml`, built as a
 //! `serde_json::Value` and printed as YAML (no string templates).
 //!
-//! Filter mode (default): HCM → wasm filter (the compiled route table as its configuration) →
-//! router. ext_authz mode: HCM → ext_authz (gRPC to the verifier, which also settles) → router.
+//! Filter mode (default): HCM → wasm filter (its configuration: the filter config, with
+//! `sync_interval_ms` so the route table comes live from the verifier's `Routes`) → router.
+//! ext_authz mode: HCM → ext_authz (gRPC to the verifier, which also settles) → router.
+//!
+//! Both modes upgrade WebSockets and never cut a stream: the upstream route has no overall
+//! timeout (`timeout: 0s`; Envoy's default is 15 s) and a generous per-stream idle timeout.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, HostPort, VERIFIER_CLUSTER};
+use tollway_protocol::filter_config::FilterConfig;
+
+use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 
 pub const UPSTREAM_CLUSTER: &str = "upstream";
-/// Upstream route timeout.
-const ROUTE_TIMEOUT: &str = "30s";
+/// Upstream route timeout (`RouteAction.timeout`): disabled, streams and WebSockets last as long
+/// as they last.
+const ROUTE_TIMEOUT: &str = "0s";
+/// `RouteAction.idle_timeout`: a stream with no bytes either way for this long is closed.
+const ROUTE_IDLE_TIMEOUT: &str = "300s";
 /// Minimum ext_authz deadline: the Check verifies *and* settles.
 const EXT_AUTHZ_MIN_TIMEOUT_MS: u64 = 10_000;
 
@@ -94,8 +103,17 @@ fn router_filter() -> Value {
     })
 }
 
+/// The wasm plugin's configuration: the filter config, its routes (for reading; the filter
+/// serves the verifier's table) and the sync interval.
+pub fn plugin_config(config: &Config) -> FilterConfig {
+    FilterConfig {
+        sync_interval_ms: Some(SYNC_INTERVAL_MS),
+        ..config.filter.clone()
+    }
+}
+
 fn wasm_filter(config: &Config, wasm: &Path) -> Result<Value, EnvoyConfigError> {
-    let filter_json = serde_json::to_string(&config.filter)
+    let filter_json = serde_json::to_string(&plugin_config(config))
         .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     Ok(json!({
         "name": "envoy.filters.http.wasm",
@@ -194,7 +212,11 @@ pub fn bootstrap(
                     "routes": [{
                         "name": "upstream",
                         "match": { "prefix": "/" },
-                        "route": { "cluster": UPSTREAM_CLUSTER, "timeout": ROUTE_TIMEOUT }
+                        "route": {
+                            "cluster": UPSTREAM_CLUSTER,
+                            "timeout": ROUTE_TIMEOUT,
+                            "idle_timeout": ROUTE_IDLE_TIMEOUT,
+                        }
                     }]
                 }]
             },
@@ -276,7 +298,6 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::config::Secrets;
-    use tollway_protocol::filter_config::FilterConfig;
 
     fn example() -> Config {
         let dir = tempfile::tempdir().expect("tmp");
@@ -301,7 +322,9 @@ mod tests {
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
         assert_eq!(route["match"]["prefix"], "/");
         assert_eq!(route["route"]["cluster"], "upstream");
-        assert_eq!(route["route"]["timeout"], "30s");
+        // Streams are never cut by a route timeout, only by silence.
+        assert_eq!(route["route"]["timeout"], "0s");
+        assert_eq!(route["route"]["idle_timeout"], "300s");
         let filters = hcm["http_filters"].as_sequence().expect("filters");
         assert_eq!(filters.len(), 2);
         assert_eq!(filters[1]["name"], "envoy.filters.http.router");
@@ -322,7 +345,15 @@ mod tests {
             .as_str()
             .expect("StringValue");
         let fc: FilterConfig = serde_json::from_str(json).expect("FilterConfig");
-        assert_eq!(fc, c.filter);
+        // The filter config, plus the sync with the verifier's live route table.
+        assert_eq!(fc.sync_interval_ms, Some(1000));
+        assert_eq!(
+            fc,
+            FilterConfig {
+                sync_interval_ms: Some(1000),
+                ..c.filter.clone()
+            }
+        );
         // The filter verifies L402 with the derived key; the root secret is never rendered.
         let l402 = fc.l402.as_ref().expect("l402 section");
         assert_eq!(
@@ -387,21 +418,21 @@ mod tests {
         assert_eq!(t["status_on_error"]["code"], 503);
         assert!(t.get("allowed_headers").is_none());
         assert_eq!(filters[1]["name"], "envoy.filters.http.router");
+        // WebSockets and streams (leases) pass in this mode too.
+        let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
+        let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+        assert_eq!(route["timeout"], "0s");
+        assert_eq!(route["idle_timeout"], "300s");
     }
 
     #[test]
     fn dns_upstream_and_wildcard_verifier() {
         let dir = tempfile::tempdir().expect("tmp");
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml"),
-        )
-        .expect("read")
-        .replace(
-            "env:TOLLWAY_L402_SECRET",
-            &crate::testkit::l402_secret_ref(dir.path()),
-        )
-        .replace("upstream: 127.0.0.1:18080", "upstream: api.internal:8080")
-        .replace("grpc: 127.0.0.1:50051", "grpc: 0.0.0.0:50051");
+        let text = crate::testkit::example_text(dir.path())
+            .replace("upstream: 127.0.0.1:18080", "upstream: api.internal:8080")
+            .replace("grpc: 127.0.0.1:50051", "grpc: 0.0.0.0:50051");
         let c = Config::parse(&text, Secrets::Skip).expect("valid");
         let v = bootstrap(&c, Mode::ExtAuthz, None).expect("render");
         let clusters = &v["static_resources"]["clusters"];

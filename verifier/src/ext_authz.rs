@@ -11,6 +11,15 @@
 //! unpaid request gets a 402 offering every rail (x402 with the `bip122` entry, and the LSAT
 //! and L402 `WWW-Authenticate` lines); when the node is down the 402 offers x402 alone (503 on
 //! a Lightning-only route).
+//!
+//! Leased routes (`http-stream`, `websocket`): a request on the resource needs a lease token
+//! (`x-x402-lease`, or the `t` query parameter), checked here like the filter does (HMAC,
+//! route, method, path, expiry; single-use leases claimed once as `lease:<id>`) and removed
+//! before the upstream; no valid lease is a 402 with the lease route's challenge and a JSON
+//! `error` (`lease_required`, `lease_invalid`, `lease_expired`, `lease_already_used`). Leases
+//! are *sold* by the filter only: the lease path answers 501 `lease_sales_need_filter_mode`
+//! here. Not applied in this mode: `upstream_path` rewrites (use an Envoy route
+//! `regex_rewrite`). A disabled route answers 404 `route_disabled`.
 
 use std::sync::Arc;
 
@@ -18,13 +27,21 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use tollway_protocol::filter_config::{CompiledPaid, LightningPrice};
+use tollway_protocol::filter_config::{
+    CompiledConfig, CompiledLease, CompiledPaid, CompiledRoute, LightningPrice,
+};
+use tollway_protocol::headers::{CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, HEADER_WWW_AUTHENTICATE, REASON_TOKEN_ALREADY_USED,
 };
+use tollway_protocol::lease::{
+    strip_query_token, Lease, HEADER_LEASE, QUERY_LEASE, REASON_ALREADY_USED, REASON_REQUIRED,
+};
 use tollway_protocol::resource_url;
+use tollway_protocol::routes::canonical_path;
 use tollway_protocol::x402::{
     is_json_object, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE,
     HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE,
@@ -33,7 +50,7 @@ use tollway_protocol::x402::{
 use crate::l402::l402_claim_key;
 use crate::ledger::{EventKind, LedgerEvent};
 use crate::metrics::Metrics;
-use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
+use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified, CLAIM_PREFIX_LEASE};
 
 /// gRPC codes carried in `CheckResponse.status`.
 const GRPC_OK: i32 = 0;
@@ -136,6 +153,8 @@ fn bad_request(status: i32, body: &str) -> CheckResponse {
 const BOTH_RAILS: &str =
     r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
 const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
+const ROUTE_DISABLED: &str = r#"{"error":"route_disabled"}"#;
+const LEASE_SALES_NEED_FILTER: &str = r#"{"error":"lease_sales_need_filter_mode","message":"leases are sold by the Tollway wasm filter; ext_authz-only mode checks leases but cannot issue them"}"#;
 
 /// The request as the route table and the challenge need it.
 struct Request<'a> {
@@ -273,6 +292,128 @@ impl ExtAuthz {
         o
     }
 
+    /// A 402 refusing a lease: the lease route's x402 challenge (resource: the lease URL) with
+    /// `reason` as the JSON `error`; a plain JSON 402 when the route has no x402 offer.
+    async fn lease_refused(&self, r: &Request<'_>, reason: &str) -> CheckResponse {
+        self.metrics.check("invalid");
+        if r.paid.challenge.has_offers() {
+            return self.challenge(r, Some(reason), 402).await;
+        }
+        let headers = CHALLENGE_HEADERS
+            .iter()
+            .map(|(k, v)| header(k, v))
+            .collect();
+        let body = serde_json::json!({ "error": reason }).to_string();
+        denied(GRPC_PERMISSION_DENIED, 402, headers, body)
+    }
+
+    /// A request on a leased resource: allowed with a valid lease, else a 402.
+    async fn leased(
+        &self,
+        http: &HttpRequest,
+        compiled: &CompiledConfig,
+        route: &CompiledRoute,
+        lease: &CompiledLease,
+        params: &[(String, String)],
+    ) -> CheckResponse {
+        let Some(paid) = &route.paid else {
+            // Compile refuses an unpaid leased route; never a free pass.
+            self.metrics.check("unavailable");
+            return unavailable();
+        };
+        let sale_path = lease.sale.render(params);
+        let refusal = Request {
+            route: &route.name,
+            paid,
+            url: resource_url(
+                self.payments.public_url(),
+                &http.scheme,
+                &http.host,
+                &sale_path,
+            ),
+            path: &sale_path,
+            method: &lease.method,
+            // Leases cannot be bought in this mode: no invoice is minted for the 402.
+            lightning: None,
+        };
+        let header_token = http
+            .headers
+            .get(HEADER_LEASE)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty());
+        let query_token = strip_query_token(&http.path).map(|(_, t)| t);
+        let Some(token) = header_token.or(query_token.filter(|t| !t.is_empty())) else {
+            return self.lease_refused(&refusal, REASON_REQUIRED).await;
+        };
+        let Some(key) = compiled.lease_key.as_ref() else {
+            self.metrics.check("unavailable");
+            return unavailable();
+        };
+        let now = self.payments.now();
+        let checked = Lease::open(key, token).and_then(|l| {
+            l.check(&route.name, &http.method, &canonical_path(&http.path), now)
+                .map(|()| l)
+        });
+        let granted = match checked {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(route = %route.name, reason = e.reason(), "lease refused");
+                return self.lease_refused(&refusal, e.reason()).await;
+            }
+        };
+        let id = granted.id_hex();
+        if granted.single_use {
+            let key = format!("{CLAIM_PREFIX_LEASE}{id}");
+            match self
+                .payments
+                .claim(&key, &route.name, granted.expires_at)
+                .await
+            {
+                ClaimResult::Claimed => {}
+                ClaimResult::AlreadyUsed => {
+                    return self.lease_refused(&refusal, REASON_ALREADY_USED).await
+                }
+                ClaimResult::Unavailable => {
+                    self.metrics.check("unavailable");
+                    return unavailable();
+                }
+            }
+        }
+        self.metrics.check("lease");
+        let response_headers = route
+            .headers
+            .response_headers()
+            .iter()
+            .map(|(k, v)| header_with(k, v, HeaderAppendAction::AddIfAbsent))
+            .collect();
+        let mut o = ok(response_headers, false);
+        if let Some(HttpResponse::OkResponse(ok)) = &mut o.http_response {
+            // The credential never reaches the upstream, in either place.
+            ok.headers_to_remove.push(HEADER_LEASE.to_owned());
+            if query_token.is_some() {
+                ok.query_parameters_to_remove.push(QUERY_LEASE.to_owned());
+            }
+            // Trusted context: ours replaces any client copy.
+            ok.headers.push(header(CONTEXT_RAIL, "lease"));
+            ok.headers.push(header(CONTEXT_PAYER, &id));
+            ok.headers.push(header(CONTEXT_RESOURCE, &route.name));
+            ok.headers_to_remove.push(CONTEXT_AMOUNT.to_owned());
+            // The route's request header allow-list.
+            if route.headers.filters_requests() {
+                let mut dropped: Vec<String> = http
+                    .headers
+                    .keys()
+                    .map(|k| k.to_ascii_lowercase())
+                    .filter(|k| !route.headers.allows(k) && !k.starts_with("x-tollway-"))
+                    .filter(|k| k != HEADER_LEASE)
+                    .collect();
+                dropped.sort();
+                ok.headers_to_remove.extend(dropped);
+            }
+        }
+        o
+    }
+
     pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
         let Some(http) = req
             .attributes
@@ -293,6 +434,18 @@ impl ExtAuthz {
             self.metrics.check("unmatched");
             return ok(Vec::new(), false);
         };
+        if route.disabled {
+            // Kept in the table so no broader (free) route serves it.
+            self.metrics.check("disabled");
+            return bad_request(404, ROUTE_DISABLED);
+        }
+        if let Some(lease) = &route.lease {
+            if route.sells_lease {
+                self.metrics.check("lease_sale_refused");
+                return bad_request(501, LEASE_SALES_NEED_FILTER);
+            }
+            return self.leased(http, &compiled, route, lease, &m.params).await;
+        }
         let Some(paid) = &route.paid else {
             self.metrics.check("free");
             return ok(Vec::new(), false);
@@ -941,5 +1094,221 @@ pub(crate) mod tests {
                 .await;
             l402_challenge(denied_of(&r));
         }
+    }
+
+    // ---- leases ----------------------------------------------------------------------------
+
+    use tollway_protocol::lease::LeaseKey;
+
+    fn lease_key() -> LeaseKey {
+        LeaseKey::derive(crate::testkit::LEASE_SECRET.as_bytes())
+    }
+
+    fn lease(route: &str, path: &str, expires_at: u64, single_use: bool) -> Lease {
+        Lease {
+            id: [7; 16],
+            route: route.into(),
+            method: "GET".into(),
+            path: path.into(),
+            expires_at,
+            single_use,
+        }
+    }
+
+    fn error_of(r: &CheckResponse) -> (i32, Value) {
+        let d = denied_of(r);
+        let body: Value = serde_json::from_str(&d.body).expect("json body");
+        (d.status.as_ref().map_or(0, |s| s.code), body)
+    }
+
+    #[tokio::test]
+    async fn lease_allows_the_leased_path() {
+        let h = crate::testkit::leased_harness(&dead_url().await);
+        let a = authz(&h);
+        let now = unix_now();
+        let token = lease("ticker", "/stream/ticker/BTC", now + 60, false).mint(&lease_key());
+
+        // In the header: removed before the upstream; context set; allow-list applied.
+        let r = a
+            .check(&check_request(
+                "GET",
+                "/stream/ticker/BTC",
+                &[
+                    ("x-x402-lease", &token),
+                    ("authorization", "Bearer api"),
+                    ("x-secret", "no"),
+                    ("x-tollway-payer", "forged"),
+                    ("accept", "text/event-stream"),
+                ],
+            ))
+            .await;
+        let o = ok_of(&r);
+        assert!(o.headers_to_remove.contains(&"x-x402-lease".to_owned()));
+        assert!(o.headers_to_remove.contains(&"x-secret".to_owned()));
+        assert!(
+            !o.headers_to_remove.contains(&"authorization".to_owned()),
+            "api-auth preset"
+        );
+        assert!(!o.headers_to_remove.contains(&"accept".to_owned()));
+        assert!(o.query_parameters_to_remove.is_empty());
+        assert_eq!(header_of(&o.headers, "x-tollway-rail"), Some("lease"));
+        assert_eq!(
+            header_of(&o.headers, "x-tollway-payer"),
+            Some(hex::encode([7u8; 16]).as_str())
+        );
+        assert_eq!(header_of(&o.headers, "x-tollway-resource"), Some("ticker"));
+        assert_eq!(
+            header_of(&o.response_headers_to_add, "x-accel-buffering"),
+            Some("no")
+        );
+
+        // In the query (EventSource): `t` removed; HEAD rides on a GET lease; the path is
+        // canonical (`//`, trailing `/`).
+        for (method, path) in [
+            ("GET", format!("/stream/ticker/BTC?x=1&t={token}")),
+            ("HEAD", format!("/stream//ticker/BTC/?t={token}")),
+        ] {
+            let r = a.check(&check_request(method, &path, &[])).await;
+            let o = ok_of(&r);
+            assert_eq!(o.query_parameters_to_remove, vec!["t".to_owned()], "{path}");
+        }
+        assert!(h
+            .metrics
+            .encode()
+            .contains("tollway_check_total{result=\"lease\"} 3"));
+    }
+
+    #[tokio::test]
+    async fn lease_refusals() {
+        let h = crate::testkit::leased_harness(&dead_url().await);
+        let a = authz(&h);
+        let now = unix_now();
+        let key = lease_key();
+        let good = lease("ticker", "/stream/ticker/BTC", now + 60, false).mint(&key);
+        let cases: Vec<(String, &str)> = vec![
+            (String::new(), "lease_required"),
+            ("garbage".into(), "lease_invalid"),
+            (
+                lease("ticker", "/stream/ticker/BTC", now + 60, false)
+                    .mint(&LeaseKey::derive(&[1u8; 32])),
+                "lease_invalid",
+            ),
+            (
+                lease("ticker", "/stream/ticker/ETH", now + 60, false).mint(&key),
+                "lease_invalid",
+            ),
+            (
+                lease("room", "/stream/ticker/BTC", now + 60, false).mint(&key),
+                "lease_invalid",
+            ),
+            (
+                lease("ticker", "/stream/ticker/BTC", now - 1, false).mint(&key),
+                "lease_expired",
+            ),
+        ];
+        for (token, reason) in cases {
+            let headers: Vec<(&str, &str)> = if token.is_empty() {
+                Vec::new()
+            } else {
+                vec![("x-x402-lease", token.as_str())]
+            };
+            let r = a
+                .check(&check_request("GET", "/stream/ticker/BTC", &headers))
+                .await;
+            let (status, body) = error_of(&r);
+            assert_eq!(status, 402, "{reason}");
+            assert_eq!(body["error"], reason);
+            // The 402 names the lease URL: that is where a lease is bought.
+            let required = b64_json(
+                header_of(&denied_of(&r).headers, "payment-required").expect("PAYMENT-REQUIRED"),
+            );
+            assert_eq!(
+                required["resource"]["url"],
+                "http://api.test:10000/lease/ticker/BTC"
+            );
+            assert_eq!(required["accepts"][0]["amount"], "10000");
+        }
+        // POST with a GET lease: another method.
+        let r = a
+            .check(&check_request(
+                "POST",
+                "/stream/ticker/BTC",
+                &[("x-x402-lease", &good)],
+            ))
+            .await;
+        // The route takes any method (none listed); its lease grants GET only.
+        let (status, body) = error_of(&r);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (402, Some("lease_invalid"))
+        );
+
+        // Single use: the second use is refused.
+        let once = lease("room", "/ws/lobby", now + 30, true).mint(&key);
+        let r = a
+            .check(&check_request(
+                "GET",
+                "/ws/lobby",
+                &[("x-x402-lease", &once)],
+            ))
+            .await;
+        ok_of(&r);
+        let r = a
+            .check(&check_request(
+                "GET",
+                "/ws/lobby",
+                &[("x-x402-lease", &once)],
+            ))
+            .await;
+        let (status, body) = error_of(&r);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (402, Some("lease_already_used"))
+        );
+        h.ledger.flush().await.expect("flush");
+        let events = h.ledger.recent(5).await.expect("events");
+        assert!(events
+            .iter()
+            .any(|e| e.event == EventKind::LeaseClaimed && e.route == "room"));
+    }
+
+    #[tokio::test]
+    async fn lease_sales_and_disabled_routes() {
+        let h = crate::testkit::leased_harness(&dead_url().await);
+        let a = authz(&h);
+        for method in ["GET", "POST"] {
+            let r = a
+                .check(&check_request(method, "/lease/ticker/BTC", &[]))
+                .await;
+            let (status, body) = error_of(&r);
+            assert_eq!(status, 501);
+            assert_eq!(body["error"], "lease_sales_need_filter_mode");
+        }
+        h.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Patch,
+                name: "quote".into(),
+                body: Some(json!({"disabled": true})),
+            })
+            .expect("disable");
+        let r = a.check(&check_request("GET", "/api/quote", &[])).await;
+        let (status, body) = error_of(&r);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("route_disabled"))
+        );
+        // A re-priced route is challenged at its new price at once.
+        h.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Patch,
+                name: "echo".into(),
+                body: Some(json!({"price": "0.5"})),
+            })
+            .expect("reprice");
+        let r = a.check(&check_request("POST", "/api/echo", &[])).await;
+        let required = b64_json(
+            header_of(&denied_of(&r).headers, "payment-required").expect("PAYMENT-REQUIRED"),
+        );
+        assert_eq!(required["accepts"][0]["amount"], "500000");
     }
 }

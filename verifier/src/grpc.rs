@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::ext_authz::ExtAuthz;
 use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
+use crate::routes_store::RouteStore;
 
 /// Generated server and client for `tollway.v1.Payments`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -26,11 +27,12 @@ const MAX_PAYMENT_HEADER: usize = 16 * 1024;
 
 pub struct PaymentsService {
     payments: Arc<Payments>,
+    routes: Arc<RouteStore>,
 }
 
 impl PaymentsService {
-    pub fn new(payments: Arc<Payments>) -> Self {
-        Self { payments }
+    pub fn new(payments: Arc<Payments>, routes: Arc<RouteStore>) -> Self {
+        Self { payments, routes }
     }
 }
 
@@ -148,6 +150,16 @@ impl generated::payments_server::Payments for PaymentsService {
             outcome: outcome as i32,
         }))
     }
+
+    /// The route table for the filters' sync: nothing but the version when it is the one the
+    /// filter holds (every Envoy worker polls this every `sync_interval_ms`).
+    async fn routes(
+        &self,
+        request: tonic::Request<rpc::RoutesRequest>,
+    ) -> Result<tonic::Response<rpc::RoutesResponse>, tonic::Status> {
+        let known = request.get_ref().known_version;
+        Ok(tonic::Response::new(self.routes.routes_response(known)))
+    }
 }
 
 /// Serves both services on `listener` until `shutdown` resolves.
@@ -187,7 +199,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             listener,
-            PaymentsService::new(h.payments.clone()),
+            PaymentsService::new(h.payments.clone(), h.store.clone()),
             ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
             async {
                 let _ = stop_rx.await;
@@ -282,7 +294,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             listener,
-            PaymentsService::new(h.payments.clone()),
+            PaymentsService::new(h.payments.clone(), h.store.clone()),
             ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
             async {
                 let _ = stop_rx.await;
@@ -355,6 +367,80 @@ mod tests {
             .into_inner();
         assert_eq!(c.outcome, rpc::ChallengeOutcome::Unavailable as i32);
         assert!(c.invoice.is_empty() && c.macaroon.is_empty() && c.x402_offer.is_empty());
+
+        let _ = stop_tx.send(());
+        server.await.expect("join").expect("server");
+    }
+
+    #[tokio::test]
+    async fn routes_and_lease_claims_over_the_wire() {
+        let h = crate::testkit::leased_harness(&crate::facilitator::fake::dead_url().await);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            PaymentsService::new(h.payments.clone(), h.store.clone()),
+            ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let mut client = PaymentsClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let routes = |known_version| rpc::RoutesRequest { known_version };
+
+        // First poll: the table.
+        let first = client.routes(routes(0)).await.expect("routes").into_inner();
+        assert_eq!(first.version, h.store.current().version);
+        let table: Vec<tollway_protocol::filter_config::RouteConfig> =
+            serde_json::from_str(&first.routes_json).expect("json");
+        assert_eq!(table.len(), 5);
+        assert!(table
+            .iter()
+            .any(|r| r.name == "ticker" && r.lease.is_some()));
+        // Unchanged: the version alone.
+        let same = client
+            .routes(routes(first.version))
+            .await
+            .expect("routes")
+            .into_inner();
+        assert_eq!(same.version, first.version);
+        assert!(same.routes_json.is_empty());
+        // Changed: the new table.
+        h.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Patch,
+                name: "quote".into(),
+                body: Some(serde_json::json!({"price": "0.5"})),
+            })
+            .expect("change");
+        let changed = client
+            .routes(routes(first.version))
+            .await
+            .expect("routes")
+            .into_inner();
+        assert_ne!(changed.version, first.version);
+        assert!(changed.routes_json.contains("\"amount\":\"500000\""));
+
+        // A single-use lease is claimed once; a malformed lease key fails closed.
+        let claim = |key: &str| rpc::ClaimRequest {
+            key: key.into(),
+            route: "room".into(),
+            expires_at: unix_now() + 30,
+        };
+        let key = format!("lease:{}", "ab".repeat(16));
+        let first = client.claim(claim(&key)).await.expect("claim").into_inner();
+        assert_eq!(first.outcome, rpc::ClaimOutcome::Claimed as i32);
+        let again = client.claim(claim(&key)).await.expect("claim").into_inner();
+        assert_eq!(again.outcome, rpc::ClaimOutcome::AlreadyUsed as i32);
+        let bad = client
+            .claim(claim("lease:xyz"))
+            .await
+            .expect("claim")
+            .into_inner();
+        assert_eq!(bad.outcome, rpc::ClaimOutcome::Unavailable as i32);
 
         let _ = stop_tx.send(());
         server.await.expect("join").expect("server");

@@ -1,6 +1,7 @@
 //! Operations HTTP on `verifier.http`: `/healthz` (alive), `/readyz` (config loaded and ledger
-//! open; facilitator reachability reported, not required), `/metrics` (Prometheus) and, with
-//! the `dev` Lightning backend only, `POST /dev/lightning/pay`: the test wallet.
+//! open; facilitator reachability reported, not required), `/metrics` (Prometheus), the admin
+//! API (`/admin/routes`, see [`crate::admin`]) and, with the `dev` Lightning backend only,
+//! `POST /dev/lightning/pay`: the test wallet.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,29 +18,38 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::admin::{self, AdminState};
 use crate::clock::unix_now;
 use crate::facilitator::FacilitatorClient;
 use crate::lightning::dev::PayError;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
+use crate::routes_store::RouteStore;
+use crate::secret::Secret;
 
 pub struct OpsState {
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
     pub facilitators: Vec<Arc<FacilitatorClient>>,
     pub payments: Arc<Payments>,
-    pub routes: usize,
-    pub paid_routes: usize,
+    pub store: Arc<RouteStore>,
+    /// The admin API's bearer token; `None`: the admin API answers 404.
+    pub admin_token: Option<Secret>,
     pub ledger: String,
 }
 
 pub fn router(state: Arc<OpsState>) -> Router {
+    let admin = admin::router(Arc::new(AdminState {
+        store: state.store.clone(),
+        token: state.admin_token.clone(),
+    }));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(DEV_PAY_PATH, post(dev_pay))
         .with_state(state)
+        .merge(admin)
 }
 
 /// The dev node's pay endpoint (404 unless `lightning.backend` is `dev`).
@@ -103,10 +113,12 @@ async fn readyz(State(s): State<Arc<OpsState>>) -> impl IntoResponse {
         .iter()
         .map(|f| (f.name(), f.status()))
         .collect();
+    let table = s.store.current();
     let body = json!({
         "status": if ready { "ready" } else { "starting" },
-        "routes": s.routes,
-        "paid_routes": s.paid_routes,
+        "routes": table.routes.len(),
+        "paid_routes": table.paid_routes(),
+        "routes_version": table.version,
         "ledger": s.ledger,
         "pending_payments": s.payments.pending_count(),
         "facilitators": facilitators,
@@ -157,8 +169,8 @@ mod tests {
             ready: AtomicBool::new(false),
             facilitators: Vec::new(),
             payments: h.payments.clone(),
-            routes: 3,
-            paid_routes: 2,
+            store: h.store.clone(),
+            admin_token: None,
             ledger: "x.db".into(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -199,8 +211,8 @@ mod tests {
             ready: AtomicBool::new(true),
             facilitators: Vec::new(),
             payments: h.payments.clone(),
-            routes: 5,
-            paid_routes: 4,
+            store: h.store.clone(),
+            admin_token: None,
             ledger: "x.db".into(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -288,8 +300,8 @@ mod tests {
             ready: AtomicBool::new(true),
             facilitators: Vec::new(),
             payments: h.payments.clone(),
-            routes: 3,
-            paid_routes: 2,
+            store: h.store.clone(),
+            admin_token: None,
             ledger: "x.db".into(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

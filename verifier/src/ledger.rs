@@ -1,4 +1,5 @@
-//! Payment ledger: an append-only SQLite table `payment_events` (audit log and reconciliation).
+//! Payment ledger: an append-only SQLite table `payment_events` (audit log and reconciliation),
+//! and in the same database the admin API's changes to the route table (`route_changes`).
 //!
 //! Writes never block the async runtime: events go through a channel to one writer thread that
 //! owns the connection (WAL mode) and commits in small batches. A write that fails is logged at
@@ -35,6 +36,9 @@ pub enum EventKind {
     L402Claimed,
     /// An L402 token was accepted by ext_authz (filter mode verifies tokens without us).
     L402Accepted,
+    /// A single-use lease was claimed (used) for one request or WebSocket session (`nonce` =
+    /// lease id).
+    LeaseClaimed,
 }
 
 impl EventKind {
@@ -49,6 +53,7 @@ impl EventKind {
             Self::InvoiceCreated => "invoice_created",
             Self::L402Claimed => "l402_claimed",
             Self::L402Accepted => "l402_accepted",
+            Self::LeaseClaimed => "lease_claimed",
         }
     }
 
@@ -64,6 +69,7 @@ impl EventKind {
             "invoice_created" => Self::InvoiceCreated,
             "l402_claimed" => Self::L402Claimed,
             "l402_accepted" => Self::L402Accepted,
+            "lease_claimed" => Self::LeaseClaimed,
             _ => return None,
         })
     }
@@ -333,6 +339,132 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, metrics: Arc<Metri
             write_batch(&mut conn, &batch, &metrics);
             break;
         }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Route changes (admin API), in the same database
+
+const ROUTE_CHANGES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS route_changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    op         TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    body_json  TEXT,
+    at         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS route_changes_name ON route_changes (name);
+";
+
+/// One stored admin change to the route table: `op` is `put`, `patch` or `delete`, `body_json`
+/// the request's JSON body (none for `delete`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRouteChange {
+    pub seq: i64,
+    pub op: String,
+    pub name: String,
+    pub body_json: Option<String>,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route change log {path}: {reason}")]
+pub struct RouteLogError {
+    path: String,
+    reason: String,
+}
+
+/// The admin changes to the route table, in order (table `route_changes` of the ledger
+/// database; its own connection, written synchronously: changes are rare and must be durable
+/// before they are answered).
+pub struct RouteChangeLog {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl RouteChangeLog {
+    pub fn open(path: &Path) -> Result<Self, RouteLogError> {
+        let err = |e: rusqlite::Error| RouteLogError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.execute_batch(ROUTE_CHANGES_SCHEMA).map_err(err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn err(&self, reason: impl ToString) -> RouteLogError {
+        RouteLogError {
+            path: self.path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, RouteLogError> {
+        let conn = self.conn.lock().map_err(|_| self.err("lock poisoned"))?;
+        f(&conn).map_err(|e| self.err(e))
+    }
+
+    /// Appends a change; answers its sequence number.
+    pub fn append(
+        &self,
+        op: &str,
+        name: &str,
+        body_json: Option<&str>,
+    ) -> Result<i64, RouteLogError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO route_changes (op, name, body_json, at) VALUES (?1, ?2, ?3, ?4)",
+                params![op, name, body_json, unix_now_millis()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Forgets one change (it could not be served after all).
+    pub fn remove(&self, seq: i64) -> Result<(), RouteLogError> {
+        self.with(|c| {
+            c.execute("DELETE FROM route_changes WHERE seq = ?1", params![seq])
+                .map(|_| ())
+        })
+    }
+
+    /// Forgets the changes of `name` before `seq` (a replace or delete makes them moot).
+    pub fn forget_before(&self, name: &str, seq: i64) -> Result<usize, RouteLogError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM route_changes WHERE name = ?1 AND seq < ?2",
+                params![name, seq],
+            )
+        })
+    }
+
+    /// Every change, oldest first.
+    pub fn all(&self) -> Result<Vec<StoredRouteChange>, RouteLogError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT seq, op, name, body_json, at FROM route_changes ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StoredRouteChange {
+                    seq: r.get(0)?,
+                    op: r.get(1)?,
+                    name: r.get(2)?,
+                    body_json: r.get(3)?,
+                    at: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! `tollway`: the Tollway verifier sidecar and CLI.
 
+mod admin;
 mod cdp_jwt;
 mod cli;
 mod clock;
@@ -15,6 +16,7 @@ mod lightning;
 mod metrics;
 mod payments;
 mod replay;
+mod routes_store;
 mod secret;
 mod serve;
 #[cfg(test)]
@@ -66,6 +68,13 @@ fn main() -> ExitCode {
                         l.network.name()
                     );
                 }
+                if c.leases.is_some() {
+                    let leased = c.filter.routes.iter().filter(|r| r.lease.is_some()).count();
+                    println!("leases: {leased} routes sold as a lease");
+                }
+                if c.admin.is_some() {
+                    println!("admin API: on http://{}/admin/routes", c.verifier.http);
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -109,7 +118,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let result = runtime.block_on(serve::run(c));
+            let result = runtime.block_on(serve::run(c, config));
             // Everything that matters (ledger) is flushed by now; do not wait for idle tasks.
             runtime.shutdown_timeout(std::time::Duration::from_millis(250));
             match result {

@@ -63,6 +63,7 @@ pub struct Metrics {
     lightning_invoices: Family<BackendOutcome, Counter>,
     lightning_node_errors: Family<BackendOp, Counter>,
     l402_claims: Family<ResultLabel, Counter>,
+    lease_claims: Family<ResultLabel, Counter>,
     challenges: Family<Outcome, Counter>,
 }
 
@@ -87,6 +88,7 @@ impl Metrics {
         let lightning_invoices = Family::<BackendOutcome, Counter>::default();
         let lightning_node_errors = Family::<BackendOp, Counter>::default();
         let l402_claims = Family::<ResultLabel, Counter>::default();
+        let lease_claims = Family::<ResultLabel, Counter>::default();
         let challenges = Family::<Outcome, Counter>::default();
         // Counters get the `_total` suffix from the encoder.
         registry.register(
@@ -141,6 +143,11 @@ impl Metrics {
             l402_claims.clone(),
         );
         registry.register(
+            "tollway_lease_claims",
+            "Single-use lease claims by result",
+            lease_claims.clone(),
+        );
+        registry.register(
             "tollway_lightning_challenges",
             "Lightning challenges (invoice + macaroon) by outcome (minted, unavailable)",
             challenges.clone(),
@@ -158,6 +165,7 @@ impl Metrics {
             lightning_invoices,
             lightning_node_errors,
             l402_claims,
+            lease_claims,
             challenges,
         }
     }
@@ -182,6 +190,14 @@ impl Metrics {
 
     pub fn l402_claim(&self, result: &str) {
         self.l402_claims
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn lease_claim(&self, result: &str) {
+        self.lease_claims
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
             })

@@ -7,11 +7,11 @@
 //! UNAVAILABLE (503 upstream of us, never a free pass).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
 use tollway_protocol::b64;
-use tollway_protocol::filter_config::{CompiledConfig, LightningPrice};
+use tollway_protocol::filter_config::{CompiledConfig, FilterConfig, LightningPrice};
 use tollway_protocol::x402::lightning::{ASSET_BTC, PAY_TO_ANONYMOUS};
 use tollway_protocol::x402::{
     check_lightning_payment, check_payment, decode_payment, ErrorReason, Offer, PaymentKind,
@@ -19,7 +19,7 @@ use tollway_protocol::x402::{
 };
 
 use crate::clock::unix_now;
-use crate::config::Config;
+use crate::config::{Config, Route, ValidRoutes};
 use crate::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
 use crate::l402::{
     bindable_method, bindable_path, is_l402_claim_key, LightningRail, MintedChallenge, RailError,
@@ -45,6 +45,8 @@ pub const REASON_INVOICE_NOT_PAID: &str = "invoice_not_paid";
 pub const REASON_INVOICE_ALREADY_USED: &str = "invoice_already_used";
 pub const REASON_INVOICE_AMOUNT: &str = "invoice_amount_mismatch";
 pub const REASON_NODE_UNAVAILABLE: &str = "lightning_node_unavailable";
+/// Replay-guard key prefix of a single-use lease (`lease:<lease id hex>`).
+pub const CLAIM_PREFIX_LEASE: &str = "lease:";
 /// How long a verified Lightning payment waits for settle or release.
 const LIGHTNING_PENDING_SECS: u64 = 300;
 
@@ -140,35 +142,29 @@ pub enum ClaimResult {
 
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-pub struct Payments {
-    compiled: Arc<CompiledConfig>,
-    public_url: Option<String>,
+/// The route table payments are checked against: swapped whole when the routes change (file
+/// reload, admin API), so a request sees one table from start to end.
+pub struct RouteSet {
+    pub compiled: Arc<CompiledConfig>,
     routes: HashMap<String, RouteInfo>,
-    replay: Arc<dyn ReplayGuard>,
-    ledger: Arc<Ledger>,
-    metrics: Arc<Metrics>,
-    pending: Mutex<HashMap<String, Pending>>,
-    lightning: Option<Arc<LightningRail>>,
-    clock: Clock,
 }
 
-impl Payments {
-    pub fn new(
-        config: &Config,
-        facilitators: HashMap<String, Arc<FacilitatorClient>>,
-        replay: Arc<dyn ReplayGuard>,
-        ledger: Arc<Ledger>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, PaymentsError> {
-        let compiled = config
-            .filter
-            .compile()
-            .map_err(|e| PaymentsError::Compile(e.to_string()))?;
-        let mut routes = HashMap::new();
-        for rc in &config.filter.routes {
-            let Some(paid) = &rc.paid else { continue };
-            let names = config
-                .route(&rc.name)
+impl RouteSet {
+    fn build(
+        filter: &FilterConfig,
+        compiled: CompiledConfig,
+        routes: &[Route],
+        facilitators: &HashMap<String, Arc<FacilitatorClient>>,
+    ) -> Result<RouteSet, PaymentsError> {
+        let mut infos = HashMap::new();
+        for rc in &filter.routes {
+            // A disabled route sells nothing (the filter and ext_authz answer 404).
+            let Some(paid) = rc.paid.as_ref().filter(|_| !rc.disabled) else {
+                continue;
+            };
+            let names = routes
+                .iter()
+                .find(|r| r.name == rc.name)
                 .map(|r| r.facilitators.clone())
                 .unwrap_or_default();
             let mut clients = Vec::new();
@@ -190,7 +186,7 @@ impl Payments {
                     clients.len()
                 )));
             }
-            routes.insert(
+            infos.insert(
                 rc.name.clone(),
                 RouteInfo {
                     offers: paid.offers.clone(),
@@ -201,14 +197,46 @@ impl Payments {
                 },
             );
         }
+        Ok(RouteSet {
+            compiled: Arc::new(compiled),
+            routes: infos,
+        })
+    }
+}
+
+pub struct Payments {
+    table: RwLock<Arc<RouteSet>>,
+    facilitators: HashMap<String, Arc<FacilitatorClient>>,
+    public_url: Option<String>,
+    replay: Arc<dyn ReplayGuard>,
+    ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    pending: Mutex<HashMap<String, Pending>>,
+    lightning: Option<Arc<LightningRail>>,
+    clock: Clock,
+}
+
+impl Payments {
+    pub fn new(
+        config: &Config,
+        facilitators: HashMap<String, Arc<FacilitatorClient>>,
+        replay: Arc<dyn ReplayGuard>,
+        ledger: Arc<Ledger>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PaymentsError> {
+        let compiled = config
+            .filter
+            .compile()
+            .map_err(|e| PaymentsError::Compile(e.to_string()))?;
+        let table = RouteSet::build(&config.filter, compiled, &config.routes, &facilitators)?;
         let lightning = match (&config.lightning, &config.l402) {
             (Some(l), Some(k)) => Some(Arc::new(LightningRail::new(l, k, metrics.clone())?)),
             _ => None,
         };
         Ok(Self {
-            compiled: Arc::new(compiled),
+            table: RwLock::new(Arc::new(table)),
+            facilitators,
             public_url: config.filter.public_url.clone(),
-            routes,
             replay,
             ledger,
             metrics,
@@ -250,11 +278,37 @@ impl Payments {
     /// The Lightning price of `route`, when it sells Lightning and the rail is up.
     pub fn lightning_price(&self, route: &str) -> Option<LightningPrice> {
         self.lightning.as_ref()?;
-        self.routes.get(route)?.lightning
+        self.routes().routes.get(route)?.lightning
     }
 
-    pub fn compiled(&self) -> &CompiledConfig {
-        &self.compiled
+    /// The current route table (a snapshot: later swaps do not change it).
+    pub fn routes(&self) -> Arc<RouteSet> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The current compiled route table (what ext_authz matches against).
+    pub fn compiled(&self) -> Arc<CompiledConfig> {
+        self.routes().compiled.clone()
+    }
+
+    /// Swaps in a new route table (validated by the route store). Payments verified under the
+    /// old one keep their requirements until settled or released.
+    pub fn set_routes(&self, valid: &ValidRoutes) -> Result<(), PaymentsError> {
+        let set = RouteSet::build(
+            &valid.filter,
+            valid.compiled.clone(),
+            &valid.routes,
+            &self.facilitators,
+        )?;
+        let set = Arc::new(set);
+        match self.table.write() {
+            Ok(mut t) => *t = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+        Ok(())
     }
 
     pub fn public_url(&self) -> Option<&str> {
@@ -288,7 +342,8 @@ impl Payments {
     ) -> Verified {
         let now = (self.clock)();
         let base_event = LedgerEvent::new(EventKind::Rejected, route);
-        let Some(info) = self.routes.get(route) else {
+        let table = self.routes();
+        let Some(info) = table.routes.get(route) else {
             tracing::warn!(
                 route = %route,
                 "verify for a route that is not a paid route here (stale filter config?)"
@@ -623,7 +678,8 @@ impl Payments {
         let Some(rail) = &self.lightning else {
             return unavailable("no lightning rail");
         };
-        let Some(info) = self.routes.get(route) else {
+        let table = self.routes();
+        let Some(info) = table.routes.get(route) else {
             tracing::warn!(route = %route, "challenge for a route that is not a paid route here (stale filter config?)");
             return unavailable("unknown route");
         };
@@ -674,8 +730,12 @@ impl Payments {
         }
     }
 
-    /// Claims a single-use L402 token (`l402:<payment hash>`) once, until `expires_at`.
+    /// Claims a single-use credential once, until `expires_at`: an L402 token
+    /// (`l402:<payment hash>`) or a lease (`lease:<lease id>`).
     pub async fn claim(&self, key: &str, route: &str, expires_at: u64) -> ClaimResult {
+        if let Some(id) = key.strip_prefix(CLAIM_PREFIX_LEASE) {
+            return self.claim_lease(key, id, route, expires_at).await;
+        }
         let now = (self.clock)();
         if !is_l402_claim_key(key) {
             // The filter only sends well-formed keys: refuse (fail closed) and say so.
@@ -695,6 +755,7 @@ impl Payments {
                 .strip_prefix(crate::l402::CLAIM_PREFIX_L402)
                 .map(str::to_owned),
             amount: self
+                .routes()
                 .routes
                 .get(route)
                 .and_then(|r| r.lightning)
@@ -723,6 +784,52 @@ impl Payments {
             }
             Err(e) => {
                 self.metrics.l402_claim("error");
+                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                ClaimResult::Unavailable
+            }
+        }
+    }
+
+    /// A single-use lease is used once (one request, one WebSocket session).
+    async fn claim_lease(&self, key: &str, id: &str, route: &str, expires_at: u64) -> ClaimResult {
+        let now = (self.clock)();
+        let well_formed = id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            tracing::error!(route = %route, key_len = key.len(), "claim: malformed lease key");
+            self.metrics.lease_claim("error");
+            return ClaimResult::Unavailable;
+        }
+        // At least a minute (clock skew), at most as long as the route's leases last.
+        let seconds = self
+            .compiled()
+            .route(route)
+            .and_then(|r| r.lease.as_ref())
+            .map_or(0, |l| l.seconds);
+        let max = seconds.saturating_add(EXPIRY_MARGIN_SECS);
+        let until = expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)));
+        let mut event = LedgerEvent {
+            nonce: Some(id.to_owned()),
+            ..LedgerEvent::new(EventKind::LeaseClaimed, route)
+        };
+        match self.replay.claim(key, until, now).await {
+            Ok(Claim::Claimed) => {
+                self.metrics.lease_claim("claimed");
+                self.ledger.record(event);
+                ClaimResult::Claimed
+            }
+            Ok(Claim::AlreadyUsed) => {
+                self.metrics.lease_claim("already_used");
+                event.event = EventKind::Rejected;
+                event.reason = Some(tollway_protocol::lease::REASON_ALREADY_USED.to_owned());
+                self.ledger.record(event);
+                tracing::info!(route = %route, "single-use lease presented again");
+                ClaimResult::AlreadyUsed
+            }
+            Err(e) => {
+                self.metrics.lease_claim("error");
                 tracing::error!(error = %e, route = %route, "replay store unavailable");
                 ClaimResult::Unavailable
             }

@@ -2,8 +2,9 @@
 //!
 //! Keys are strings: an EVM authorization is `network/asset/payer/nonce` (the `Display` of
 //! protocol's `ReplayKey`), a Lightning invoice paid through x402 `bip122:<payment hash>`, a
-//! single-use L402 token `l402:<payment hash>`. A claim is taken *before* the facilitator or
-//! the node is asked, so two concurrent requests carrying the same payment cannot both pass. The in-memory store serves one node; a shared store
+//! single-use L402 token `l402:<payment hash>`, a single-use lease `lease:<lease id>`. A claim
+//! is taken *before* the facilitator or the node is asked, so two concurrent requests carrying
+//! the same payment cannot both pass. The in-memory store serves one node; a shared store
 //! (Redis `SET NX PX`) implements the same trait for many replicas. A store error means
 //! "unavailable": the caller fails closed.
 

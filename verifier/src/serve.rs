@@ -18,6 +18,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::replay::MemoryReplayGuard;
+use crate::routes_store::{self, RouteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -27,6 +28,8 @@ pub enum ServeError {
     Facilitator(#[from] crate::facilitator::FacilitatorError),
     #[error(transparent)]
     Payments(#[from] crate::payments::PaymentsError),
+    #[error(transparent)]
+    Routes(#[from] crate::routes_store::StoreError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -37,6 +40,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("start-up task failed: {0}")]
+    Task(String),
 }
 
 /// How often pending payments that were never settled or released are swept.
@@ -91,7 +96,8 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
     }
 }
 
-pub async fn run(config: Config) -> Result<(), ServeError> {
+/// Runs the verifier; `config_path` is watched and its `routes:` reloaded when it changes.
+pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     let ledger = Arc::new(Ledger::open(&config.verifier.ledger, metrics.clone())?);
     tracing::info!(path = %ledger.path().display(), "ledger open");
@@ -122,6 +128,21 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         ledger.clone(),
         metrics.clone(),
     )?);
+    // The live route table: the file's routes plus the admin API's stored changes.
+    let config = Arc::new(config);
+    let store = {
+        let (config, payments) = (config.clone(), payments.clone());
+        let db = config.verifier.ledger.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || RouteStore::open(config, payments, &db)).await;
+        match opened {
+            Ok(store) => Arc::new(store?),
+            Err(e) => return Err(ServeError::Task(format!("route store: {e}"))),
+        }
+    };
+    if config.admin.is_some() {
+        tracing::info!(http = %config.verifier.http, "admin API on /admin/routes (bearer token)");
+    }
     if let Some(rail) = payments.lightning() {
         tracing::info!(
             backend = rail.node().backend().as_str(),
@@ -161,6 +182,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(stop_tx));
+    let watcher = tokio::spawn(routes_store::watch_file(
+        store.clone(),
+        config_path,
+        stop_rx.clone(),
+    ));
 
     let sweeper = {
         let payments = payments.clone();
@@ -183,14 +209,14 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         ready: AtomicBool::new(false),
         facilitators: facilitator_list,
         payments: payments.clone(),
-        routes: config.routes.len(),
-        paid_routes: config.paid_routes(),
+        store: store.clone(),
+        admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
         ledger: config.verifier.ledger.display().to_string(),
     });
 
     let grpc_task = tokio::spawn(grpc::serve(
         grpc_listener,
-        PaymentsService::new(payments.clone()),
+        PaymentsService::new(payments.clone(), store.clone()),
         ExtAuthz::new(payments.clone(), metrics.clone()),
         wait_for(stop_rx.clone()),
     ));
@@ -200,15 +226,17 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         wait_for(stop_rx.clone()),
     ));
     ops.ready.store(true, Ordering::Release);
+    let table = store.current();
     tracing::info!(
         grpc = %grpc_addr, http = %http_addr,
-        routes = config.routes.len(), paid = config.paid_routes(),
-        "tollway verifier listening (gRPC: tollway.v1.Payments + envoy ext_authz; HTTP: /healthz /readyz /metrics)"
+        routes = table.routes.len(), paid = table.paid_routes(), version = table.version,
+        "tollway verifier listening (gRPC: tollway.v1.Payments + envoy ext_authz; HTTP: /healthz /readyz /metrics /admin/routes)"
     );
 
     let grpc_result = grpc_task.await;
     let http_result = http_task.await;
     let _ = sweeper.await;
+    let _ = watcher.await;
 
     // Pending payments that will never be settled now: record them, then flush the ledger.
     let pending = payments.pending_count();

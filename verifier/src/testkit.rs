@@ -93,23 +93,68 @@ l402:
         )
 }
 
-/// The example config with its L402 root secret from a file in `dir` (instead of the
-/// environment, which tests must not touch).
-pub fn example_config(dir: &std::path::Path, secrets: Secrets) -> Config {
+/// The lease secret of the test configs.
+pub const LEASE_SECRET: &str = "6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c6c";
+/// The admin token of the test configs.
+pub const ADMIN_TOKEN: &str = "admin-token-admin-token-admin-token-0123";
+
+/// Writes `value` to `name` in `dir`; returns its `file:` reference.
+pub fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).expect("write secret");
+    format!("file:{}", path.display())
+}
+
+/// The example config's text with its secrets (L402 root secret, lease secret, admin token)
+/// from files in `dir` (instead of the environment, which tests must not touch).
+pub fn example_text(dir: &std::path::Path) -> String {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/tollway.example.yaml");
-    let text = std::fs::read_to_string(path)
+    std::fs::read_to_string(path)
         .expect("example")
-        .replace("env:TOLLWAY_L402_SECRET", &l402_secret_ref(dir));
-    Config::parse(&text, secrets).expect("example config is valid")
+        .replace("env:TOLLWAY_L402_SECRET", &l402_secret_ref(dir))
+        .replace(
+            "env:TOLLWAY_LEASE_SECRET",
+            &secret_file(dir, "lease.secret", LEASE_SECRET),
+        )
+        .replace(
+            "env:TOLLWAY_ADMIN_TOKEN",
+            &secret_file(dir, "admin.token", ADMIN_TOKEN),
+        )
+}
+
+/// The example config, secrets from files in `dir` ([`example_text`]).
+pub fn example_config(dir: &std::path::Path, secrets: Secrets) -> Config {
+    Config::parse(&example_text(dir), secrets).expect("example config is valid")
+}
+
+/// [`config_text`] selling leases (secret and admin token from files in `dir`): `ticker`, a
+/// renewable stream lease with a header policy, and `room`, a single-use WebSocket lease.
+pub fn leased_config_text(facilitator_url: &str, dir: &std::path::Path) -> String {
+    let lease = secret_file(dir, "lease.secret", LEASE_SECRET);
+    let admin = secret_file(dir, "admin.token", ADMIN_TOKEN);
+    config_text(facilitator_url).replace(
+        "  - name: free\n",
+        "  - name: ticker\n    kind: http-stream\n    path: /stream/ticker/[symbol]\n    price: \"0.01\"\n    lease:\n      path: /lease/ticker/[symbol]\n      seconds: 60\n      renewal: { window_seconds: 30 }\n    upstream_path: /v1/ticker/[symbol]\n    request_headers: [api-auth]\n    response_headers: [streaming]\n  - name: room\n    kind: websocket\n    path: /ws/[room]\n    price: \"0.02\"\n    lease:\n      path: /lease/ws/[room]\n      seconds: 30\n      single_use: true\n  - name: free\n",
+    ) + &format!("leases:\n  secret: \"{lease}\"\nadmin:\n  token: \"{admin}\"\n")
+}
+
+/// A harness on [`leased_config_text`].
+pub fn leased_harness(facilitator_url: &str) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = leased_config_text(facilitator_url, dir.path());
+    let config = Config::parse(&text, Secrets::Resolve).expect("leased test config is valid");
+    harness_from(config, dir, Arc::new(crate::clock::unix_now))
 }
 
 pub struct Harness {
     pub payments: Arc<Payments>,
+    /// The live route table over `payments` (change log in the harness's ledger database).
+    pub store: Arc<crate::routes_store::RouteStore>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
     pub config: Config,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 pub fn harness(facilitator_url: &str) -> Harness {
@@ -195,12 +240,21 @@ fn harness_with(
         ),
         None => payments,
     };
+    let store = Arc::new(
+        crate::routes_store::RouteStore::open(
+            Arc::new(config.clone()),
+            payments.clone(),
+            &dir.path().join("ledger.db"),
+        )
+        .expect("route store"),
+    );
     Harness {
         payments,
+        store,
         ledger,
         metrics,
         config,
-        _dir: dir,
+        dir,
     }
 }
 
