@@ -3,6 +3,7 @@
 //! route table comes from the verifier (`Routes`, polled on a tick); a table that does not
 //! compile is refused and the last good one keeps serving.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig};
+use tollway_protocol::l402::cache::VerifiedCache;
 use tollway_protocol::rpc::{RoutesRequest, RoutesResponse, METHOD_ROUTES, SERVICE};
 
 use crate::host;
@@ -26,6 +28,8 @@ pub struct Shared {
     pub settle_timeout: Duration,
     pub public_url: Option<String>,
     pub metrics: Metrics,
+    /// L402 credentials verified in this VM (a reusable token skips the HMAC chain).
+    pub l402_cache: RefCell<VerifiedCache>,
 }
 
 pub struct Root {
@@ -96,6 +100,7 @@ impl Root {
             settle_timeout: Duration::from_millis(config.settle_timeout_ms),
             public_url: config.public_url.clone(),
             metrics: self.metrics()?,
+            l402_cache: RefCell::default(),
         })
     }
 

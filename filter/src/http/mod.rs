@@ -550,18 +550,34 @@ impl Stream {
             // Expiry cannot be checked without a clock, and nothing downstream re-checks it.
             return self.unavailable(shared);
         }
-        let verified = parse_authorization(authorization.iter().map(Vec::as_slice))
-            .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
-            .and_then(|credential| {
-                verify_credential(
-                    &request.l402.key,
-                    &credential,
-                    &request.l402.service,
-                    now,
-                    request.path,
-                    request.method,
-                )
-            });
+        let cached =
+            shared
+                .l402_cache
+                .borrow()
+                .get(authorization, request.path, request.method, now);
+        let verified = match cached {
+            Some(token) => Ok(token),
+            None => parse_authorization(authorization.iter().map(Vec::as_slice))
+                .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
+                .and_then(|credential| {
+                    verify_credential(
+                        &request.l402.key,
+                        &credential,
+                        &request.l402.service,
+                        now,
+                        request.path,
+                        request.method,
+                    )
+                })
+                .inspect(|token| {
+                    shared.l402_cache.borrow_mut().insert(
+                        authorization,
+                        request.path,
+                        request.method,
+                        *token,
+                    )
+                }),
+        };
         let pending = |error: Option<Cow<'static, str>>| Pending {
             route: request.route,
             url,

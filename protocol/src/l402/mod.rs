@@ -10,6 +10,7 @@
 //! - [`challenge`]: the `WWW-Authenticate` values of a 402.
 
 pub mod authorization;
+pub mod cache;
 pub mod caveats;
 pub mod challenge;
 pub mod error;
