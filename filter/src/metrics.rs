@@ -6,7 +6,7 @@ use proxy_wasm::types::MetricType;
 /// Metric ids of this VM. Defined once per VM (ids are per VM, the stats are shared).
 #[derive(Clone, Copy, Debug)]
 pub struct Metrics {
-    /// Requests on a route declared `free`.
+    /// Requests on a route declared `free` (counted in the VM, flushed every tick).
     pub requests_free: u32,
     /// 402 challenges sent to requests without a payment.
     pub challenges: u32,

@@ -3,7 +3,7 @@
 //! route table comes from the verifier (`Routes`, polled on a tick); a table that does not
 //! compile is refused and the last good one keeps serving.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// L402 credentials verified in this VM (a reusable token skips the HMAC chain).
     pub l402_cache: RefCell<VerifiedCache>,
+    /// Free requests not yet added to `metrics.requests_free`: counted here and flushed on the
+    /// tick, so a free request makes no metric host call.
+    pub free_requests: Rc<Cell<u64>>,
 }
 
 pub struct Root {
@@ -38,6 +41,8 @@ pub struct Root {
     shared: Option<Rc<Shared>>,
     /// Set when the route table comes from the verifier.
     sync: Option<Sync>,
+    /// Shared with every `Shared` this root builds (see `Shared::free_requests`).
+    free_requests: Rc<Cell<u64>>,
 }
 
 /// Route-table sync state (see `docs/leases.md`, dynamic routes).
@@ -53,6 +58,8 @@ struct Sync {
 
 /// Tick while no table has arrived: short, so a fresh Envoy serves within moments.
 const FIRST_TABLE_TICK: Duration = Duration::from_millis(100);
+/// Tick of a static configuration: only flushes counters.
+const FLUSH_TICK: Duration = Duration::from_secs(1);
 
 impl Root {
     pub fn new(id: u32) -> Root {
@@ -61,6 +68,20 @@ impl Root {
             metrics: None,
             shared: None,
             sync: None,
+            free_requests: Rc::default(),
+        }
+    }
+
+    /// Adds the free requests counted since the last flush to the Envoy counter.
+    fn flush_counters(&self) {
+        let n = self.free_requests.replace(0);
+        if n > 0 {
+            if let Some(m) = self.metrics {
+                let _ = hostcalls::increment_metric(
+                    m.requests_free,
+                    i64::try_from(n).unwrap_or(i64::MAX),
+                );
+            }
         }
     }
 
@@ -101,6 +122,7 @@ impl Root {
             public_url: config.public_url.clone(),
             metrics: self.metrics()?,
             l402_cache: RefCell::default(),
+            free_requests: Rc::clone(&self.free_requests),
         })
     }
 
@@ -110,6 +132,7 @@ impl Root {
             None => {
                 self.shared = Some(Rc::new(self.build(&config)?));
                 self.sync = None;
+                let _ = hostcalls::set_tick_period(FLUSH_TICK);
             }
             Some(ms) => {
                 // The static part must be valid on its own; routes come from the verifier.
@@ -233,6 +256,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.flush_counters();
         self.poll();
     }
 

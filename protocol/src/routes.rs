@@ -257,6 +257,11 @@ impl RouteTable {
         self.routes.len()
     }
 
+    /// Some route names a host: matching needs the request's authority.
+    pub fn uses_hosts(&self) -> bool {
+        self.routes.iter().any(|r| r.host != HostPattern::Any)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -525,6 +530,18 @@ mod tests {
         table(specs)
             .find("h", "GET", path)
             .map(|m| specs[m.index].0)
+    }
+
+    #[test]
+    fn knows_whether_hosts_matter() {
+        let any = RouteTable::compile(vec![spec("a", None, &[], "/a")]).unwrap();
+        assert!(!any.uses_hosts());
+        let named = RouteTable::compile(vec![
+            spec("a", None, &[], "/a"),
+            spec("b", Some("*.example.com"), &[], "/b"),
+        ])
+        .unwrap();
+        assert!(named.uses_hosts());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use tollway_protocol::filter_config::FilterConfig;
+use tollway_protocol::headers::CONTEXT_HEADERS;
 
 use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 
@@ -204,6 +205,15 @@ pub fn bootstrap(
             "merge_slashes": true,
             "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
             "upgrade_configs": [{ "upgrade_type": "websocket" }],
+            // Client copies of the trusted payment context go before any filter or route sees
+            // the request, on every route (the filter sets them only on paid requests).
+            "early_header_mutation_extensions": [{
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": CONTEXT_HEADERS.iter().map(|h| json!({ "remove": h })).collect::<Vec<_>>(),
+                }
+            }],
             "route_config": {
                 "name": "tollway",
                 "virtual_hosts": [{
@@ -319,6 +329,14 @@ mod tests {
         assert_eq!(hcm["normalize_path"], true);
         assert_eq!(hcm["merge_slashes"], true);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
+        let removed: Vec<&str> = hcm["early_header_mutation_extensions"][0]["typed_config"]
+            ["mutations"]
+            .as_sequence()
+            .expect("mutations")
+            .iter()
+            .filter_map(|m| m["remove"].as_str())
+            .collect();
+        assert_eq!(removed, CONTEXT_HEADERS);
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
         assert_eq!(route["match"]["prefix"], "/");
         assert_eq!(route["route"]["cluster"], "upstream");

