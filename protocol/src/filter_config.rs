@@ -419,7 +419,7 @@ fn compile_lease(
             lease.path, r.path
         )));
     }
-    if lease.path == r.path {
+    if lease.path.trim_end_matches('/') == r.path.trim_end_matches('/') {
         return Err(fail("lease.path must differ from path".into()));
     }
     let method = match (r.kind, r.methods.as_slice()) {
