@@ -71,9 +71,10 @@ Lightning (the wallet is the dev node: it pays each invoice through {stack.light
 
 Streams and WebSockets are sold as leases: pay once at the lease URL, then use the token until it expires.
   curl -i {stack.url}/stream/ticker/BTC  # 402 lease_required; the challenge's resource is /lease/ticker/BTC
+  . .demo/env && .venv/bin/python dev/lease.py "$DEMO_URL/lease/ticker/BTC"   # pays 0.01 USD: the lease JSON
   . .demo/env && LEASE=$(.venv/bin/python dev/lease.py "$DEMO_URL/lease/ticker/BTC" --token)
   curl -N -H "x-x402-lease: $LEASE" "$DEMO_URL/stream/ticker/BTC"    # event 1 at once, event 2 on release (or after 10 s)
-  curl -X POST "$DEMO_UPSTREAM_URL/__release?symbol=BTC"             # (another terminal) the upstream sends event 2 and ends
+  curl -X POST "{stack.upstream_url}/__release?symbol=BTC"         # (another terminal) the upstream sends event 2 and ends
   curl -N "$DEMO_URL/stream/ticker/BTC?t=$LEASE"                     # the token as ?t= (what EventSource can send)
   .venv/bin/python dev/lease.py "$DEMO_URL/lease/ticker/BTC" --renew "$LEASE"   # renew in the last 30 s (409 before)
   . .demo/env && CHAT=$(.venv/bin/python dev/lease.py "$DEMO_URL/lease/chat/lobby" --token)

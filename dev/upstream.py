@@ -3,9 +3,9 @@
 Counts every request it serves (per path) so tests can prove a refused request never reached it:
 `GET /__hits` answers the counters as JSON, and `GET /__seen?path=/api/quote` the headers of the
 last request served on that path (lower-case names, plus `:method` and `:path`, the raw request
-target with its query, so tests can prove payment and lease credentials were stripped). Both are
-only reachable directly, never through Envoy (the demo config does not route them, and tests call
-the upstream's port).
+target with its query, so tests can prove payment and lease credentials were stripped). Tests
+call them on the upstream's own port; they are dev-only helpers (Envoy passes paths no route
+names, so through the demo gateway they answer too).
 
 Streams and WebSockets (sold as leases, see docs/leases.md):
 - `GET /v1/ticker/<symbol>`: server-sent events. The first event is sent and flushed at once; the

@@ -323,3 +323,13 @@ def test_ticker_lease_on_chat_is_lease_invalid(stack):
     other = unique("Y")
     stream_refused(stack, f"/stream/ticker/{other}", f"/lease/ticker/{other}", "lease_invalid", lease=ticker["lease"])
     assert hits(stack, f"/v1/ws/{name}") == 0 and hits(stack, f"/v1/ticker/{other}") == 0
+
+
+def test_the_upstream_path_of_a_rewritten_route_is_not_public(stack):
+    # /stream/ticker/[symbol] is sent upstream as /v1/ticker/[symbol]: asking Envoy for the
+    # upstream path directly must not stream for free.
+    symbol = unique("PRIV")
+    r = requests.get(stack.url + f"/v1/ticker/{symbol}", timeout=10)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == "not_found"
+    assert hits(stack, f"/v1/ticker/{symbol}") == 0

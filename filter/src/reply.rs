@@ -115,6 +115,8 @@ pub const BOTH_RAILS: &str =
     r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
 pub const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
 pub const ROUTE_DISABLED: &str = r#"{"error":"route_disabled"}"#;
+/// A rewritten route's upstream path, asked for directly.
+pub const NOT_FOUND: &str = r#"{"error":"not_found"}"#;
 
 /// 503: the verifier could not decide. Fail closed, never a free pass.
 pub fn verifier_unavailable() {

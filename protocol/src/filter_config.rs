@@ -220,6 +220,8 @@ pub struct CompiledRoute {
     pub upstream_path: Option<PathTemplate>,
     pub headers: HeaderPolicy,
     pub disabled: bool,
+    /// The upstream path of a rewritten route: not public, answered 404.
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +325,7 @@ impl FilterConfig {
                 upstream_path,
                 headers,
                 disabled: r.disabled,
+                internal: false,
             };
             specs.push(RouteSpec {
                 name: r.name.clone(),
@@ -352,7 +355,54 @@ impl FilterConfig {
             specs.push(spec);
             routes.push(route);
         }
-        let table = RouteTable::compile(specs)?;
+        // A rewritten route's upstream path is not public: requests for it are answered 404
+        // rather than reaching the upstream unpaid (unless another route claims that path).
+        let mut internal = Vec::new();
+        for r in self.routes.iter().filter(|r| r.upstream_path.is_some()) {
+            let Some(path) = r.upstream_path.as_ref() else {
+                continue;
+            };
+            internal.push((
+                RouteSpec {
+                    name: format!("{}~upstream", r.name),
+                    host: r.host.clone(),
+                    methods: r.methods.clone(),
+                    path: path.clone(),
+                },
+                CompiledRoute {
+                    name: r.name.clone(),
+                    paid: None,
+                    kind: r.kind,
+                    lease: None,
+                    sells_lease: false,
+                    upstream_path: None,
+                    headers: HeaderPolicy::default(),
+                    disabled: false,
+                    internal: true,
+                },
+            ));
+        }
+        let user_specs = specs.len();
+        let table = loop {
+            let all: Vec<RouteSpec> = specs
+                .iter()
+                .cloned()
+                .chain(internal.iter().map(|(s, _)| s.clone()))
+                .collect();
+            match RouteTable::compile(all) {
+                Ok(table) => break table,
+                // The upstream path is also a configured route: that route decides.
+                Err(RouteError::Shadowed { route, other })
+                    if route.ends_with("~upstream") || other.ends_with("~upstream") =>
+                {
+                    let drop = if route.ends_with("~upstream") { route } else { other };
+                    internal.retain(|(s, _)| s.name != drop);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        debug_assert_eq!(routes.len(), user_specs);
+        routes.extend(internal.into_iter().map(|(_, r)| r));
         Ok(CompiledConfig {
             table,
             routes,

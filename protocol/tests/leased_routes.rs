@@ -82,6 +82,10 @@ fn a_leased_route_has_a_resource_and_a_sale_entry() {
     }
     // The gRPC name lookup finds the resource entry; both carry the price.
     assert!(!c.route("ticker").unwrap().sells_lease);
+    // The rewrite target is not public: it has its own entry, answered 404 by the filter.
+    let internal = c.table.find("h", "GET", "/v1/ticker/BTC").unwrap();
+    assert!(c.routes[internal.index].internal);
+    assert!(c.routes[internal.index].paid.is_none());
     // Other requests still reach the catch-all.
     let other = c.table.find("h", "GET", "/other").unwrap();
     assert_eq!(c.routes[other.index].name, "all");
@@ -168,6 +172,15 @@ fn refuses_leases_that_cannot_work() {
 }
 
 #[test]
+fn a_configured_route_on_the_upstream_path_wins_over_the_internal_entry() {
+    let same = json!({"name": "v1", "methods": ["GET"], "path": "/v1/ticker/[sym]"});
+    let c = compile(config(vec![ticker(), same])).unwrap();
+    let m = c.table.find("h", "GET", "/v1/ticker/BTC").unwrap();
+    assert_eq!(c.routes[m.index].name, "v1");
+    assert!(!c.routes.iter().any(|r| r.internal));
+}
+
+#[test]
 fn sync_interval_and_disabled_routes() {
     let mut v = config(vec![ticker()]);
     v["sync_interval_ms"] = json!(50);
@@ -175,7 +188,7 @@ fn sync_interval_and_disabled_routes() {
     let mut route = ticker();
     route["disabled"] = json!(true);
     let c = compile(config(vec![route])).unwrap();
-    assert!(c.routes.iter().all(|r| r.disabled));
+    assert!(c.routes.iter().filter(|r| !r.internal).all(|r| r.disabled));
     // Round trip: the JSON the verifier sends the filter is what it compiles.
     let back: FilterConfig = serde_json::from_value(config(vec![ticker()])).unwrap();
     let again: FilterConfig = serde_json::from_value(serde_json::to_value(&back).unwrap()).unwrap();

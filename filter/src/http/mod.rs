@@ -377,6 +377,9 @@ impl Stream {
         if compiled.disabled {
             return self.error(404, reply::ROUTE_DISABLED);
         }
+        if compiled.internal {
+            return self.error(404, reply::NOT_FOUND);
+        }
         let Some(paid) = compiled.paid.as_ref() else {
             shared.free_requests.set(shared.free_requests.get() + 1);
             if compiled.upstream_path.is_some() || compiled.headers.filters_requests() {
