@@ -3172,8 +3172,9 @@ routes:
             Some(crate::testkit::ADMIN_TOKEN)
         );
         let compiled = c.filter.compile().expect("compiles");
-        // The resource and its lease sale.
-        assert_eq!(compiled.routes.len(), 5);
+        // The resource, its lease sale and its (internal) upstream path.
+        assert_eq!(compiled.routes.len(), 6);
+        assert_eq!(compiled.routes.iter().filter(|r| r.internal).count(), 1);
         assert!(compiled
             .table
             .find("x", "POST", "/lease/ticker/BTC")
