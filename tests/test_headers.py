@@ -47,3 +47,28 @@ def test_unpaid_request_never_reaches_the_upstream(stack):
     r = requests.get(stack.url + "/api/headers", headers=SENT, timeout=10)
     assert r.status_code == 402
     assert stack.upstream_hits().get("/v1/headers", 0) == before
+
+
+def test_response_presets_on_a_free_route(stack):
+    """A free route with nothing but `response_headers: [streaming]` (added through the admin
+    API) gets the presets on its answers."""
+    import time
+    import uuid
+
+    name = f"presets-{uuid.uuid4().hex[:8]}"
+    path = f"/{name}"
+    body = {"path": path, "free": True, "response_headers": ["streaming"]}
+    status, answer = stack.admin("PUT", f"/admin/routes/{name}", body)
+    assert status == 200, answer
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            r = requests.get(stack.url + path, timeout=10)  # the upstream has no such path: 404
+            if r.headers.get("x-accel-buffering") == "no" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 404, r.text
+        assert r.headers.get("x-accel-buffering") == "no", dict(r.headers)
+        assert r.headers.get("cache-control") == "no-cache"
+    finally:
+        stack.admin("DELETE", f"/admin/routes/{name}")

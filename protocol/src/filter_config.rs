@@ -395,7 +395,11 @@ impl FilterConfig {
                 Err(RouteError::Shadowed { route, other })
                     if route.ends_with("~upstream") || other.ends_with("~upstream") =>
                 {
-                    let drop = if route.ends_with("~upstream") { route } else { other };
+                    let drop = if route.ends_with("~upstream") {
+                        route
+                    } else {
+                        other
+                    };
                     internal.retain(|(s, _)| s.name != drop);
                 }
                 Err(e) => return Err(e.into()),

@@ -149,6 +149,12 @@ fn ext_authz_timeout_ms(config: &Config) -> u64 {
     (facilitator_max.saturating_mul(2).saturating_add(1_000)).max(EXT_AUTHZ_MIN_TIMEOUT_MS)
 }
 
+/// Deliberately without `allowed_headers`: Envoy then sends the Check every request header
+/// (gRPC service), which it needs: the credentials (`payment-signature`, `x-payment`,
+/// `authorization`, `x-x402-lease`) and, for a route's allow-list, the names of all the others.
+/// Without `with_request_body` (nothing priced reads the body) and without
+/// `decoder_header_mutation_rules`: with rules set, Envoy would check the Check's `:path`
+/// rewrite (`upstream_path`) against them.
 fn ext_authz_filter(config: &Config) -> Value {
     let ms = ext_authz_timeout_ms(config);
     json!({
@@ -434,11 +440,30 @@ mod tests {
         assert_eq!(t["grpc_service"]["timeout"], "21.000s");
         assert_eq!(t["failure_mode_allow"], false);
         assert_eq!(t["status_on_error"]["code"], 503);
-        assert!(t.get("allowed_headers").is_none());
+        // Every request header reaches the Check (credentials, and every name for a route's
+        // allow-list); no body; no mutation rules (they would vet the `:path` rewrite).
+        for absent in [
+            "allowed_headers",
+            "disallowed_headers",
+            "with_request_body",
+            "decoder_header_mutation_rules",
+            "clear_route_cache",
+        ] {
+            assert!(t.get(absent).is_none(), "{absent}");
+        }
         assert_eq!(filters[1]["name"], "envoy.filters.http.router");
         // WebSockets and streams (leases) pass in this mode too.
         let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
+        // Client copies of the trusted context go before ext_authz runs, as in filter mode.
+        let removed: Vec<&str> = hcm["early_header_mutation_extensions"][0]["typed_config"]
+            ["mutations"]
+            .as_sequence()
+            .expect("mutations")
+            .iter()
+            .filter_map(|m| m["remove"].as_str())
+            .collect();
+        assert_eq!(removed, CONTEXT_HEADERS);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
         assert_eq!(route["timeout"], "0s");

@@ -18,8 +18,14 @@
 //! before the upstream; no valid lease is a 402 with the lease route's challenge and a JSON
 //! `error` (`lease_required`, `lease_invalid`, `lease_expired`, `lease_already_used`). Leases
 //! are *sold* by the filter only: the lease path answers 501 `lease_sales_need_filter_mode`
-//! here. Not applied in this mode: `upstream_path` rewrites (use an Envoy route
-//! `regex_rewrite`). A disabled route answers 404 `route_disabled`.
+//! here. A disabled route answers 404 `route_disabled`, and a rewritten route's upstream path
+//! asked for directly 404 `not_found`.
+//!
+//! Every allowed request gets what the filter gives it (see [`Forward`]): the trusted payment
+//! context (`x-tollway-rail`, `-payer`, `-amount`, `-resource`, replacing any client copy), the
+//! route's request header allow-list (`headers_to_remove`), its `upstream_path` rewrite (a new
+//! `:path` in `headers`, which Envoy sets as is when no `decoder_header_mutation_rules` are
+//! configured) and its response presets (`response_headers_to_add`, `ADD_IF_ABSENT`).
 
 use std::sync::Arc;
 
@@ -32,13 +38,15 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tollway_protocol::filter_config::{
     CompiledConfig, CompiledLease, CompiledPaid, CompiledRoute, LightningPrice,
 };
-use tollway_protocol::headers::{CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
+use tollway_protocol::headers::{
+    CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
+};
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, HEADER_WWW_AUTHENTICATE, REASON_TOKEN_ALREADY_USED,
 };
 use tollway_protocol::lease::{
-    strip_query_token, Lease, HEADER_LEASE, QUERY_LEASE, REASON_ALREADY_USED, REASON_REQUIRED,
+    strip_query_token, Lease, HEADER_LEASE, REASON_ALREADY_USED, REASON_REQUIRED,
 };
 use tollway_protocol::resource_url;
 use tollway_protocol::routes::canonical_path;
@@ -82,25 +90,14 @@ fn header_with(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValu
     }
 }
 
-fn ok(response_headers: Vec<HeaderValueOption>, strip_payment: bool) -> CheckResponse {
-    let headers_to_remove = if strip_payment {
-        vec![
-            HEADER_PAYMENT_SIGNATURE.to_owned(),
-            HEADER_X_PAYMENT.to_owned(),
-        ]
-    } else {
-        Vec::new()
-    };
+/// Allowed, with nothing changed (see [`allowed`] for what an allowed route gets).
+fn ok() -> CheckResponse {
     CheckResponse {
         status: Some(RpcStatus {
             code: GRPC_OK,
             ..RpcStatus::default()
         }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers_to_remove,
-            response_headers_to_add: response_headers,
-            ..OkHttpResponse::default()
-        })),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
         ..CheckResponse::default()
     }
 }
@@ -154,6 +151,8 @@ const BOTH_RAILS: &str =
     r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
 const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
 const ROUTE_DISABLED: &str = r#"{"error":"route_disabled"}"#;
+/// A rewritten route's upstream path, asked for directly (as the filter answers it).
+const NOT_FOUND: &str = r#"{"error":"not_found"}"#;
 const LEASE_SALES_NEED_FILTER: &str = r#"{"error":"lease_sales_need_filter_mode","message":"leases are sold by the Tollway wasm filter; ext_authz-only mode checks leases but cannot issue them"}"#;
 
 /// The request as the route table and the challenge need it.
@@ -174,6 +173,113 @@ fn receipt_header(version: u8) -> &'static str {
     } else {
         HEADER_PAYMENT_RESPONSE
     }
+}
+
+/// What an allowed request takes upstream and back, like the filter's `Forward`: the trusted
+/// payment context, the `upstream_path` rewrite (or the path without the `t` lease parameter),
+/// the route's request header allow-list, and its response presets.
+struct Forward<'a> {
+    http: &'a HttpRequest,
+    route: &'a CompiledRoute,
+    /// The `[name]` captures of the route's path, for `upstream_path`.
+    params: &'a [(String, String)],
+    /// Trusted context to set. Empty on a free route: nothing is set (client copies were
+    /// removed by the bootstrap's early header mutation).
+    context: Vec<(&'static str, String)>,
+    /// A leased resource: the `t` query parameter (a lease token) never goes upstream.
+    strip_lease_query: bool,
+}
+
+impl Forward<'_> {
+    fn apply(&self, ok: &mut OkHttpResponse) {
+        if !self.context.is_empty() {
+            // Ours replace any client copy; the ones we do not set go.
+            for name in CONTEXT_HEADERS {
+                match self.context.iter().find(|(n, _)| *n == name) {
+                    Some((_, value)) => ok.headers.push(header(name, value)),
+                    None => ok.headers_to_remove.push(name.to_owned()),
+                }
+            }
+        }
+        // A new `:path` (Envoy sets it as is: no header mutation rules are configured), with
+        // the request's query minus the lease token, its other parameters in order and as sent.
+        let stripped = if self.strip_lease_query {
+            strip_query_token(&self.http.path).map(|(p, _)| p)
+        } else {
+            None
+        };
+        let base = stripped.as_deref().unwrap_or(&self.http.path);
+        let path = match &self.route.upstream_path {
+            Some(template) => {
+                let mut rewritten = template.render(self.params);
+                if let Some((_, query)) = base.split_once('?') {
+                    rewritten.push('?');
+                    rewritten.push_str(query);
+                }
+                Some(rewritten)
+            }
+            None => stripped.clone(),
+        };
+        if let Some(path) = path {
+            ok.headers.push(header(":path", &path));
+        }
+        if self.route.headers.filters_requests() {
+            // Envoy removes after it sets: the context we set must not be in this list.
+            let mut dropped: Vec<String> = self
+                .http
+                .headers
+                .keys()
+                .map(|k| k.to_ascii_lowercase())
+                .filter(|k| !self.route.headers.allows(k))
+                .filter(|k| !self.context.iter().any(|(n, _)| n == k))
+                .filter(|k| !ok.headers_to_remove.contains(k))
+                .collect();
+            dropped.sort();
+            dropped.dedup();
+            ok.headers_to_remove.extend(dropped);
+        }
+        // Before any other response header of ours: the upstream's own values win, then the
+        // presets, then ours (as in the filter).
+        let presets = self
+            .route
+            .headers
+            .response_headers()
+            .iter()
+            .map(|(k, v)| header_with(k, v, HeaderAppendAction::AddIfAbsent));
+        ok.response_headers_to_add.splice(0..0, presets);
+    }
+}
+
+/// An OK answer: the request loses the `strip` headers (credentials) and gets `set` (the API's
+/// own `Authorization` left over by an L402 credential), then `forward` is applied;
+/// `response_headers` go back to the client after the route's presets.
+fn allowed(
+    forward: &Forward<'_>,
+    set: Vec<HeaderValueOption>,
+    strip: &[&str],
+    response_headers: Vec<HeaderValueOption>,
+) -> CheckResponse {
+    let mut ok = OkHttpResponse {
+        headers: set,
+        headers_to_remove: strip.iter().map(|h| (*h).to_owned()).collect(),
+        response_headers_to_add: response_headers,
+        ..OkHttpResponse::default()
+    };
+    forward.apply(&mut ok);
+    CheckResponse {
+        status: Some(RpcStatus {
+            code: GRPC_OK,
+            ..RpcStatus::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(ok)),
+        ..CheckResponse::default()
+    }
+}
+
+/// `cache-control: private` unless the upstream (or a preset) set one: paid content must not
+/// land in a shared cache.
+fn private_cache() -> HeaderValueOption {
+    header_with("cache-control", "private", HeaderAppendAction::AddIfAbsent)
 }
 
 impl ExtAuthz {
@@ -224,7 +330,13 @@ impl ExtAuthz {
     }
 
     /// An L402/LSAT credential on a Lightning route.
-    async fn l402(&self, r: &Request<'_>, price: LightningPrice, auth: &str) -> CheckResponse {
+    async fn l402(
+        &self,
+        r: &Request<'_>,
+        price: LightningPrice,
+        auth: &str,
+        mut forward: Forward<'_>,
+    ) -> CheckResponse {
         let Some(rail) = self.payments.lightning() else {
             self.metrics.check("unavailable");
             return unavailable();
@@ -278,18 +390,23 @@ impl ExtAuthz {
             });
         }
         self.metrics.check("paid");
+        forward.context.extend([
+            (CONTEXT_RAIL, "l402".to_owned()),
+            (CONTEXT_PAYER, token.payment_hash.to_hex()),
+            (CONTEXT_AMOUNT, format!("{} msat", price.amount_msat)),
+        ]);
         // The credential never reaches the upstream; the API's own Authorization does.
-        let mut o = ok(vec![header("cache-control", "private")], false);
-        if let Some(HttpResponse::OkResponse(ok)) = &mut o.http_response {
-            match without_l402(auth.as_bytes()) {
-                Some(rest) => ok.headers.push(header(
+        let (set, strip) = match without_l402(auth.as_bytes()) {
+            Some(rest) => (
+                vec![header(
                     HEADER_AUTHORIZATION,
                     &String::from_utf8_lossy(&rest),
-                )),
-                None => ok.headers_to_remove.push(HEADER_AUTHORIZATION.to_owned()),
-            }
-        }
-        o
+                )],
+                &[][..],
+            ),
+            None => (Vec::new(), &[HEADER_AUTHORIZATION][..]),
+        };
+        allowed(&forward, set, strip, vec![private_cache()])
     }
 
     /// A 402 refusing a lease: the lease route's x402 challenge (resource: the lease URL) with
@@ -380,38 +497,20 @@ impl ExtAuthz {
             }
         }
         self.metrics.check("lease");
-        let response_headers = route
-            .headers
-            .response_headers()
-            .iter()
-            .map(|(k, v)| header_with(k, v, HeaderAppendAction::AddIfAbsent))
-            .collect();
-        let mut o = ok(response_headers, false);
-        if let Some(HttpResponse::OkResponse(ok)) = &mut o.http_response {
-            // The credential never reaches the upstream, in either place.
-            ok.headers_to_remove.push(HEADER_LEASE.to_owned());
-            if query_token.is_some() {
-                ok.query_parameters_to_remove.push(QUERY_LEASE.to_owned());
-            }
-            // Trusted context: ours replaces any client copy.
-            ok.headers.push(header(CONTEXT_RAIL, "lease"));
-            ok.headers.push(header(CONTEXT_PAYER, &id));
-            ok.headers.push(header(CONTEXT_RESOURCE, &route.name));
-            ok.headers_to_remove.push(CONTEXT_AMOUNT.to_owned());
-            // The route's request header allow-list.
-            if route.headers.filters_requests() {
-                let mut dropped: Vec<String> = http
-                    .headers
-                    .keys()
-                    .map(|k| k.to_ascii_lowercase())
-                    .filter(|k| !route.headers.allows(k) && !k.starts_with("x-tollway-"))
-                    .filter(|k| k != HEADER_LEASE)
-                    .collect();
-                dropped.sort();
-                ok.headers_to_remove.extend(dropped);
-            }
-        }
-        o
+        let forward = Forward {
+            http,
+            route,
+            params,
+            context: vec![
+                (CONTEXT_RAIL, "lease".to_owned()),
+                (CONTEXT_PAYER, id),
+                (CONTEXT_RESOURCE, route.name.clone()),
+            ],
+            // The credential never reaches the upstream, in either place (a `t` next to a
+            // header token goes too).
+            strip_lease_query: true,
+        };
+        allowed(&forward, Vec::new(), &[HEADER_LEASE], Vec::new())
     }
 
     pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
@@ -428,16 +527,21 @@ impl ExtAuthz {
         let compiled = self.payments.compiled();
         let Some(m) = compiled.table.find(&http.host, &http.method, &http.path) else {
             self.metrics.check("unmatched");
-            return ok(Vec::new(), false);
+            return ok();
         };
         let Some(route) = compiled.routes.get(m.index) else {
             self.metrics.check("unmatched");
-            return ok(Vec::new(), false);
+            return ok();
         };
         if route.disabled {
             // Kept in the table so no broader (free) route serves it.
             self.metrics.check("disabled");
             return bad_request(404, ROUTE_DISABLED);
+        }
+        if route.internal {
+            // Reached only rewritten: asked for directly, it would be a free pass.
+            self.metrics.check("not_found");
+            return bad_request(404, NOT_FOUND);
         }
         if let Some(lease) = &route.lease {
             if route.sells_lease {
@@ -448,7 +552,21 @@ impl ExtAuthz {
         }
         let Some(paid) = &route.paid else {
             self.metrics.check("free");
-            return ok(Vec::new(), false);
+            let forward = Forward {
+                http,
+                route,
+                params: &m.params,
+                context: Vec::new(),
+                strip_lease_query: false,
+            };
+            return allowed(&forward, Vec::new(), &[], Vec::new());
+        };
+        let mut forward = Forward {
+            http,
+            route,
+            params: &m.params,
+            context: vec![(CONTEXT_RESOURCE, route.name.clone())],
+            strip_lease_query: false,
         };
         let url = resource_url(
             self.payments.public_url(),
@@ -482,7 +600,7 @@ impl ExtAuthz {
                     self.metrics.check("invalid");
                     return bad_request(400, BOTH_RAILS);
                 }
-                return self.l402(&request, price, auth).await;
+                return self.l402(&request, price, auth, forward).await;
             }
         }
         let Some((header_name, value)) = payment else {
@@ -509,18 +627,30 @@ impl ExtAuthz {
                 self.metrics.check("unavailable");
                 unavailable()
             }
-            Verified::Valid { payment_id, .. } => {
+            Verified::Valid {
+                payment_id,
+                payer,
+                amount,
+                ..
+            } => {
                 // ext_authz cannot wait for the upstream: settle now.
                 let s = self.payments.settle(&payment_id, 0).await;
                 let name = receipt_header(s.x402_version);
                 match s.outcome {
                     SettleOutcome::Settled | SettleOutcome::Pending => {
                         self.metrics.check("paid");
-                        ok(
+                        forward.context.extend([
+                            (CONTEXT_RAIL, "x402".to_owned()),
+                            (CONTEXT_PAYER, payer),
+                            (CONTEXT_AMOUNT, amount),
+                        ]);
+                        allowed(
+                            &forward,
+                            Vec::new(),
+                            &[HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT],
                             vec![
                                 header(name, &s.payment_response),
-                                // Paid content must not land in a shared cache.
-                                header("cache-control", "private"),
+                                private_cache(),
                                 // The upstream's own CORS list is kept; ours is appended.
                                 header_with(
                                     "access-control-expose-headers",
@@ -528,7 +658,6 @@ impl ExtAuthz {
                                     HeaderAppendAction::AppendIfExistsOrAdd,
                                 ),
                             ],
-                            true,
                         )
                     }
                     SettleOutcome::Failed => {
@@ -623,6 +752,34 @@ pub(crate) mod tests {
             .map(|h| h.value.as_str())
     }
 
+    /// The four trusted context headers, each set once, overwriting any client copy.
+    fn assert_context(
+        hs: &[HeaderValueOption],
+        rail: &str,
+        payer: &str,
+        amount: &str,
+        route: &str,
+    ) {
+        for (name, value) in [
+            ("x-tollway-rail", rail),
+            ("x-tollway-payer", payer),
+            ("x-tollway-amount", amount),
+            ("x-tollway-resource", route),
+        ] {
+            let set: Vec<&HeaderValueOption> = hs
+                .iter()
+                .filter(|h| h.header.as_ref().is_some_and(|h| h.key == name))
+                .collect();
+            assert_eq!(set.len(), 1, "{name}");
+            assert_eq!(header_of(hs, name), Some(value), "{name}");
+            assert_eq!(
+                set[0].append_action,
+                HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                "{name}"
+            );
+        }
+    }
+
     fn b64_json(s: &str) -> Value {
         serde_json::from_slice(&b64::decode_strict(s, 1 << 16).expect("b64")).expect("json")
     }
@@ -705,6 +862,22 @@ pub(crate) mod tests {
             b64_json(header_of(&o.response_headers_to_add, "payment-response").expect("receipt"));
         assert_eq!(receipt["success"], true);
         assert_eq!(receipt["payer"], payer.address().to_string());
+        // The trusted context, replacing any client copy; the path is untouched.
+        assert_context(
+            &o.headers,
+            "x402",
+            &payer.address().to_string(),
+            &format!("1000 eip155:84532/erc20:{}", offer.asset),
+            "quote",
+        );
+        assert_eq!(header_of(&o.headers, ":path"), None);
+        // The upstream's own cache-control wins (as in the filter).
+        let cache = o
+            .response_headers_to_add
+            .iter()
+            .find(|h| h.header.as_ref().is_some_and(|h| h.key == "cache-control"))
+            .expect("cache-control");
+        assert_eq!(cache.append_action, HeaderAppendAction::AddIfAbsent as i32);
         assert_eq!(
             fake.calls()
                 .iter()
@@ -810,6 +983,7 @@ pub(crate) mod tests {
         use super::*;
         use crate::lightning::doubles::{Double, LndDouble, Mode};
         use crate::testkit::{lightning_harness, lightning_harness_on};
+        use sha2::{Digest, Sha256};
         use tollway_protocol::lightning::LightningNetwork;
 
         const REGTEST: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
@@ -912,6 +1086,8 @@ pub(crate) mod tests {
                 Some("Bearer api-token")
             );
             assert!(o.headers_to_remove.is_empty());
+            let hash = hex::encode(Sha256::digest(hex::decode(&preimage).expect("hex")));
+            assert_context(&o.headers, "l402", &hash, "10000 msat", "quote");
             // Reusable: again, L402 alone.
             let auth = format!("L402 {macaroon}:{preimage}");
             let r = a
@@ -1063,6 +1239,7 @@ pub(crate) mod tests {
             assert_eq!(receipt["network"], REGTEST);
             assert_eq!(receipt["payer"], "anonymous");
             assert!(fake.calls().is_empty());
+            assert_context(&o.headers, "x402", "anonymous", "21000 msat", "sats");
         }
 
         #[tokio::test]
@@ -1162,20 +1339,60 @@ pub(crate) mod tests {
             Some("no")
         );
 
-        // In the query (EventSource): `t` removed; HEAD rides on a GET lease; the path is
-        // canonical (`//`, trailing `/`).
-        for (method, path) in [
-            ("GET", format!("/stream/ticker/BTC?x=1&t={token}")),
-            ("HEAD", format!("/stream//ticker/BTC/?t={token}")),
+        // Rewritten to the route's `upstream_path`.
+        assert_eq!(header_of(&o.headers, ":path"), Some("/v1/ticker/BTC"));
+
+        // In the query (EventSource): `t` removed from the rewritten path, the rest of the query
+        // kept as sent; HEAD rides on a GET lease; the path is canonical (`//`, trailing `/`).
+        for (method, path, upstream) in [
+            (
+                "GET",
+                format!("/stream/ticker/BTC?x=1&t={token}&y=%2F"),
+                "/v1/ticker/BTC?x=1&y=%2F",
+            ),
+            (
+                "HEAD",
+                format!("/stream//ticker/BTC/?t={token}"),
+                "/v1/ticker/BTC",
+            ),
         ] {
             let r = a.check(&check_request(method, &path, &[])).await;
             let o = ok_of(&r);
-            assert_eq!(o.query_parameters_to_remove, vec!["t".to_owned()], "{path}");
+            assert_eq!(header_of(&o.headers, ":path"), Some(upstream), "{path}");
+            assert!(o.query_parameters_to_remove.is_empty());
         }
+        // No `upstream_path`: the path as sent, minus `t` (also next to a header token).
+        let room = lease("room", "/ws/lobby", now + 30, false).mint(&lease_key());
+        let r = a
+            .check(&check_request(
+                "GET",
+                &format!("/ws/lobby?t={room}&z=1"),
+                &[("x-x402-lease", &room)],
+            ))
+            .await;
+        assert_eq!(
+            header_of(&ok_of(&r).headers, ":path"),
+            Some("/ws/lobby?z=1")
+        );
+        let r = a
+            .check(&check_request(
+                "GET",
+                "/ws/lobby",
+                &[("x-x402-lease", &room)],
+            ))
+            .await;
+        let o = ok_of(&r);
+        assert_eq!(header_of(&o.headers, ":path"), None);
+        // Not an allow-list route: nothing but the credential and the amount go.
+        assert_eq!(
+            o.headers_to_remove,
+            vec!["x-x402-lease", "x-tollway-amount"]
+        );
+        assert!(o.response_headers_to_add.is_empty());
         assert!(h
             .metrics
             .encode()
-            .contains("tollway_check_total{result=\"lease\"} 3"));
+            .contains("tollway_check_total{result=\"lease\"} 5"));
     }
 
     #[tokio::test]
@@ -1297,6 +1514,10 @@ pub(crate) mod tests {
             (status, body["error"].as_str()),
             (404, Some("route_disabled"))
         );
+        // A rewritten route's upstream path is not public.
+        let r = a.check(&check_request("GET", "/v1/ticker/BTC", &[])).await;
+        let (status, body) = error_of(&r);
+        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
         // A re-priced route is challenged at its new price at once.
         h.store
             .change(crate::routes_store::Change {
@@ -1310,5 +1531,105 @@ pub(crate) mod tests {
             header_of(&denied_of(&r).headers, "payment-required").expect("PAYMENT-REQUIRED"),
         );
         assert_eq!(required["accepts"][0]["amount"], "500000");
+    }
+
+    // ---- header policy and rewrites on per-request routes --------------------------------------
+
+    fn put_route(h: &Harness, name: &str, body: Value) {
+        h.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Put,
+                name: name.into(),
+                body: Some(body),
+            })
+            .expect("valid route");
+    }
+
+    #[tokio::test]
+    async fn header_policy_and_rewrite_on_paid_and_free_routes() {
+        let fake = FakeFacilitator::start().await;
+        let h = crate::testkit::leased_harness(&fake.url);
+        put_route(
+            &h,
+            "hdr",
+            json!({"path": "/api/h/[id]", "methods": ["GET"], "price": "0.001",
+                   "upstream_path": "/v1/h/[id]", "request_headers": ["api-auth", "x-client-id"],
+                   "response_headers": ["streaming"]}),
+        );
+        put_route(
+            &h,
+            "open",
+            json!({"path": "/open/[x]", "free": true, "upstream_path": "/v1/open/[x]",
+                   "request_headers": ["x-client-id"]}),
+        );
+        let a = authz(&h);
+
+        // Paid: rewritten with the query as sent (`t` is no lease parameter here), allow-list
+        // applied, context set, presets before our own response headers.
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(31);
+        let auth = payer.authorization(&offer, unix_now(), 1);
+        let payment = payer.header_v2(&offer, &auth, "http://api.test:10000/api/h/7");
+        let r = a
+            .check(&check_request(
+                "GET",
+                "/api/h/7?q=1&t=keep",
+                &[
+                    ("payment-signature", &payment),
+                    ("authorization", "Bearer api"),
+                    ("x-client-id", "c1"),
+                    ("x-secret", "no"),
+                    ("x-tollway-payer", "forged"),
+                    ("user-agent", "t"),
+                ],
+            ))
+            .await;
+        let o = ok_of(&r);
+        assert_eq!(header_of(&o.headers, ":path"), Some("/v1/h/7?q=1&t=keep"));
+        assert_eq!(
+            o.headers_to_remove,
+            vec!["payment-signature", "x-payment", "x-secret"]
+        );
+        assert_context(
+            &o.headers,
+            "x402",
+            &payer.address().to_string(),
+            &format!("1000 eip155:84532/erc20:{}", offer.asset),
+            "hdr",
+        );
+        let response: Vec<(&str, &str, i32)> = o
+            .response_headers_to_add
+            .iter()
+            .filter_map(|h| {
+                h.header
+                    .as_ref()
+                    .map(|v| (v.key.as_str(), v.value.as_str(), h.append_action))
+            })
+            .collect();
+        let if_absent = HeaderAppendAction::AddIfAbsent as i32;
+        assert_eq!(response[0], ("cache-control", "no-cache", if_absent));
+        assert_eq!(response[1], ("x-accel-buffering", "no", if_absent));
+        assert_eq!(response[2].0, "payment-response");
+        assert_eq!(response[3], ("cache-control", "private", if_absent));
+
+        // Free: the same rewrite and allow-list; no context is set, a forged copy is dropped
+        // like any header not on the list.
+        let r = a
+            .check(&check_request(
+                "GET",
+                "/open/abc?z=9",
+                &[
+                    ("x-client-id", "c1"),
+                    ("x-other", "no"),
+                    ("x-tollway-payer", "forged"),
+                    ("accept", "*/*"),
+                ],
+            ))
+            .await;
+        let o = ok_of(&r);
+        assert_eq!(header_of(&o.headers, ":path"), Some("/v1/open/abc?z=9"));
+        assert_eq!(o.headers.len(), 1);
+        assert_eq!(o.headers_to_remove, vec!["x-other", "x-tollway-payer"]);
+        assert!(o.response_headers_to_add.is_empty());
     }
 }

@@ -38,10 +38,12 @@ impl PaymentsService {
 
 fn verify_response(v: Verified) -> rpc::VerifyResponse {
     match v {
+        // The filter derives the amount context itself (from the offer it checked).
         Verified::Valid {
             payment_id,
             payer,
             x402_version,
+            ..
         } => rpc::VerifyResponse {
             outcome: rpc::VerifyOutcome::Valid as i32,
             reason: String::new(),

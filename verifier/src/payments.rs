@@ -56,6 +56,9 @@ pub enum Verified {
         payment_id: String,
         payer: String,
         x402_version: u8,
+        /// The amount paid as the trusted `x-tollway-amount` context names it:
+        /// `<atomic> <network>/erc20:<asset>` (EVM), `<n> msat` (Lightning).
+        amount: String,
     },
     Invalid {
         reason: String,
@@ -522,6 +525,12 @@ impl Payments {
             payment_id,
             payer,
             x402_version: version,
+            amount: format!(
+                "{} {}/erc20:{}",
+                offer.amount.get(),
+                offer.network,
+                offer.asset
+            ),
         }
     }
 
@@ -657,6 +666,7 @@ impl Payments {
             payment_id,
             payer: PAY_TO_ANONYMOUS.to_owned(),
             x402_version: 2,
+            amount: format!("{} msat", price.amount_msat),
         }
     }
 
@@ -1065,6 +1075,7 @@ pub(crate) mod tests {
             payment_id,
             payer: who,
             x402_version,
+            amount,
         } = v
         else {
             panic!("expected valid, got {v:?}");
@@ -1072,6 +1083,7 @@ pub(crate) mod tests {
         assert_eq!(x402_version, 2);
         assert_eq!(who, payer.address().to_string());
         assert_eq!(payment_id.len(), 32);
+        assert_eq!(amount, format!("1000 eip155:84532/erc20:{}", offer.asset));
         // The facilitator got our requirement and the client's payload verbatim.
         let calls = fake.calls();
         assert_eq!(calls[0].1["x402Version"], 2);
@@ -1542,11 +1554,13 @@ pub(crate) mod tests {
                 payment_id,
                 payer,
                 x402_version,
+                amount,
             } = v
             else {
                 panic!("expected valid, got {v:?}");
             };
             assert_eq!((payer.as_str(), x402_version), ("anonymous", 2));
+            assert_eq!(amount, "10000 msat");
             // Presented again (even before settlement): refused.
             let again = h
                 .payments

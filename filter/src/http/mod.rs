@@ -382,7 +382,10 @@ impl Stream {
         }
         let Some(paid) = compiled.paid.as_ref() else {
             shared.free_requests.set(shared.free_requests.get() + 1);
-            if compiled.upstream_path.is_some() || compiled.headers.filters_requests() {
+            if compiled.upstream_path.is_some()
+                || compiled.headers.filters_requests()
+                || !compiled.headers.response_headers().is_empty()
+            {
                 self.forward = Some(Box::new(Forward {
                     route,
                     path: upstream_path(compiled, &found.params, &path),
