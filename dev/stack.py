@@ -1,12 +1,15 @@
 """Boots the whole Tollway stack on loopback: anvil with our EIP-3009 test token, the official
 x402 facilitator, a demo upstream, the verifier sidecar (with its in-process `dev` Lightning node)
 and a real Envoy with the wasm filter (or with Envoy's native ext_authz filter in `ext-authz` mode).
+For many replicas: `RedisServer` (a throwaway redis-server), `Stack(replay_store=redis.url)` and
+`stack.replica(dir)`, a second verifier + Envoy pair for the same API sharing that Redis.
 
 `make demo` and the end-to-end tests both use this module, so the demo is exactly what is tested.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -243,6 +246,61 @@ def rpc(url: str, method: str, params: list):
     return answer["result"]
 
 
+def redis_server_binary() -> str:
+    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(found).exists():
+        raise RuntimeError("redis-server not found: run `make deps` (installs the Debian package redis-server)")
+    return found
+
+
+class RedisServer:
+    """A throwaway redis-server on a loopback port (no persistence, data in `run_dir`): the shared
+    replay store of `Stack(replay_store=...)` replicas. `stop()` then `start()` brings it back
+    empty on the same port. Use as a context manager or call `start()` / `stop()`."""
+
+    def __init__(self, run_dir: Path, port: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or Ports.free().envoy
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+
+    def start(self) -> "RedisServer":
+        log = self.run_dir / "redis.log"
+        out = open(log, "ab")
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        wait_until("redis-server", self.ping, timeout=15, proc=self.proc, log=log)
+        return self
+
+    def stop(self):
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 STACK_TOKEN = "<the stack's admin token>"  # Stack.admin's default (a sentinel, compared by identity)
 
 
@@ -256,6 +314,7 @@ class Stack:
         mode: str = "filter",
         concurrency: int = 2,
         lightning: bool = True,
+        replay_store: str | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +322,10 @@ class Stack:
         self.mode = mode
         self.concurrency = concurrency
         self.lightning = lightning
+        # `stores: { replay: ... }` (e.g. a RedisServer's url); None: in memory (the default).
+        self.replay_store = replay_store
+        # The stack whose chain, facilitator and upstream this one uses (see `replica`).
+        self.primary: Stack | None = None
         self.procs: dict[str, subprocess.Popen] = {}
         self.token: str | None = None
         # L402 root secret: a fresh one per stack, kept for the stack's life (verifier restarts
@@ -351,11 +414,34 @@ class Stack:
                 pass
             proc.wait(timeout=5)
 
+    def replica(self, run_dir: Path) -> "Stack":
+        """Another verifier + Envoy pair in front of the same API: the same chain, facilitator,
+        upstream, secrets and replay store, its own ports, config file and ledger. `start()`
+        starts only its verifier and Envoy; `stop()` stops only those."""
+        fresh = Ports.free()
+        r = Stack(
+            run_dir,
+            ports=dataclasses.replace(
+                fresh, anvil=self.ports.anvil, facilitator=self.ports.facilitator, upstream=self.ports.upstream
+            ),
+            mode=self.mode,
+            concurrency=self.concurrency,
+            lightning=self.lightning,
+            replay_store=self.replay_store,
+        )
+        r.primary = self
+        r.token = self.token
+        r.l402_secret, r.lease_secret, r.admin_token = self.l402_secret, self.lease_secret, self.admin_token
+        return r
+
     def start(self) -> "Stack":
         try:
-            self.start_chain()
-            self.start_facilitator()
-            self.start_upstream()
+            if self.primary is None:
+                self.start_chain()
+                self.start_facilitator()
+                self.start_upstream()
+            elif self.token is None:
+                self.token = self.primary.token
             self.write_config()
             self.start_verifier()
             self.start_envoy()
@@ -533,7 +619,8 @@ def render_config(stack) -> str:
     header policies and serves the admin API with the token in `stack.admin_token_path`.
 
     `stack` needs `ports`, `ledger_path` and `token`; `lightning`, `l402_secret_path`,
-    `lease_secret_path` and `admin_token_path` are read only if present (`bench/run.py` passes a
+    `lease_secret_path`, `admin_token_path` and `replay_store` (`stores: { replay: ... }`, e.g. a
+    redis:// URL; absent or None: in memory) are read only if present (`bench/run.py` passes a
     plain record and gets the x402-only config with the routes it measures)."""
     p = stack.ports
     lightning = bool(getattr(stack, "lightning", False))
@@ -580,6 +667,9 @@ def render_config(stack) -> str:
         lines += ["leases:", f"  secret: file:{lease_secret}"]
     if admin_token is not None:
         lines += ["admin:", f"  token: file:{admin_token}"]
+    replay_store = getattr(stack, "replay_store", None)
+    if replay_store is not None:
+        lines += ["stores:", f"  replay: {replay_store}"]
     lines.append("routes:")
     for r in ROUTES:
         if not lightning and r.price is None and r.price_sats is not None:

@@ -182,6 +182,17 @@ struct RawConfig {
     leases: Option<RawLeases>,
     #[serde(default)]
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    stores: Option<RawStores>,
+}
+
+/// `stores: { replay: ... }`. The value is read loosely (a URL string or a mapping) and checked
+/// in [`stores`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStores {
+    #[serde(default)]
+    replay: Option<serde_yaml::Value>,
 }
 
 /// `leases: { secret: env:NAME }`.
@@ -578,6 +589,7 @@ pub struct Config {
     pub l402: Option<L402Settings>,
     pub leases: Option<LeaseSettings>,
     pub admin: Option<AdminSettings>,
+    pub stores: Stores,
     /// What the filter receives (and what ext_authz mode compiles too).
     pub filter: FilterConfig,
     /// The file's `routes:` as written, for the route store (admin changes go on top).
@@ -596,6 +608,31 @@ pub struct LeaseSettings {
 #[derive(Clone, Debug)]
 pub struct AdminSettings {
     pub token: Option<Secret>,
+}
+
+/// `stores:`: where shared state lives.
+#[derive(Clone, Debug, Default)]
+pub struct Stores {
+    pub replay: ReplayStoreSettings,
+}
+
+/// Where claims (x402 nonces, single-use L402 tokens and leases) are held.
+#[derive(Clone, Debug, Default)]
+pub enum ReplayStoreSettings {
+    /// This process only (one verifier).
+    #[default]
+    Memory,
+    /// A Redis shared by every replica.
+    Redis(RedisSettings),
+}
+
+/// `stores.replay: redis://host:port/db` or `{ url: ..., password: env:NAME }`.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://`, never with a password (so it may be logged).
+    pub url: reqwest::Url,
+    /// `None` without a `password:`, or when loaded with [`Secrets::Skip`].
+    pub password: Option<Secret>,
 }
 
 /// A route table that passed every check of `tollway check`, compiled.
@@ -1981,6 +2018,13 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         .as_ref()
         .and_then(|a| admin_settings(p, a, secrets));
 
+    // stores
+    let stores = raw
+        .stores
+        .as_ref()
+        .and_then(|s| stores(p, s, secrets))
+        .unwrap_or_default();
+
     // routes
     let ctx = RouteCtx {
         rails: &rails,
@@ -2039,6 +2083,7 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         l402: l402_settings,
         leases,
         admin,
+        stores,
         filter,
         file_routes: raw.routes,
         static_sections: serde_yaml::Value::Null,
@@ -2062,6 +2107,160 @@ fn admin_settings(p: &mut Problems, raw: &RawAdmin, secrets: Secrets) -> Option<
         Secrets::Resolve => Some(resolve(p, "admin.token", &r, MIN_SECRET_BYTES)?),
     };
     Some(AdminSettings { token })
+}
+
+const REDIS_EXAMPLE: &str =
+    "replay: redis://127.0.0.1:6379/0, or replay: { url: rediss://redis.internal:6380/0, password: env:REDIS_PASSWORD }";
+
+/// `stores:`. Only the replay store so far; absent or `memory`: this process only.
+fn stores(p: &mut Problems, raw: &RawStores, secrets: Secrets) -> Option<Stores> {
+    let replay = match &raw.replay {
+        None | Some(serde_yaml::Value::Null) => ReplayStoreSettings::Memory,
+        Some(v) => replay_store(p, "stores.replay", v, secrets)?,
+    };
+    Some(Stores { replay })
+}
+
+fn replay_store(
+    p: &mut Problems,
+    path: &str,
+    value: &serde_yaml::Value,
+    secrets: Secrets,
+) -> Option<ReplayStoreSettings> {
+    use serde_yaml::Value;
+    let (url, password) = match value {
+        Value::String(s) if s.trim() == "memory" => return Some(ReplayStoreSettings::Memory),
+        Value::String(s) => (s.as_str(), None),
+        Value::Mapping(m) => {
+            let mut url = None;
+            let mut password = None;
+            let mut ok = true;
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    (Some("url"), Value::String(s)) => url = Some(s.as_str()),
+                    (Some("password"), Value::String(s)) => password = Some(s.as_str()),
+                    (Some(name @ ("url" | "password")), other) => {
+                        p.add(
+                            format!("{path}.{name}"),
+                            format!("expected a string, found {}", yaml_kind(other)),
+                        );
+                        ok = false;
+                    }
+                    (name, _) => {
+                        p.hint(
+                            format!("{path}.{}", name.unwrap_or("?")),
+                            "unknown field, expected `url` or `password`",
+                            REDIS_EXAMPLE,
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            let Some(url) = url else {
+                if ok {
+                    p.hint(format!("{path}.url"), "missing", REDIS_EXAMPLE);
+                }
+                return None;
+            };
+            if !ok {
+                return None;
+            }
+            (url, password)
+        }
+        other => {
+            p.hint(
+                path,
+                format!("expected a URL or a mapping, found {}", yaml_kind(other)),
+                REDIS_EXAMPLE,
+            );
+            return None;
+        }
+    };
+    let url_path = if matches!(value, Value::Mapping(_)) {
+        format!("{path}.url")
+    } else {
+        path.to_owned()
+    };
+    let url = redis_url(p, &url_path, url.trim());
+    let password = match password {
+        None => Some(None),
+        Some(text) => {
+            let pw_path = format!("{path}.password");
+            match (secret_ref(p, &pw_path, text.trim()), secrets) {
+                (None, _) => None,
+                (Some(_), Secrets::Skip) => Some(None),
+                (Some(r), Secrets::Resolve) => resolve(p, &pw_path, &r, 0).map(Some),
+            }
+        }
+    };
+    Some(ReplayStoreSettings::Redis(RedisSettings {
+        url: url?,
+        password: password?,
+    }))
+}
+
+/// `redis://[user@]host[:port][/db]` or `rediss://...`: no password (it comes by reference),
+/// no query or fragment.
+fn redis_url(p: &mut Problems, path: &str, text: &str) -> Option<reqwest::Url> {
+    use ::redis::IntoConnectionInfo;
+    if !text.contains("://") {
+        p.hint(
+            path,
+            "not a URL (no scheme)",
+            "redis://host:port/db, e.g. redis://127.0.0.1:6379/0; with TLS rediss://",
+        );
+        return None;
+    }
+    let parsed = match reqwest::Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            // The text may hold a password: never echo it.
+            p.hint(path, format!("not a URL: {e}"), REDIS_EXAMPLE);
+            return None;
+        }
+    };
+    if parsed.password().is_some() {
+        p.hint(
+            path,
+            "a password in the URL is not allowed",
+            "give it by reference: replay: { url: redis://host:6379, password: env:REDIS_PASSWORD }",
+        );
+        return None;
+    }
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        p.hint(
+            path,
+            format!("scheme {:?} is not redis or rediss", parsed.scheme()),
+            REDIS_EXAMPLE,
+        );
+        return None;
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        p.hint(path, "the URL has no host", REDIS_EXAMPLE);
+        return None;
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        p.hint(
+            path,
+            "must not have a query or fragment",
+            "redis://host:port/db; TLS: rediss:// (certificates checked against the system roots)",
+        );
+        return None;
+    }
+    let db = parsed.path().trim_start_matches('/');
+    if !db.is_empty() && (db.len() > 5 || !db.bytes().all(|b| b.is_ascii_digit())) {
+        p.hint(
+            path,
+            format!("{db:?} is not a database number"),
+            "redis://host:port/0 (the path is the database number, default 0)",
+        );
+        return None;
+    }
+    if let Err(e) = parsed.as_str().into_connection_info() {
+        p.hint(path, format!("not a usable Redis URL: {e}"), REDIS_EXAMPLE);
+        return None;
+    }
+    Some(parsed)
 }
 
 const KIND_HINT: &str = "http (pay per request), http-stream or websocket (sold as a lease)";
@@ -3381,6 +3580,118 @@ routes:
         // A leases: section without a leased route is fine (the admin API may add one).
         let text = good() + &format!("leases:\n  secret: {lease_ref}\n");
         assert!(problems(&text).is_empty());
+    }
+
+    #[test]
+    fn stores_section() {
+        let replay = |c: &Config| match &c.stores.replay {
+            ReplayStoreSettings::Memory => ("memory".to_owned(), false),
+            ReplayStoreSettings::Redis(r) => (r.url.to_string(), r.password.is_some()),
+        };
+        // Absent, empty or `memory`: this process only.
+        for extra in ["", "stores: {}\n", "stores:\n  replay: memory\n"] {
+            let c = Config::parse(&(good() + extra), Secrets::Resolve).expect("valid");
+            assert_eq!(replay(&c), ("memory".to_owned(), false), "{extra:?}");
+        }
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://redis.internal:6379/2",
+            "rediss://redis.internal:6380/0",
+            "redis://tollway@[::1]:6379/",
+        ] {
+            let c = Config::parse(
+                &format!("{}stores:\n  replay: {url}\n", good()),
+                Secrets::Resolve,
+            )
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(replay(&c).0, url);
+        }
+        // The password by reference: read by check and serve, only syntax-checked by envoy.
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = crate::testkit::secret_file(dir.path(), "redis-pw", "hunter2-redis-password");
+        let text = format!(
+            "{}stores:\n  replay:\n    url: rediss://redis.internal:6380/1\n    password: {pw}\n",
+            good()
+        );
+        let c = Config::parse(&text, Secrets::Resolve).expect("valid");
+        assert_eq!(
+            replay(&c),
+            ("rediss://redis.internal:6380/1".to_owned(), true)
+        );
+        assert!(!format!("{:?}", c.stores).contains("hunter2"));
+        let c = Config::parse(&text, Secrets::Skip).expect("valid");
+        assert!(!replay(&c).1);
+        let unset = format!(
+            "{}stores:\n  replay: {{ url: redis://r:6379, password: env:TOLLWAY_TEST_UNSET_REDIS }}\n",
+            good()
+        );
+        assert_problem(
+            &unset,
+            "stores.replay.password: environment variable TOLLWAY_TEST_UNSET_REDIS is not set (hint: export TOLLWAY_TEST_UNSET_REDIS=...)",
+        );
+        assert!(Config::parse(&unset, Secrets::Skip).is_ok());
+
+        // Problems, each at its field, never echoing a password.
+        let example = "replay: redis://127.0.0.1:6379/0, or replay: { url: rediss://redis.internal:6380/0, password: env:REDIS_PASSWORD }";
+        for (yaml, expected) in [
+            (
+                "replay: redis://:s3cr3t-pw@127.0.0.1:6379",
+                "stores.replay: a password in the URL is not allowed (hint: give it by reference: replay: { url: redis://host:6379, password: env:REDIS_PASSWORD })".to_owned(),
+            ),
+            (
+                "replay: { url: \"redis://app:s3cr3t-pw@127.0.0.1:6379\" }",
+                "stores.replay.url: a password in the URL is not allowed (hint: give it by reference: replay: { url: redis://host:6379, password: env:REDIS_PASSWORD })".to_owned(),
+            ),
+            (
+                "replay: http://127.0.0.1:6379",
+                format!("stores.replay: scheme \"http\" is not redis or rediss (hint: {example})"),
+            ),
+            (
+                "replay: 127.0.0.1:6379",
+                "stores.replay: not a URL (no scheme) (hint: redis://host:port/db, e.g. redis://127.0.0.1:6379/0; with TLS rediss://)".to_owned(),
+            ),
+            (
+                "replay: \"redis://x y\"",
+                format!("stores.replay: not a URL: invalid domain character (hint: {example})"),
+            ),
+            (
+                "replay: redis://127.0.0.1:6379/cache",
+                "stores.replay: \"cache\" is not a database number (hint: redis://host:port/0 (the path is the database number, default 0))".to_owned(),
+            ),
+            (
+                "replay: redis://127.0.0.1:6379/0?protocol=resp3",
+                "stores.replay: must not have a query or fragment (hint: redis://host:port/db; TLS: rediss:// (certificates checked against the system roots))".to_owned(),
+            ),
+            (
+                "replay: 6379",
+                format!("stores.replay: expected a URL or a mapping, found a number (hint: {example})"),
+            ),
+            (
+                "replay: { url: redis://r:6379, password: s3cr3t-pw }",
+                "stores.replay.password: not a secret reference (hint: write env:NAME or file:PATH; secrets are never inline)".to_owned(),
+            ),
+            (
+                "replay: { password: env:REDIS_PASSWORD }",
+                format!("stores.replay.url: missing (hint: {example})"),
+            ),
+            (
+                "replay: { url: redis://r:6379, db: 2 }",
+                format!("stores.replay.db: unknown field, expected `url` or `password` (hint: {example})"),
+            ),
+            (
+                "replay: { url: [redis://r:6379] }",
+                "stores.replay.url: expected a string, found a list".to_owned(),
+            ),
+        ] {
+            let ps = problems(&format!("{}stores:\n  {yaml}\n", good()));
+            assert_eq!(ps, vec![expected], "{yaml}");
+            assert!(ps.iter().all(|p| !p.contains("s3cr3t")), "{ps:#?}");
+        }
+        let ps = problems(&format!("{}stores:\n  ledger: postgres://x\n", good()));
+        assert!(
+            ps[0].starts_with("stores.ledger: unknown field `ledger`, expected `replay`"),
+            "{ps:#?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Operations HTTP on `verifier.http`: `/healthz` (alive), `/readyz` (config loaded and ledger
-//! open; facilitator reachability reported, not required), `/metrics` (Prometheus), the admin
+//! open; facilitator and replay store reachability reported, not required: free routes work
+//! without them and paid routes fail closed), `/metrics` (Prometheus), the admin
 //! API (`/admin/routes`, see [`crate::admin`]) and, with the `dev` Lightning backend only,
 //! `POST /dev/lightning/pay`: the test wallet.
 
@@ -24,6 +25,7 @@ use crate::facilitator::FacilitatorClient;
 use crate::lightning::dev::PayError;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
+use crate::replay::ReplayGuard;
 use crate::routes_store::RouteStore;
 use crate::secret::Secret;
 
@@ -36,6 +38,8 @@ pub struct OpsState {
     /// The admin API's bearer token; `None`: the admin API answers 404.
     pub admin_token: Option<Secret>,
     pub ledger: String,
+    /// The replay store, for its status.
+    pub replay: Arc<dyn ReplayGuard>,
 }
 
 pub fn router(state: Arc<OpsState>) -> Router {
@@ -122,6 +126,7 @@ async fn readyz(State(s): State<Arc<OpsState>>) -> impl IntoResponse {
         "ledger": s.ledger,
         "pending_payments": s.payments.pending_count(),
         "facilitators": facilitators,
+        "stores": { "replay": s.replay.status() },
         "lightning": s.payments.lightning().map(|l| json!({
             "backend": l.node().backend().as_str(),
             "network": l.network().name(),
@@ -172,6 +177,7 @@ mod tests {
             store: h.store.clone(),
             admin_token: None,
             ledger: "x.db".into(),
+            replay: Arc::new(crate::replay::MemoryReplayGuard::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -191,6 +197,10 @@ mod tests {
         let body: serde_json::Value = r.json().await.expect("json");
         assert_eq!(body["status"], "ready");
         assert_eq!(body["paid_routes"], 2);
+        assert_eq!(
+            body["stores"]["replay"],
+            json!({"backend": "memory", "up": true})
+        );
 
         h.metrics.check("free");
         let r = get("/metrics").await.expect("metrics");
@@ -214,6 +224,7 @@ mod tests {
             store: h.store.clone(),
             admin_token: None,
             ledger: "x.db".into(),
+            replay: Arc::new(crate::replay::MemoryReplayGuard::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -303,6 +314,7 @@ mod tests {
             store: h.store.clone(),
             admin_token: None,
             ledger: "x.db".into(),
+            replay: Arc::new(crate::replay::MemoryReplayGuard::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -75,6 +75,10 @@ fn main() -> ExitCode {
                 if c.admin.is_some() {
                     println!("admin API: on http://{}/admin/routes", c.verifier.http);
                 }
+                if let config::ReplayStoreSettings::Redis(r) = &c.stores.replay {
+                    // The URL never holds a password; `check` does not connect.
+                    println!("replay store: {} (shared by every replica)", r.url);
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -35,6 +35,11 @@ pub struct BackendOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Op {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendOp {
     pub backend: String,
     pub op: String,
@@ -58,6 +63,8 @@ pub struct Metrics {
     facilitator_errors: Family<Endpoint, Counter>,
     ledger_write_errors: Counter,
     replay_claims: Family<ResultLabel, Counter>,
+    replay_store_errors: Family<Op, Counter>,
+    replay_store_up: Gauge,
     check: Family<ResultLabel, Counter>,
     pending_payments: Gauge,
     lightning_invoices: Family<BackendOutcome, Counter>,
@@ -83,6 +90,8 @@ impl Metrics {
         let facilitator_errors = Family::<Endpoint, Counter>::default();
         let ledger_write_errors = Counter::default();
         let replay_claims = Family::<ResultLabel, Counter>::default();
+        let replay_store_errors = Family::<Op, Counter>::default();
+        let replay_store_up = Gauge::default();
         let check = Family::<ResultLabel, Counter>::default();
         let pending_payments = Gauge::default();
         let lightning_invoices = Family::<BackendOutcome, Counter>::default();
@@ -116,6 +125,16 @@ impl Metrics {
             "tollway_replay_claims",
             "Nonce claims in the replay guard by result",
             replay_claims.clone(),
+        );
+        registry.register(
+            "tollway_replay_store_errors",
+            "Replay store (Redis) operations that failed or timed out, by operation (claim, release, ping)",
+            replay_store_errors.clone(),
+        );
+        registry.register(
+            "tollway_replay_store_up",
+            "1 if the last replay store operation or health check succeeded (always 1 in memory)",
+            replay_store_up.clone(),
         );
         registry.register(
             "tollway_check",
@@ -160,6 +179,8 @@ impl Metrics {
             facilitator_errors,
             ledger_write_errors,
             replay_claims,
+            replay_store_errors,
+            replay_store_up,
             check,
             pending_payments,
             lightning_invoices,
@@ -262,6 +283,16 @@ impl Metrics {
             .inc();
     }
 
+    pub fn replay_store_error(&self, op: &str) {
+        self.replay_store_errors
+            .get_or_create(&Op { op: op.to_owned() })
+            .inc();
+    }
+
+    pub fn set_replay_store_up(&self, up: bool) {
+        self.replay_store_up.set(i64::from(up));
+    }
+
     pub fn check(&self, result: &str) {
         self.check
             .get_or_create(&ResultLabel {
@@ -298,6 +329,8 @@ mod tests {
         m.facilitator_error("settle");
         m.ledger_write_error();
         m.replay_claim("claimed");
+        m.replay_store_error("claim");
+        m.set_replay_store_up(true);
         m.check("free");
         m.lightning_invoice("dev", "created");
         m.lightning_node_error("lnd", "lookup_invoice");
@@ -311,6 +344,8 @@ mod tests {
             "tollway_facilitator_errors_total{endpoint=\"settle\"} 1",
             "tollway_ledger_write_errors_total 1",
             "tollway_replay_claims_total{result=\"claimed\"} 1",
+            "tollway_replay_store_errors_total{op=\"claim\"} 1",
+            "tollway_replay_store_up 1",
             "tollway_check_total{result=\"free\"} 1",
             "tollway_lightning_invoices_total{backend=\"dev\",outcome=\"created\"} 1",
             "tollway_lightning_node_errors_total{backend=\"lnd\",op=\"lookup_invoice\"} 1",

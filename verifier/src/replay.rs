@@ -5,13 +5,19 @@
 //! single-use L402 token `l402:<payment hash>`, a single-use lease `lease:<lease id>`. A claim
 //! is taken *before* the facilitator or the node is asked, so two concurrent requests carrying
 //! the same payment cannot both pass. The in-memory store serves one node; a shared store
-//! (Redis `SET NX PX`) implements the same trait for many replicas. A store error means
-//! "unavailable": the caller fails closed.
+//! ([`RedisReplayGuard`], `SET NX PX`) implements the same trait for many replicas. A store
+//! error means "unavailable": the caller fails closed.
+
+pub mod redis;
+
+pub use self::redis::RedisReplayGuard;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+
+use serde::Serialize;
 
 /// Seconds a claim outlives the authorization's `validBefore` (clock skew between us and the
 /// chain).
@@ -34,6 +40,32 @@ pub struct ReplayStoreError(pub String);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What `/readyz` says about the store (never a credential).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreStatus {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// The Redis URL (it never holds a password).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Whether the last operation or health check reached the store.
+    pub up: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl StoreStatus {
+    pub fn memory() -> Self {
+        Self {
+            backend: "memory",
+            url: None,
+            up: true,
+            error: None,
+        }
+    }
+}
+
 pub trait ReplayGuard: Send + Sync {
     /// Atomically claims `key` until `expires_at` (unix seconds).
     fn claim<'a>(
@@ -45,6 +77,22 @@ pub trait ReplayGuard: Send + Sync {
 
     /// Gives a claim back (the payment was never accepted, e.g. the facilitator was down).
     fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplayStoreError>>;
+
+    /// Reachability, for `/readyz`.
+    fn status(&self) -> StoreStatus {
+        StoreStatus::memory()
+    }
+}
+
+/// Whether `key` may be claimed at all (the same rule for every store).
+pub(crate) fn check_key(key: &str) -> Result<(), ReplayStoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ReplayStoreError(format!(
+            "replay key of {} bytes refused",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Single-node store: a map of claims, expired entries swept every so often.
@@ -73,12 +121,7 @@ impl MemoryReplayGuard {
     }
 
     fn claim_sync(&self, key: &str, expires_at: u64, now: u64) -> Result<Claim, ReplayStoreError> {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(ReplayStoreError(format!(
-                "replay key of {} bytes refused",
-                key.len()
-            )));
-        }
+        check_key(key)?;
         let mut c = self
             .claims
             .lock()
@@ -121,12 +164,37 @@ impl ReplayGuard for MemoryReplayGuard {
     }
 }
 
+/// The behaviour every [`ReplayGuard`] shows, as a table: run here on the in-memory store and in
+/// [`redis`] on a real `redis-server`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod behaviour {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
-    fn key_on(network: &str, payer: u8, n: u8) -> String {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Expect {
+        Claimed,
+        AlreadyUsed,
+        /// An error (a refused key here; the caller fails closed either way).
+        Refused,
+    }
+
+    pub enum Step {
+        /// `claim(key, now + ttl, now)`.
+        Claim(String, u64, Expect),
+        /// `release(key)`, which must succeed.
+        Release(String),
+        /// `secs` seconds pass: `now` moves on; a store with its own clock (Redis) really waits.
+        Advance(u64),
+    }
+
+    pub struct Case {
+        pub name: &'static str,
+        pub steps: Vec<Step>,
+    }
+
+    pub fn key_on(network: &str, payer: u8, n: u8) -> String {
         tollway_protocol::x402::ReplayKey {
             network: network.parse().expect("network"),
             asset: tollway_protocol::evm::EvmAddress([0xaa; 20]),
@@ -136,61 +204,132 @@ mod tests {
         .to_string()
     }
 
-    fn key(n: u8) -> String {
+    pub fn key(n: u8) -> String {
         key_on("eip155:84532", 1, n)
     }
 
-    #[tokio::test]
-    async fn second_claim_fails_until_expiry() {
-        let g = MemoryReplayGuard::new();
-        assert_eq!(g.claim(&key(1), 100, 10).await.ok(), Some(Claim::Claimed));
-        assert_eq!(
-            g.claim(&key(1), 100, 11).await.ok(),
-            Some(Claim::AlreadyUsed)
-        );
-        // Different nonce, payer or network is independent.
-        assert_eq!(g.claim(&key(2), 100, 12).await.ok(), Some(Claim::Claimed));
-        assert_eq!(
-            g.claim(&key_on("eip155:84532", 2, 1), 100, 12).await.ok(),
-            Some(Claim::Claimed)
-        );
-        assert_eq!(
-            g.claim(&key_on("eip155:8453", 1, 1), 100, 12).await.ok(),
-            Some(Claim::Claimed)
-        );
-        // After expiry the slot is free again (the authorization is dead on chain anyway).
-        assert_eq!(g.claim(&key(1), 300, 100).await.ok(), Some(Claim::Claimed));
-    }
-
-    #[tokio::test]
-    async fn lightning_keys_are_independent() {
-        let g = MemoryReplayGuard::new();
+    pub fn cases() -> Vec<Case> {
+        use Expect::*;
+        use Step::*;
         let hash = "ab".repeat(32);
-        let bip122 = format!("bip122:{hash}");
-        let l402 = format!("l402:{hash}");
-        assert_eq!(g.claim(&bip122, 100, 0).await.ok(), Some(Claim::Claimed));
-        assert_eq!(g.claim(&l402, 100, 0).await.ok(), Some(Claim::Claimed));
-        assert_eq!(g.claim(&l402, 100, 1).await.ok(), Some(Claim::AlreadyUsed));
-        assert!(g.claim("", 100, 0).await.is_err());
-        assert!(g.claim(&"x".repeat(MAX_KEY_LEN + 1), 100, 0).await.is_err());
+        let (bip122, l402, lease) = (
+            format!("bip122:{hash}"),
+            format!("l402:{hash}"),
+            format!("lease:{}", "0f".repeat(16)),
+        );
+        vec![
+            Case {
+                name: "second_claim_fails_until_expiry",
+                steps: vec![
+                    Claim(key(1), 2, Claimed),
+                    Advance(1),
+                    // Still held; a refused claim does not extend the holder's expiry.
+                    Claim(key(1), 600, AlreadyUsed),
+                    // Different nonce, payer or network is independent.
+                    Claim(key(2), 2, Claimed),
+                    Claim(key_on("eip155:84532", 2, 1), 2, Claimed),
+                    Claim(key_on("eip155:8453", 1, 1), 2, Claimed),
+                    Advance(1),
+                    // After expiry the slot is free again (the authorization is dead anyway).
+                    Claim(key(1), 2, Claimed),
+                    Claim(key(1), 2, AlreadyUsed),
+                ],
+            },
+            Case {
+                name: "lightning_and_lease_keys_are_independent",
+                steps: vec![
+                    Claim(bip122.clone(), 100, Claimed),
+                    Claim(l402.clone(), 100, Claimed),
+                    Claim(l402, 100, AlreadyUsed),
+                    Claim(bip122, 100, AlreadyUsed),
+                    Claim(lease.clone(), 100, Claimed),
+                    Claim(lease, 100, AlreadyUsed),
+                ],
+            },
+            Case {
+                name: "keys_are_checked",
+                steps: vec![
+                    Claim(String::new(), 100, Refused),
+                    Claim("x".repeat(MAX_KEY_LEN + 1), 100, Refused),
+                    Claim("x".repeat(MAX_KEY_LEN), 100, Claimed),
+                    Claim("x".repeat(MAX_KEY_LEN), 100, AlreadyUsed),
+                    // Releasing a key that can never be claimed is a no-op.
+                    Release(String::new()),
+                ],
+            },
+            Case {
+                name: "release_frees",
+                steps: vec![
+                    Claim(key(1), 100, Claimed),
+                    Release(key(1)),
+                    Claim(key(1), 100, Claimed),
+                    Claim(key(1), 100, AlreadyUsed),
+                    // Releasing what was never claimed is fine and changes nothing.
+                    Release(key(3)),
+                    Claim(key(3), 100, Claimed),
+                ],
+            },
+            Case {
+                name: "a_claim_expired_on_arrival_holds_nothing",
+                steps: vec![
+                    Claim(key(4), 0, Claimed),
+                    Claim(key(4), 0, Claimed),
+                    Claim(key(4), 100, Claimed),
+                    Claim(key(4), 0, AlreadyUsed),
+                ],
+            },
+        ]
     }
 
-    #[tokio::test]
-    async fn release_frees() {
-        let g = MemoryReplayGuard::new();
-        g.claim(&key(1), 100, 0).await.expect("claim");
-        g.release(&key(1)).await.expect("release");
-        assert_eq!(g.claim(&key(1), 100, 0).await.ok(), Some(Claim::Claimed));
+    /// Runs every case on a fresh guard from `fresh(case name)`. `real_time`: `Advance` sleeps
+    /// (for a store that keeps its own clock).
+    pub async fn run_table(fresh: impl Fn(&str) -> Arc<dyn ReplayGuard>, real_time: bool) {
+        for case in cases() {
+            let g = fresh(case.name);
+            let mut now = crate::clock::unix_now();
+            for (i, step) in case.steps.iter().enumerate() {
+                match step {
+                    Step::Claim(k, ttl, expect) => {
+                        let got = match g.claim(k, now + ttl, now).await {
+                            Ok(Claim::Claimed) => Expect::Claimed,
+                            Ok(Claim::AlreadyUsed) => Expect::AlreadyUsed,
+                            Err(_) => Expect::Refused,
+                        };
+                        assert_eq!(
+                            got,
+                            *expect,
+                            "{}: step {i}: claim of a {}-byte key",
+                            case.name,
+                            k.len()
+                        );
+                    }
+                    Step::Release(k) => {
+                        if let Err(e) = g.release(k).await {
+                            panic!("{}: step {i}: release: {e}", case.name);
+                        }
+                    }
+                    Step::Advance(secs) => {
+                        now += secs;
+                        if real_time {
+                            tokio::time::sleep(
+                                Duration::from_secs(*secs) + Duration::from_millis(150),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        }
     }
 
-    #[tokio::test]
-    async fn concurrent_claims_one_winner() {
-        let g = Arc::new(MemoryReplayGuard::new());
+    /// 64 concurrent claims of one key, spread over `guards` (replicas): exactly one wins.
+    pub async fn one_winner(guards: &[Arc<dyn ReplayGuard>]) {
+        let now = crate::clock::unix_now();
         let mut tasks = Vec::new();
-        for _ in 0..64 {
-            let g = g.clone();
+        for i in 0..64 {
+            let g = guards[i % guards.len()].clone();
             tasks.push(tokio::spawn(async move {
-                g.claim(&key(0xff), 1000, 1).await.expect("store")
+                g.claim(&key(0xff), now + 1000, now).await.expect("store")
             }));
         }
         let mut won = 0;
@@ -200,6 +339,23 @@ mod tests {
             }
         }
         assert_eq!(won, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::behaviour::{self, key};
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn behaviour_table_holds_in_memory() {
+        behaviour::run_table(|_| Arc::new(MemoryReplayGuard::new()), false).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_one_winner() {
+        behaviour::one_winner(&[Arc::new(MemoryReplayGuard::new())]).await;
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, ReplayStoreSettings};
 use crate::ext_authz::ExtAuthz;
 use crate::facilitator::FacilitatorClient;
 use crate::grpc::{self, PaymentsService};
@@ -17,7 +17,7 @@ use crate::http::{self, OpsState};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
-use crate::replay::MemoryReplayGuard;
+use crate::replay::{MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
 use crate::routes_store::{self, RouteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    ReplayStore(#[from] crate::replay::redis::RedisStoreError),
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -121,10 +123,35 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         tracing::info!(facilitator = %name, url = %settings.url, timeout_ms = settings.timeout.as_millis() as u64, "facilitator configured");
         clients.insert(name.clone(), client);
     }
+    // Claims: in memory (one verifier) or in a Redis every replica shares. An unreachable Redis
+    // does not stop us: claims answer "unavailable" (paid routes 503) until it is back.
+    let (replay, redis): (Arc<dyn ReplayGuard>, Option<Arc<RedisReplayGuard>>) = match &config
+        .stores
+        .replay
+    {
+        ReplayStoreSettings::Memory => {
+            metrics.set_replay_store_up(true);
+            tracing::info!("replay store: memory (this verifier only)");
+            (Arc::new(MemoryReplayGuard::new()), None)
+        }
+        ReplayStoreSettings::Redis(settings) => {
+            let guard = Arc::new(RedisReplayGuard::new(settings, metrics.clone())?);
+            // Reachable: the guard logs it. Not: say what happens meanwhile.
+            let status = guard.check().await;
+            if !status.up {
+                tracing::error!(
+                    url = %guard.url(),
+                    error = status.error.as_deref().unwrap_or(""),
+                    "replay store: redis unreachable at start; paid routes answer 503 until it is back (retrying every second)"
+                );
+            }
+            (guard.clone(), Some(guard))
+        }
+    };
     let payments = Arc::new(Payments::new(
         &config,
         clients.clone(),
-        Arc::new(MemoryReplayGuard::new()),
+        replay.clone(),
         ledger.clone(),
         metrics.clone(),
     )?);
@@ -188,6 +215,8 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         stop_rx.clone(),
     ));
 
+    let redis_watch = redis.map(|g| tokio::spawn(g.watch(stop_rx.clone())));
+
     let sweeper = {
         let payments = payments.clone();
         let mut stop = stop_rx.clone();
@@ -212,6 +241,7 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         store: store.clone(),
         admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
         ledger: config.verifier.ledger.display().to_string(),
+        replay,
     });
 
     let grpc_task = tokio::spawn(grpc::serve(
@@ -236,6 +266,9 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
     let grpc_result = grpc_task.await;
     let http_result = http_task.await;
     let _ = sweeper.await;
+    if let Some(w) = redis_watch {
+        let _ = w.await;
+    }
     let _ = watcher.await;
 
     // Pending payments that will never be settled now: record them, then flush the ledger.
