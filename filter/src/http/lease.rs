@@ -12,7 +12,6 @@
 //!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
 //! ```
 
-use prost::Message;
 use proxy_wasm::types::Action;
 use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
@@ -108,12 +107,7 @@ impl Stream {
             route: route.name.clone(),
             expires_at: lease.expires_at,
         };
-        let Some(call) = self.dispatch(
-            shared,
-            METHOD_CLAIM,
-            &claim.encode_to_vec(),
-            shared.verify_timeout,
-        ) else {
+        let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
             return self.unavailable(shared);
         };
         self.state = State::ClaimingLease(call);

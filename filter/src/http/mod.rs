@@ -194,7 +194,7 @@ impl Stream {
         &self,
         shared: &Shared,
         method: &str,
-        message: &[u8],
+        message: &impl Message,
         timeout: Duration,
     ) -> Option<u32> {
         match host::dispatch_grpc_detached(
@@ -203,7 +203,7 @@ impl Stream {
             &shared.verifier_cluster,
             SERVICE,
             method,
-            message,
+            &message.encode_to_vec(),
             timeout,
         ) {
             Ok(token) => Some(token),
@@ -238,12 +238,7 @@ impl Stream {
             path: std::mem::take(&mut pending.path),
             method: std::mem::take(&mut pending.method),
         };
-        match self.dispatch(
-            shared,
-            METHOD_CHALLENGE,
-            &request.encode_to_vec(),
-            shared.verify_timeout,
-        ) {
+        match self.dispatch(shared, METHOD_CHALLENGE, &request, shared.verify_timeout) {
             Some(token) => {
                 self.state = State::Challenging(token);
                 self.pending = Some(Box::new(pending));
@@ -530,12 +525,8 @@ impl Stream {
             header: header.to_owned(),
             resource_url: url,
         };
-        let Some(token) = self.dispatch(
-            shared,
-            METHOD_VERIFY,
-            &request.encode_to_vec(),
-            shared.verify_timeout,
-        ) else {
+        let Some(token) = self.dispatch(shared, METHOD_VERIFY, &request, shared.verify_timeout)
+        else {
             return self.unavailable(shared);
         };
         self.state = State::Verifying(token);
@@ -646,12 +637,7 @@ impl Stream {
         if self.sale.is_some() {
             self.claim_key = Some(claim.key.clone());
         }
-        let Some(call) = self.dispatch(
-            shared,
-            METHOD_CLAIM,
-            &claim.encode_to_vec(),
-            shared.verify_timeout,
-        ) else {
+        let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
             return self.unavailable(shared);
         };
         self.state = State::Claiming(call);
@@ -776,12 +762,7 @@ impl Stream {
             payment_id: payment.payment_id.clone(),
             upstream_status,
         };
-        if let Some(token) = self.dispatch(
-            shared,
-            METHOD_SETTLE,
-            &request.encode_to_vec(),
-            shared.settle_timeout,
-        ) {
+        if let Some(token) = self.dispatch(shared, METHOD_SETTLE, &request, shared.settle_timeout) {
             self.state = State::Settling(token);
             return;
         }
@@ -808,12 +789,7 @@ impl Stream {
             };
             // Owned by the root context, so it completes even after this stream is gone; the
             // answer (empty) is ignored.
-            let _ = self.dispatch(
-                shared,
-                METHOD_RELEASE,
-                &request.encode_to_vec(),
-                shared.settle_timeout,
-            );
+            let _ = self.dispatch(shared, METHOD_RELEASE, &request, shared.settle_timeout);
         }
     }
 
