@@ -852,6 +852,11 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
         "nonce each; `bench/payments.lua` sends each once). The facilitator double answers /verify and /settle "
         "at once, so only the gateway's own work is timed. The verifier does check every signature (EIP-712 "
         "recovery) and records every payment in its ledger; `@x402/express` leaves both to the facilitator.",
+        "- S3 sends one reusable L402 token on every request (bought once through the verifier's dev Lightning "
+        "node on `/api/sats`); S4 one lease token on `/stream/ticker/BENCH` (bought with a real x402 payment "
+        "before each run; the route rewrites the path and adds the `streaming` response presets). Both are "
+        "checked in the filter with no verifier call. The 402 scenarios use `/api/fail`, an x402-only route "
+        "with quote's price (quote also sells Lightning, whose 402 would mint an invoice).",
         "- Before timing, each scenario is checked by hand (S1 200 with the upstream's body, S2 402 with "
         "PAYMENT-REQUIRED, S5 200 with PAYMENT-RESPONSE, …) and wrk's non-2xx count must match "
         "(all 402 for S2/S2e/P2, none elsewhere).",
@@ -874,8 +879,6 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
             f"{x['spread']:.1f}% | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | {ratio} |"
         )
     lines += [
-        "| S3 | filter mode, valid L402 token | 200 | not yet implemented | | | | |",
-        "| S4 | filter mode, valid lease token | 200 | not yet implemented | | | | |",
         "",
         "Mode comparisons (filter mode / ext_authz-only mode, same repetition): "
         + ", ".join(f"{x}/{y} = {ratio_text(paired(runs, x, y))}" for x, y in [("S1", "S1e"), ("S2", "S2e"), ("S5", "S5e")] if paired(runs, x, y))

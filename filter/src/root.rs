@@ -27,6 +27,8 @@ pub struct Shared {
     pub verify_timeout: Duration,
     pub settle_timeout: Duration,
     pub public_url: Option<String>,
+    /// See `FilterConfig::envoy_strips_context`.
+    pub envoy_strips_context: bool,
     pub metrics: Metrics,
     /// L402 credentials verified in this VM (a reusable token skips the HMAC chain).
     pub l402_cache: RefCell<VerifiedCache>,
@@ -120,6 +122,7 @@ impl Root {
             verify_timeout: Duration::from_millis(config.verifier_timeout_ms),
             settle_timeout: Duration::from_millis(config.settle_timeout_ms),
             public_url: config.public_url.clone(),
+            envoy_strips_context: config.envoy_strips_context,
             metrics: self.metrics()?,
             l402_cache: RefCell::default(),
             free_requests: Rc::clone(&self.free_requests),

@@ -33,6 +33,11 @@ pub struct FilterConfig {
     /// ignored and requests get 503 until a first table arrives. `None`: `routes` is final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_interval_ms: Option<u64>,
+    /// Envoy removes client copies of the trusted context headers before any filter (the
+    /// bootstrap `tollway envoy` renders does, with an early header mutation), so the filter need
+    /// not. `false` (hand-written configs, Istio `WasmPlugin`): the filter removes them itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub envoy_strips_context: bool,
 }
 
 /// What the filter needs to check and mint lease tokens.

@@ -2066,6 +2066,7 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
             key_hex: l.key.to_hex(),
         }),
         sync_interval_ms: None,
+        envoy_strips_context: false,
     };
     compile_filter(p, &filter, &raw.routes)?;
 
@@ -2409,6 +2410,7 @@ fn probe_route(p: &mut Problems, base: &str, rc: &RouteConfig) -> bool {
             key_hex: KEY.to_owned(),
         }),
         sync_interval_ms: None,
+        envoy_strips_context: false,
     };
     match probe.compile() {
         Ok(_) => true,

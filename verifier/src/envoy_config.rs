@@ -109,6 +109,8 @@ fn router_filter() -> Value {
 pub fn plugin_config(config: &Config) -> FilterConfig {
     FilterConfig {
         sync_interval_ms: Some(SYNC_INTERVAL_MS),
+        // The bootstrap's early header mutation removes them (see `render`).
+        envoy_strips_context: true,
         ..config.filter.clone()
     }
 }
@@ -375,6 +377,7 @@ mod tests {
             fc,
             FilterConfig {
                 sync_interval_ms: Some(1000),
+                envoy_strips_context: true,
                 ..c.filter.clone()
             }
         );

@@ -17,7 +17,8 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn apply(&self, route: &CompiledRoute) {
+    /// `strip_context`: remove client copies of the context first (Envoy did not).
+    pub fn apply(&self, route: &CompiledRoute, strip_context: bool) {
         if route.headers.filters_requests() {
             for (name, _) in host::request_headers() {
                 if !route.headers.allows(&name) {
@@ -26,10 +27,10 @@ impl Forward {
             }
         }
         if !self.context.is_empty() {
-            // The bootstrap's early header mutation removed client copies already; this keeps
-            // paid requests safe under a bootstrap without it (Istio's WasmPlugin).
-            for name in CONTEXT_HEADERS {
-                host::remove_request_header(name);
+            if strip_context {
+                for name in CONTEXT_HEADERS {
+                    host::remove_request_header(name);
+                }
             }
             for (name, value) in &self.context {
                 host::add_request_header(name, value.as_bytes());

@@ -179,7 +179,7 @@ impl Stream {
     fn apply_forward(&self, shared: &Shared) {
         if let Some(forward) = self.forward.as_deref() {
             if let Some(route) = shared.config.routes.get(forward.route) {
-                forward.apply(route);
+                forward.apply(route, !shared.envoy_strips_context);
             }
         }
     }
