@@ -513,7 +513,7 @@ class Stack:
     def stop_verifier(self):
         self._kill("verifier")
 
-    def start_envoy(self):
+    def start_envoy(self, wait_for_table: bool = True):
         bootstrap = self.run_dir / f"envoy-{self.mode}.yaml"
         rendered = subprocess.run(
             [BUILD / "tollway", "envoy", "-c", self.config_path, "--mode", self.mode, "--wasm", BUILD / "tollway_filter.wasm"],
@@ -545,6 +545,8 @@ class Stack:
             proc=proc,
             log=log,
         )
+        if not wait_for_table:
+            return
         # The filter loads its route table from the verifier shortly after start (503 until then).
         wait_until(
             "envoy route table",

@@ -189,3 +189,26 @@ def test_admin_api_wants_the_bearer_token(stack, dyn):
     assert name not in route_names(stack)
     r = get(stack, "/api/quote")
     assert r.status_code == 402 and amount_of(r) == "1000"
+
+
+def test_a_fresh_envoy_fails_closed_until_its_first_route_table(stack, tmp_path):
+    """Envoy and its filter start before the verifier: with no route table yet, nothing is
+    known to be free, so every request gets 503 with Retry-After (never a free pass); once the
+    verifier answers, the table arrives and the routes are served as configured."""
+    r = stack.replica(tmp_path)
+    r.write_config()
+    try:
+        r.start_envoy(wait_for_table=False)  # its verifier is not running
+        hits = stack.upstream_hits()
+        for path in ["/free", "/api/quote", "/stream/ticker/BTC"]:
+            resp = requests.get(r.url + path, timeout=10)
+            assert resp.status_code == 503, (path, resp.status_code, resp.text)
+            assert resp.headers["retry-after"] == "1"
+            assert "route table" in resp.json()["error"]
+        assert stack.upstream_hits() == hits
+        r.start_verifier()
+        free = poll(lambda: (x := requests.get(r.url + "/free", timeout=10)).status_code == 200 and x)
+        assert free is not None, "the first table never arrived"
+        assert requests.get(r.url + "/api/quote", timeout=10).status_code == 402
+    finally:
+        r.stop()
