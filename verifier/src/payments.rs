@@ -207,6 +207,25 @@ impl RouteSet {
     }
 }
 
+/// What distinguishes the single-use claims: their metric, refusal reason and log line.
+struct ClaimKind {
+    metric: fn(&Metrics, &str),
+    reason: &'static str,
+    presented_again: &'static str,
+}
+
+const L402_CLAIM: ClaimKind = ClaimKind {
+    metric: Metrics::l402_claim,
+    reason: tollway_protocol::l402::REASON_TOKEN_ALREADY_USED,
+    presented_again: "single-use L402 token presented again",
+};
+
+const LEASE_CLAIM: ClaimKind = ClaimKind {
+    metric: Metrics::lease_claim,
+    reason: tollway_protocol::lease::REASON_ALREADY_USED,
+    presented_again: "single-use lease presented again",
+};
+
 pub struct Payments {
     table: RwLock<Arc<RouteSet>>,
     facilitators: HashMap<String, Arc<FacilitatorClient>>,
@@ -746,21 +765,15 @@ impl Payments {
         if let Some(id) = key.strip_prefix(CLAIM_PREFIX_LEASE) {
             return self.claim_lease(key, id, route, expires_at).await;
         }
-        let now = (self.clock)();
         if !is_l402_claim_key(key) {
             // The filter only sends well-formed keys: refuse (fail closed) and say so.
             tracing::error!(route = %route, key_len = key.len(), "claim: malformed key");
             self.metrics.l402_claim("error");
             return ClaimResult::Unavailable;
         }
-        // Keep the claim at least a minute (clock skew) and at most as long as a token lives.
-        let max = self
-            .lightning
-            .as_ref()
-            .map_or(0, |r| r.valid_seconds())
-            .saturating_add(EXPIRY_MARGIN_SECS);
-        let until = expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)));
-        let mut event = LedgerEvent {
+        // Kept at most as long as a token lives.
+        let lifetime = self.lightning.as_ref().map_or(0, |r| r.valid_seconds());
+        let event = LedgerEvent {
             nonce: key
                 .strip_prefix(crate::l402::CLAIM_PREFIX_L402)
                 .map(str::to_owned),
@@ -778,31 +791,12 @@ impl Payments {
             payer: Some(PAY_TO_ANONYMOUS.to_owned()),
             ..LedgerEvent::new(EventKind::L402Claimed, route)
         };
-        match self.replay.claim(key, until, now).await {
-            Ok(Claim::Claimed) => {
-                self.metrics.l402_claim("claimed");
-                self.ledger.record(event);
-                ClaimResult::Claimed
-            }
-            Ok(Claim::AlreadyUsed) => {
-                self.metrics.l402_claim("already_used");
-                event.event = EventKind::Rejected;
-                event.reason = Some(tollway_protocol::l402::REASON_TOKEN_ALREADY_USED.to_owned());
-                self.ledger.record(event);
-                tracing::info!(route = %route, "single-use L402 token presented again");
-                ClaimResult::AlreadyUsed
-            }
-            Err(e) => {
-                self.metrics.l402_claim("error");
-                tracing::error!(error = %e, route = %route, "replay store unavailable");
-                ClaimResult::Unavailable
-            }
-        }
+        self.claim_once(&L402_CLAIM, key, expires_at, lifetime, event)
+            .await
     }
 
     /// A single-use lease is used once (one request, one WebSocket session).
     async fn claim_lease(&self, key: &str, id: &str, route: &str, expires_at: u64) -> ClaimResult {
-        let now = (self.clock)();
         let well_formed = id.len() == 32
             && id
                 .bytes()
@@ -812,35 +806,52 @@ impl Payments {
             self.metrics.lease_claim("error");
             return ClaimResult::Unavailable;
         }
-        // At least a minute (clock skew), at most as long as the route's leases last.
-        let seconds = self
+        // Kept at most as long as the route's leases last.
+        let lifetime = self
             .compiled()
             .route(route)
             .and_then(|r| r.lease.as_ref())
             .map_or(0, |l| l.seconds);
-        let max = seconds.saturating_add(EXPIRY_MARGIN_SECS);
-        let until = expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)));
-        let mut event = LedgerEvent {
+        let event = LedgerEvent {
             nonce: Some(id.to_owned()),
             ..LedgerEvent::new(EventKind::LeaseClaimed, route)
         };
+        self.claim_once(&LEASE_CLAIM, key, expires_at, lifetime, event)
+            .await
+    }
+
+    /// Claims `key` in the replay store until `expires_at`, kept at least a minute (clock skew)
+    /// and at most `lifetime` plus a margin; records `event` (as a rejection when already used).
+    async fn claim_once(
+        &self,
+        kind: &ClaimKind,
+        key: &str,
+        expires_at: u64,
+        lifetime: u64,
+        mut event: LedgerEvent,
+    ) -> ClaimResult {
+        let now = (self.clock)();
+        let max = lifetime.saturating_add(EXPIRY_MARGIN_SECS);
+        let until = expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)));
+        let count = |result: &str| (kind.metric)(&self.metrics, result);
         match self.replay.claim(key, until, now).await {
             Ok(Claim::Claimed) => {
-                self.metrics.lease_claim("claimed");
+                count("claimed");
                 self.ledger.record(event);
                 ClaimResult::Claimed
             }
             Ok(Claim::AlreadyUsed) => {
-                self.metrics.lease_claim("already_used");
+                count("already_used");
+                let route = event.route.clone();
                 event.event = EventKind::Rejected;
-                event.reason = Some(tollway_protocol::lease::REASON_ALREADY_USED.to_owned());
+                event.reason = Some(kind.reason.to_owned());
                 self.ledger.record(event);
-                tracing::info!(route = %route, "single-use lease presented again");
+                tracing::info!(route = %route, "{}", kind.presented_again);
                 ClaimResult::AlreadyUsed
             }
             Err(e) => {
-                self.metrics.lease_claim("error");
-                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                count("error");
+                tracing::error!(error = %e, route = %event.route, "replay store unavailable");
                 ClaimResult::Unavailable
             }
         }
