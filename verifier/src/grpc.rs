@@ -192,22 +192,45 @@ mod tests {
     use crate::testkit::{harness, offer, Payer};
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
+    /// Both services of a harness on a loopback port, as `tollway serve` runs them.
+    struct Server {
+        addr: std::net::SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    }
+
+    impl Server {
+        async fn start(h: &crate::testkit::Harness) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(serve(
+                listener,
+                PaymentsService::new(h.payments.clone(), h.store.clone()),
+                ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            Server { addr, stop, task }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.task.await.expect("join").expect("server");
+        }
+    }
+
     #[tokio::test]
     async fn both_services_over_the_wire() {
         let fake = FakeFacilitator::start().await;
         let h = harness(&fake.url);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            PaymentsService::new(h.payments.clone(), h.store.clone()),
-            ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        let url = format!("http://{addr}");
+        let server = Server::start(&h).await;
+        let url = server.url();
         let mut client = PaymentsClient::connect(url.clone()).await.expect("connect");
 
         let offer = offer(&h.config, "quote");
@@ -283,26 +306,15 @@ mod tests {
             .into_inner();
         assert_eq!(r.status.map(|s| s.code), Some(0));
 
-        let _ = stop_tx.send(());
-        server.await.expect("join").expect("server");
+        server.stop().await;
     }
 
     #[tokio::test]
     async fn challenge_and_claim_over_the_wire() {
         let fake = FakeFacilitator::start().await;
         let h = crate::testkit::lightning_harness(&fake.url);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            PaymentsService::new(h.payments.clone(), h.store.clone()),
-            ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        let mut client = PaymentsClient::connect(format!("http://{addr}"))
+        let server = Server::start(&h).await;
+        let mut client = PaymentsClient::connect(server.url())
             .await
             .expect("connect");
 
@@ -370,25 +382,14 @@ mod tests {
         assert_eq!(c.outcome, rpc::ChallengeOutcome::Unavailable as i32);
         assert!(c.invoice.is_empty() && c.macaroon.is_empty() && c.x402_offer.is_empty());
 
-        let _ = stop_tx.send(());
-        server.await.expect("join").expect("server");
+        server.stop().await;
     }
 
     #[tokio::test]
     async fn routes_and_lease_claims_over_the_wire() {
         let h = crate::testkit::leased_harness(&crate::facilitator::fake::dead_url().await);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            PaymentsService::new(h.payments.clone(), h.store.clone()),
-            ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        let mut client = PaymentsClient::connect(format!("http://{addr}"))
+        let server = Server::start(&h).await;
+        let mut client = PaymentsClient::connect(server.url())
             .await
             .expect("connect");
         let routes = |known_version| rpc::RoutesRequest { known_version };
@@ -444,7 +445,6 @@ mod tests {
             .into_inner();
         assert_eq!(bad.outcome, rpc::ClaimOutcome::Unavailable as i32);
 
-        let _ = stop_tx.send(());
-        server.await.expect("join").expect("server");
+        server.stop().await;
     }
 }
