@@ -164,14 +164,13 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::facilitator::fake::dead_url;
-    use crate::testkit::harness;
+    use crate::testkit::{harness, Harness};
 
-    #[tokio::test]
-    async fn endpoints() {
-        let h = harness(&dead_url().await);
+    /// The ops server over a harness, on a loopback port; `ready` as after start-up checks.
+    async fn start(h: &Harness, ready: bool) -> (Arc<OpsState>, std::net::SocketAddr) {
         let state = Arc::new(OpsState {
             metrics: h.metrics.clone(),
-            ready: AtomicBool::new(false),
+            ready: AtomicBool::new(ready),
             facilitators: Vec::new(),
             payments: h.payments.clone(),
             store: h.store.clone(),
@@ -182,6 +181,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        (state, addr)
+    }
+
+    #[tokio::test]
+    async fn endpoints() {
+        let h = harness(&dead_url().await);
+        let (state, addr) = start(&h, false).await;
         let client = reqwest::Client::new();
         let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
 
@@ -216,19 +222,7 @@ mod tests {
     #[tokio::test]
     async fn dev_pay_endpoint() {
         let h = crate::testkit::lightning_harness(&dead_url().await);
-        let state = Arc::new(OpsState {
-            metrics: h.metrics.clone(),
-            ready: AtomicBool::new(true),
-            facilitators: Vec::new(),
-            payments: h.payments.clone(),
-            store: h.store.clone(),
-            admin_token: None,
-            ledger: "x.db".into(),
-            replay: Arc::new(crate::replay::MemoryReplayGuard::new()),
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(listener, state, std::future::pending()));
+        let (_, addr) = start(&h, true).await;
         let client = reqwest::Client::new();
         let url = format!("http://{addr}{DEV_PAY_PATH}");
         let pay = |body: String| {
@@ -306,19 +300,7 @@ mod tests {
     #[tokio::test]
     async fn dev_pay_is_404_without_the_dev_backend() {
         let h = harness(&dead_url().await);
-        let state = Arc::new(OpsState {
-            metrics: h.metrics.clone(),
-            ready: AtomicBool::new(true),
-            facilitators: Vec::new(),
-            payments: h.payments.clone(),
-            store: h.store.clone(),
-            admin_token: None,
-            ledger: "x.db".into(),
-            replay: Arc::new(crate::replay::MemoryReplayGuard::new()),
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(listener, state, std::future::pending()));
+        let (_, addr) = start(&h, true).await;
         let r = reqwest::Client::new()
             .post(format!("http://{addr}{DEV_PAY_PATH}"))
             .body(r#"{"invoice":"lnbcrt1x"}"#)
