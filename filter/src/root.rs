@@ -42,13 +42,13 @@ pub struct Root {
     metrics: Option<Metrics>,
     shared: Option<Rc<Shared>>,
     /// Set when the route table comes from the verifier.
-    sync: Option<Sync>,
+    sync: Option<TableSync>,
     /// Shared with every `Shared` this root builds (see `Shared::free_requests`).
     free_requests: Rc<Cell<u64>>,
 }
 
 /// Route-table sync state (see `docs/leases.md`, dynamic routes).
-struct Sync {
+struct TableSync {
     /// The plugin configuration; its `routes` are replaced by each table received.
     base: FilterConfig,
     interval: Duration,
@@ -146,7 +146,7 @@ impl Root {
                 self.build(&base)?;
                 // A reconfigured filter keeps serving its last table until the next one.
                 let version = self.sync.as_ref().map_or(0, |s| s.version);
-                self.sync = Some(Sync {
+                self.sync = Some(TableSync {
                     base,
                     interval: Duration::from_millis(ms),
                     version,

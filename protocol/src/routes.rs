@@ -228,6 +228,8 @@ impl Route {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Some route names a host (known at compile time: asked on every request).
+    uses_hosts: bool,
 }
 
 impl RouteTable {
@@ -250,7 +252,8 @@ impl RouteTable {
             routes.push(route);
         }
         routes.sort_by_cached_key(Route::precedence);
-        Ok(RouteTable { routes })
+        let uses_hosts = routes.iter().any(|r| r.host != HostPattern::Any);
+        Ok(RouteTable { routes, uses_hosts })
     }
 
     pub fn len(&self) -> usize {
@@ -259,7 +262,7 @@ impl RouteTable {
 
     /// Some route names a host: matching needs the request's authority.
     pub fn uses_hosts(&self) -> bool {
-        self.routes.iter().any(|r| r.host != HostPattern::Any)
+        self.uses_hosts
     }
 
     pub fn is_empty(&self) -> bool {
