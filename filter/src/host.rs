@@ -1,82 +1,183 @@
-//! Host calls used by the filter, wrapped so that nothing here can `unwrap` a host or client
-//! value. The SDK's own trait helpers unwrap every result and its string getters unwrap UTF-8
-//! (a client-sent non-UTF-8 header value would abort the VM), so the filter only uses these.
+//! Host calls used by the filter: safe wrappers over `abi.rs`. Nothing here panics; a host error
+//! becomes `None`, `Err` or is ignored where the caller has nothing better to do.
 //!
-//! The SDK's raw `hostcalls` still panic on a status the host should never return in the phase
-//! they are used in; callers keep to the phase rules documented in `http.rs`.
+//! Header values are read as bytes: a client may send non-UTF-8 values.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::ptr::{null, null_mut};
+use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
+use crate::abi::{self, BufferType, MapType, StreamType, OK};
+
+/// A host call that failed, with the host's status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+fn status(code: u32) -> Result<(), HostError> {
+    if code == OK {
+        Ok(())
+    } else {
+        Err(HostError(code))
+    }
+}
+
+fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: the host writes a buffer it allocated through `proxy_on_memory_allocate`.
+    let code = unsafe {
+        abi::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    // SAFETY: as above; taken once.
+    let value = unsafe { abi::take(data, size) };
+    (code == OK).then_some(value)
+}
+
+fn set_header(map: MapType, name: &str, value: &[u8]) {
+    // SAFETY: pointers and lengths of live slices.
+    unsafe {
+        abi::proxy_replace_header_map_value(
+            map,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        );
+    }
+}
+
+fn add_header(map: MapType, name: &str, value: &[u8]) {
+    // SAFETY: pointers and lengths of live slices.
+    unsafe {
+        abi::proxy_add_header_map_value(
+            map,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        );
+    }
+}
 
 /// First value of a request header, as bytes (`None` when absent).
 #[inline]
-pub fn request_header(name: &str) -> Option<Bytes> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    header(MapType::HttpRequestHeaders, name)
 }
 
 /// Every request header (repeated names kept), values as bytes.
-pub fn request_headers() -> Vec<(String, Bytes)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in `header`.
+    let code = unsafe {
+        abi::proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
+    };
+    // SAFETY: as in `header`.
+    let bytes = unsafe { abi::take(data, size) };
+    if code != OK {
+        return Vec::new();
+    }
+    abi::decode_map(&bytes).unwrap_or_default()
 }
 
 pub fn remove_request_header(name: &str) {
-    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    // SAFETY: pointer and length of a live str.
+    unsafe {
+        abi::proxy_remove_header_map_value(MapType::HttpRequestHeaders, name.as_ptr(), name.len());
+    }
 }
 
 /// Replaces every value of a request header (`:path` included).
 pub fn set_request_header(name: &str, value: &str) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    set_header(MapType::HttpRequestHeaders, name, value.as_bytes());
 }
 
 pub fn add_request_header(name: &str, value: &[u8]) {
-    let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+    add_header(MapType::HttpRequestHeaders, name, value);
 }
 
 #[inline]
-pub fn response_header(name: &str) -> Option<Bytes> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    header(MapType::HttpResponseHeaders, name)
 }
 
 /// Replaces every value of a response header.
 pub fn set_response_header(name: &str, value: &str) {
-    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+    set_header(MapType::HttpResponseHeaders, name, value.as_bytes());
 }
 
 pub fn add_response_header(name: &str, value: &str) {
-    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+    add_header(MapType::HttpResponseHeaders, name, value.as_bytes());
 }
 
 /// Host wall clock in unix seconds (0 if the host clock is unusable; the verifier re-checks).
 pub fn now_unix() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+    let mut nanos = 0u64;
+    // SAFETY: a pointer to a live u64.
+    match unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) } {
+        OK => nanos / 1_000_000_000,
+        _ => 0,
+    }
 }
 
-/// Body of the gRPC response being delivered to the current callback.
-pub fn grpc_response_body(size: usize) -> Option<Bytes> {
+/// A whole host buffer (`None` when absent or unreadable).
+pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
     if size == 0 {
         return Some(Vec::new());
     }
-    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-        .ok()
-        .flatten()
+    let (mut data, mut got) = (null_mut(), 0);
+    // SAFETY: as in `header`.
+    let code = unsafe { abi::proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut got) };
+    // SAFETY: as in `header`.
+    let bytes = unsafe { abi::take(data, got) };
+    (code == OK).then_some(bytes)
+}
+
+/// Body of the gRPC response being delivered to the current callback.
+pub fn grpc_response_body(size: usize) -> Option<Vec<u8>> {
+    buffer(BufferType::GrpcReceiveBuffer, size)
+}
+
+/// Starts a unary gRPC call owned by the current (effective) context; returns its token.
+pub fn grpc_call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    let metadata = abi::encode_map(&[]);
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0;
+    // SAFETY: pointers and lengths of live slices, and of a live u32.
+    status(unsafe {
+        abi::proxy_grpc_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            message.as_ptr(),
+            message.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Makes host calls act on another context (a stream or the root) until the callback returns.
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: plain value.
+    status(unsafe { abi::proxy_set_effective_context(context_id) })
 }
 
 /// Dispatches a unary gRPC call owned by the root context, then switches back to the stream.
 ///
-/// Envoy cancels the calls a stream context owns when the stream is destroyed, and the SDK
-/// (0.2.5) then never forgets the call's token (a leak, and a "duplicate token_id" panic once
-/// the host's token counter wraps). A call owned by the long-lived root context always
-/// completes (Envoy enforces `timeout`), so the SDK always clears its entry; the SDK still routes
-/// the answer to this stream's `on_grpc_call_response` while the stream exists, and drops it
+/// Envoy cancels the calls a stream context owns when the stream is destroyed. A call owned by
+/// the long-lived root context always completes (Envoy enforces `timeout`), so `exports.rs`
+/// always forgets its token; the answer goes to this stream while it exists and is dropped
 /// otherwise. It also means a `Release` or `Settle` reaches the verifier even if the client
 /// went away.
 pub fn dispatch_grpc_detached(
@@ -87,33 +188,71 @@ pub fn dispatch_grpc_detached(
     method: &str,
     message: &[u8],
     timeout: Duration,
-) -> Result<u32, Status> {
-    if root_id == 0 || hostcalls::set_effective_context(root_id).is_err() {
-        // No root to own the call: fall back to a stream-owned call.
-        return hostcalls::dispatch_grpc_call(
-            cluster,
-            service,
-            method,
-            Vec::new(),
-            Some(message),
-            timeout,
-        );
+) -> Result<u32, HostError> {
+    // No root to own the call: the stream owns it.
+    let detached = root_id != 0 && set_effective_context(root_id).is_ok();
+    let result = grpc_call(cluster, service, method, message, timeout);
+    if detached {
+        let _ = set_effective_context(stream_id);
     }
-    let result =
-        hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout);
-    let _ = hostcalls::set_effective_context(stream_id);
+    if let Ok(token) = result {
+        crate::exports::answer_to(token, stream_id);
+    }
     result
 }
 
 /// Local reply. Envoy queues it and sends it once the current callback returns.
 pub fn send_response(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
-    let _ = hostcalls::send_http_response(status, headers, Some(body));
+    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let headers = abi::encode_map(&pairs);
+    // SAFETY: pointers and lengths of live slices (no details string).
+    unsafe {
+        abi::proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        );
+    }
 }
 
 pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
+    // SAFETY: plain value.
+    unsafe { abi::proxy_continue_stream(StreamType::HttpRequest) };
 }
 
 pub fn resume_response() {
-    let _ = hostcalls::resume_http_response();
+    // SAFETY: plain value.
+    unsafe { abi::proxy_continue_stream(StreamType::HttpResponse) };
+}
+
+pub fn set_tick_period(period: Duration) {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: plain value.
+    unsafe { abi::proxy_set_tick_period_milliseconds(ms) };
+}
+
+/// Defines a counter; its id is valid for this VM.
+pub fn define_counter(name: &str) -> Result<u32, HostError> {
+    let mut id = 0;
+    // SAFETY: pointer and length of a live str, and of a live u32.
+    status(unsafe {
+        abi::proxy_define_metric(abi::METRIC_COUNTER, name.as_ptr(), name.len(), &mut id)
+    })?;
+    Ok(id)
+}
+
+pub fn increment_counter(id: u32, by: i64) {
+    // SAFETY: plain values.
+    unsafe { abi::proxy_increment_metric(id, by) };
+}
+
+/// Writes a line to Envoy's log at `level` (`abi::LOG_*`).
+pub fn log(level: u32, message: &str) {
+    // SAFETY: pointer and length of a live str.
+    unsafe { abi::proxy_log(level, message.as_ptr(), message.len()) };
 }

@@ -1,7 +1,6 @@
 //! Envoy counters (`wasmcustom.tollway.*` in `/stats`, `tollway_*` in Prometheus).
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use crate::host;
 
 /// Metric ids of this VM. Defined once per VM (ids are per VM, the stats are shared).
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +57,7 @@ impl Metrics {
 }
 
 fn counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
+    match host::define_counter(name) {
         Ok(id) => Some(id),
         Err(status) => {
             log::warn!("cannot define metric {name}: {status:?}");
@@ -70,5 +69,5 @@ fn counter(name: &str) -> Option<u32> {
 /// Adds one to a counter. A failure to count never affects the request.
 #[inline]
 pub fn inc(id: u32) {
-    let _ = hostcalls::increment_metric(id, 1);
+    host::increment_counter(id, 1);
 }

@@ -9,15 +9,12 @@ use std::time::Duration;
 
 use log::warn;
 use prost::Message;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig};
 use tollway_protocol::l402::cache::VerifiedCache;
 use tollway_protocol::rpc::{RoutesRequest, RoutesResponse, METHOD_ROUTES, SERVICE};
 
+use crate::abi::BufferType;
 use crate::host;
-use crate::http::Stream;
 use crate::metrics::Metrics;
 
 /// Everything a request needs, built once per configuration.
@@ -38,7 +35,6 @@ pub struct Shared {
 }
 
 pub struct Root {
-    id: u32,
     metrics: Option<Metrics>,
     shared: Option<Rc<Shared>>,
     /// Set when the route table comes from the verifier.
@@ -64,9 +60,8 @@ const FIRST_TABLE_TICK: Duration = Duration::from_millis(100);
 const FLUSH_TICK: Duration = Duration::from_secs(1);
 
 impl Root {
-    pub fn new(id: u32) -> Root {
+    pub fn new() -> Root {
         Root {
-            id,
             metrics: None,
             shared: None,
             sync: None,
@@ -79,10 +74,7 @@ impl Root {
         let n = self.free_requests.replace(0);
         if n > 0 {
             if let Some(m) = self.metrics {
-                let _ = hostcalls::increment_metric(
-                    m.requests_free,
-                    i64::try_from(n).unwrap_or(i64::MAX),
-                );
+                host::increment_counter(m.requests_free, i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
     }
@@ -99,8 +91,8 @@ impl Root {
     }
 
     fn read(&self, size: usize) -> Result<FilterConfig, String> {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
-            Ok(Some(bytes)) if !bytes.is_empty() => bytes,
+        let bytes = match host::buffer(BufferType::PluginConfiguration, size) {
+            Some(bytes) if !bytes.is_empty() => bytes,
             _ => {
                 return Err(
                     "no plugin configuration (expected the JSON rendered by `tollway envoy`)"
@@ -135,7 +127,7 @@ impl Root {
             None => {
                 self.shared = Some(Rc::new(self.build(&config)?));
                 self.sync = None;
-                let _ = hostcalls::set_tick_period(FLUSH_TICK);
+                host::set_tick_period(FLUSH_TICK);
             }
             Some(ms) => {
                 // The static part must be valid on its own; routes come from the verifier.
@@ -152,7 +144,7 @@ impl Root {
                     version,
                     call: None,
                 });
-                let _ = hostcalls::set_tick_period(FIRST_TABLE_TICK);
+                host::set_tick_period(FIRST_TABLE_TICK);
                 self.poll();
             }
         }
@@ -171,12 +163,11 @@ impl Root {
             known_version: sync.version,
         };
         let timeout = Duration::from_millis(sync.base.verifier_timeout_ms);
-        match hostcalls::dispatch_grpc_call(
+        match host::grpc_call(
             &sync.base.verifier_cluster,
             SERVICE,
             METHOD_ROUTES,
-            Vec::new(),
-            Some(&request.encode_to_vec()),
+            &request.encode_to_vec(),
             timeout,
         ) {
             Ok(token) => sync.call = Some(token),
@@ -223,7 +214,7 @@ impl Root {
                 if let Some(sync) = self.sync.as_mut() {
                     sync.version = answer.version;
                     if first {
-                        let _ = hostcalls::set_tick_period(sync.interval);
+                        host::set_tick_period(sync.interval);
                     }
                 }
             }
@@ -235,8 +226,14 @@ impl Root {
     }
 }
 
-impl Context for Root {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+/// The callbacks `exports.rs` delivers to the root.
+impl Root {
+    /// The compiled configuration a new stream works with (`None` until there is one).
+    pub fn shared(&self) -> Option<Rc<Shared>> {
+        self.shared.clone()
+    }
+
+    pub fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let ours = self.sync.as_ref().and_then(|s| s.call) == Some(token_id);
         if ours {
             if let Some(sync) = self.sync.as_mut() {
@@ -245,10 +242,8 @@ impl Context for Root {
             self.routes_answer(status_code, response_size);
         }
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+    pub fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         match self.configure(plugin_configuration_size) {
             Ok(()) => true,
             Err(e) => {
@@ -258,21 +253,8 @@ impl RootContext for Root {
         }
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         self.flush_counters();
         self.poll();
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Must never return None (the SDK panics); an unconfigured stream fails closed.
-        Some(Box::new(Stream::new(
-            context_id,
-            self.id,
-            self.shared.clone(),
-        )))
     }
 }

@@ -12,7 +12,7 @@
 //!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
 //! ```
 
-use proxy_wasm::types::Action;
+use crate::abi::Action;
 use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::hmac::sha256;

@@ -23,7 +23,7 @@
 //!     EVM offer).
 //! ```
 //!
-//! Phase rules (a header call outside its phase makes the SDK panic): request headers are only
+//! Phase rules (Envoy refuses a header call outside its phase): request headers are only
 //! read or changed inside `on_http_request_headers`; response headers only inside
 //! `on_http_response_headers` or while paused there (the Settle answer). Every branch that
 //! paused either resumes or replies.
@@ -37,9 +37,6 @@ use std::time::Duration;
 
 use log::warn;
 use prost::Message;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
-use proxy_wasm::types::Bytes;
 use tollway_protocol::filter_config::{CompiledL402, LightningPrice};
 use tollway_protocol::headers::{CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::l402::{
@@ -61,6 +58,7 @@ use tollway_protocol::x402::{
 
 use self::forward::{response_presets, upstream_path, Forward};
 use self::lease::{Sale, Target};
+use crate::abi::Action;
 use crate::host;
 use crate::metrics::inc;
 use crate::reply;
@@ -436,11 +434,11 @@ impl Stream {
             error,
         };
 
-        // All values of both payment headers: a second one is refused, never ignored (the SDK's
+        // All values of both payment headers: a second one is refused, never ignored (the
         // single-header getter would only show the first). On a Lightning route, every
         // Authorization value too (an L402 client may send an LSAT and an L402 line).
         let mut payment: Option<(&'static str, Vec<u8>)> = None;
-        let mut authorization: Vec<Bytes> = Vec::new();
+        let mut authorization: Vec<Vec<u8>> = Vec::new();
         for (name, value) in host::request_headers() {
             let header = match name.as_str() {
                 HEADER_PAYMENT_SIGNATURE => HEADER_PAYMENT_SIGNATURE,
@@ -548,7 +546,7 @@ impl Stream {
         &mut self,
         shared: &Shared,
         request: &L402Request<'_>,
-        authorization: &[Bytes],
+        authorization: &[Vec<u8>],
         url: String,
     ) -> Action {
         let now = host::now_unix();
@@ -897,8 +895,9 @@ fn failed_receipt(reason: &str) -> String {
     .to_header_value()
 }
 
-impl Context for Stream {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+/// The callbacks `exports.rs` delivers to a stream.
+impl Stream {
+    pub fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -928,7 +927,8 @@ impl Context for Stream {
         }
     }
 
-    fn on_done(&mut self) -> bool {
+    /// The stream is gone.
+    pub fn on_delete(&mut self) {
         // Verified and forwarded, but the stream ended before any response header (client gone,
         // reset): nothing can be delivered, so nothing is charged.
         if self.state == State::Verified {
@@ -936,12 +936,15 @@ impl Context for Stream {
                 self.release(&shared, 0);
             }
         }
-        true
     }
-}
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    /// A request on a context we never saw created: it cannot be checked, so it is answered.
+    pub fn refuse_unknown() -> Action {
+        reply::not_ready();
+        Action::Pause
+    }
+
+    pub fn on_request_headers(&mut self) -> Action {
         match self.shared.clone() {
             Some(shared) => self.request_headers(&shared),
             None => {
@@ -952,7 +955,7 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    pub fn on_response_headers(&mut self) -> Action {
         if self.replied {
             return Action::Continue;
         }
