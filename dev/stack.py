@@ -538,6 +538,11 @@ class Stack:
                 "200",
             ],
         )
+        if not wait_for_table:
+            # Filter mode routes nothing before the verifier's first RDS answer (`/ready` stays
+            # 503): wait for the admin endpoint alone.
+            wait_until("envoy admin", lambda: http_get(f"{self.admin_url}/server_info")[0] == 200, timeout=60, proc=proc, log=log)
+            return
         wait_until(
             "envoy",
             lambda: http_get(f"{self.admin_url}/ready")[0] == 200,
@@ -545,8 +550,6 @@ class Stack:
             proc=proc,
             log=log,
         )
-        if not wait_for_table:
-            return
         # The filter loads its route table from the verifier shortly after start (503 until then).
         wait_until(
             "envoy route table",

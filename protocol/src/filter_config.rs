@@ -260,6 +260,57 @@ impl CompiledConfig {
     }
 }
 
+/// A request Envoy may send upstream without entering the filter: the filter would let it
+/// through untouched (see [`CompiledConfig::bypass`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bypass {
+    pub route: String,
+    pub method: &'static str,
+    /// Exact path (no query), as Envoy matches it after normalising.
+    pub path: String,
+}
+
+/// Methods a bypass is offered for. Others (WebDAV, custom) always go through the filter.
+const BYPASS_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+impl CompiledConfig {
+    /// The (method, exact path) pairs the filter passes untouched: a free, enabled route with
+    /// no rewrite, header policy or lease, reached by one literal path, which this table gives
+    /// that route for that method. Envoy can route them with the filter disabled, so a free
+    /// route costs what bare Envoy costs. Nothing is offered when routes name hosts (Envoy
+    /// would have to match hosts exactly as we do) or when Envoy does not strip the context
+    /// headers (the filter does it then).
+    pub fn bypass(&self, envoy_strips_context: bool) -> Vec<Bypass> {
+        if self.table.uses_hosts() || !envoy_strips_context {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            let untouched = route.paid.is_none()
+                && !route.disabled
+                && !route.internal
+                && route.lease.is_none()
+                && !route.sells_lease
+                && route.upstream_path.is_none()
+                && !route.headers.filters_requests()
+                && route.headers.response_headers().is_empty();
+            let Some(path) = untouched.then(|| self.table.exact_path(index)).flatten() else {
+                continue;
+            };
+            for method in BYPASS_METHODS {
+                if self.table.find("", method, &path).map(|m| m.index) == Some(index) {
+                    out.push(Bypass {
+                        route: route.name.clone(),
+                        method,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Table name of a leased route's sale entry (`~` cannot appear in route names).
 fn sale_name(route: &str) -> String {
     format!("{route}~lease")
@@ -651,6 +702,62 @@ mod tests {
         assert!(compiled.routes[free.index].paid.is_none());
         assert_eq!(compiled.route("free").unwrap().name, "free");
         assert!(compiled.route("nope").is_none());
+    }
+
+    #[test]
+    fn bypass_offers_only_what_the_filter_would_pass_untouched() {
+        let mut c = config();
+        let extra: Vec<RouteConfig> = serde_json::from_value(json!([
+            {"name": "docs", "path": "/docs/**"},
+            {"name": "user", "path": "/users/[id]"},
+            {"name": "spaced", "path": "/a%20b"},
+            {"name": "off", "path": "/off", "disabled": true},
+            {"name": "posts", "methods": ["POST"], "path": "/free/post"},
+            {"name": "headers", "path": "/h", "request_headers": ["api-auth"]}
+        ]))
+        .unwrap();
+        c.routes.extend(extra);
+        let compiled = c.compile().unwrap();
+        let bypass = compiled.bypass(true);
+        let pairs: Vec<(&str, &str)> = bypass.iter().map(|b| (b.method, b.path.as_str())).collect();
+        // `free` (any method) for every listed method; `posts` only for POST; no paid,
+        // wildcard, parameter, escaped, disabled or header-policy route.
+        let mut expected: Vec<(&str, &str)> =
+            BYPASS_METHODS.iter().map(|m| (*m, "/free")).collect();
+        expected.push(("POST", "/free/post"));
+        assert_eq!(pairs, expected);
+        for b in &bypass {
+            let m = compiled.table.find("any.host", b.method, &b.path).unwrap();
+            assert_eq!(compiled.routes[m.index].name, b.route);
+            assert!(compiled.routes[m.index].paid.is_none());
+        }
+        // The filter strips the context headers itself: nothing may skip it.
+        assert!(compiled.bypass(false).is_empty());
+    }
+
+    #[test]
+    fn bypass_never_covers_a_path_a_paid_route_wins() {
+        let mut c = config();
+        let extra: Vec<RouteConfig> = serde_json::from_value(json!([
+            // GET /free/x is paid; other methods of /free/x are free.
+            {"name": "paid-get", "methods": ["GET"], "path": "/free/x", "paid": c.routes[0].paid},
+            {"name": "rest", "path": "/free/x"}
+        ]))
+        .unwrap();
+        c.routes.extend(extra);
+        let compiled = c.compile().unwrap();
+        let methods: Vec<&str> = compiled
+            .bypass(true)
+            .into_iter()
+            .filter(|b| b.path == "/free/x")
+            .map(|b| b.method)
+            .collect();
+        // HEAD goes with GET (a GET route also answers HEAD), so both stay in the filter.
+        assert_eq!(methods, ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+        // Routes naming a host: no bypass at all.
+        let mut hosted = config();
+        hosted.routes[1].host = Some("api.example.com".into());
+        assert!(hosted.compile().unwrap().bypass(true).is_empty());
     }
 
     #[test]

@@ -269,6 +269,33 @@ impl RouteTable {
         self.routes.is_empty()
     }
 
+    /// The one request path that reaches route `index`, when it has one: every segment a
+    /// literal of RFC 3986 unreserved characters (so no escape or normalisation can spell it
+    /// differently) and no host named. Such a route can be matched by a plain exact-path rule.
+    pub fn exact_path(&self, index: usize) -> Option<String> {
+        let route = self.routes.iter().find(|r| r.index == index)?;
+        if route.host != HostPattern::Any {
+            return None;
+        }
+        let mut path = String::new();
+        for segment in &route.segments {
+            let Segment::Literal(literal) = segment else {
+                return None;
+            };
+            let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            if literal.is_empty()
+                || literal == "."
+                || literal == ".."
+                || !literal.bytes().all(unreserved)
+            {
+                return None;
+            }
+            path.push('/');
+            path.push_str(literal);
+        }
+        Some(if path.is_empty() { "/".into() } else { path })
+    }
+
     /// The most specific route matching the request. `host` is the `:authority` (port
     /// ignored); `path` may carry a query.
     pub fn find(&self, host: &str, method: &str, path: &str) -> Option<RouteMatch> {

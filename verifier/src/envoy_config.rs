@@ -19,11 +19,15 @@ use tollway_protocol::headers::CONTEXT_HEADERS;
 use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 
 pub const UPSTREAM_CLUSTER: &str = "upstream";
+/// The wasm filter's name in the connection manager (per-route configs refer to it).
+pub const WASM_FILTER: &str = "envoy.filters.http.wasm";
+/// The route configuration the verifier serves over RDS in filter mode (see `rds.rs`).
+pub const ROUTE_CONFIG_NAME: &str = "tollway";
 /// Upstream route timeout (`RouteAction.timeout`): disabled, streams and WebSockets last as long
 /// as they last.
 const ROUTE_TIMEOUT: &str = "0s";
 /// `RouteAction.idle_timeout`: a stream with no bytes either way for this long is closed.
-const ROUTE_IDLE_TIMEOUT: &str = "300s";
+pub const ROUTE_IDLE_TIMEOUT_S: i64 = 300;
 /// Minimum ext_authz deadline: the Check verifies *and* settles.
 const EXT_AUTHZ_MIN_TIMEOUT_MS: u64 = 10_000;
 
@@ -119,7 +123,7 @@ fn wasm_filter(config: &Config, wasm: &Path) -> Result<Value, EnvoyConfigError> 
     let filter_json = serde_json::to_string(&plugin_config(config))
         .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     Ok(json!({
-        "name": "envoy.filters.http.wasm",
+        "name": WASM_FILTER,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
@@ -222,26 +226,14 @@ pub fn bootstrap(
                     "mutations": CONTEXT_HEADERS.iter().map(|h| json!({ "remove": h })).collect::<Vec<_>>(),
                 }
             }],
-            "route_config": {
-                "name": "tollway",
-                "virtual_hosts": [{
-                    "name": "upstream",
-                    "domains": ["*"],
-                    "routes": [{
-                        "name": "upstream",
-                        "match": { "prefix": "/" },
-                        "route": {
-                            "cluster": UPSTREAM_CLUSTER,
-                            "timeout": ROUTE_TIMEOUT,
-                            "idle_timeout": ROUTE_IDLE_TIMEOUT,
-                        }
-                    }]
-                }]
-            },
             "http_filters": [auth_filter, router_filter()]
         }
     });
+    let mut hcm = hcm;
+    hcm["typed_config"][routes_key(mode)] = routes(mode);
     Ok(json!({
+        // xDS (RDS in filter mode) needs a node identity.
+        "node": { "id": "tollway", "cluster": "tollway" },
         "admin": { "address": socket_address(&envoy.admin.ip().to_string(), envoy.admin.port()) },
         "static_resources": {
             "listeners": [{
@@ -252,6 +244,50 @@ pub fn bootstrap(
             "clusters": [upstream_cluster(&envoy.upstream), verifier_cluster(config.verifier.grpc)]
         }
     }))
+}
+
+fn routes_key(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Filter => "rds",
+        Mode::ExtAuthz => "route_config",
+    }
+}
+
+/// Filter mode: the verifier's RDS (free routes bypass the filter, see `rds.rs`); Envoy waits
+/// for the first answer before it listens, so nothing is routed before the table is known.
+/// ext_authz-only mode: one static catch-all route (its filter must see every request).
+fn routes(mode: Mode) -> Value {
+    match mode {
+        Mode::Filter => json!({
+            "route_config_name": ROUTE_CONFIG_NAME,
+            "config_source": {
+                "resource_api_version": "V3",
+                "initial_fetch_timeout": "0s",
+                "api_config_source": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "set_node_on_first_message_only": true,
+                    "grpc_services": [{ "envoy_grpc": { "cluster_name": VERIFIER_CLUSTER } }]
+                }
+            }
+        }),
+        Mode::ExtAuthz => json!({
+            "name": ROUTE_CONFIG_NAME,
+            "virtual_hosts": [{
+                "name": "upstream",
+                "domains": ["*"],
+                "routes": [{
+                    "name": "upstream",
+                    "match": { "prefix": "/" },
+                    "route": {
+                        "cluster": UPSTREAM_CLUSTER,
+                        "timeout": ROUTE_TIMEOUT,
+                        "idle_timeout": format!("{ROUTE_IDLE_TIMEOUT_S}s"),
+                    }
+                }]
+            }]
+        }),
+    }
 }
 
 /// Keys printed first in every mapping (the rest follow alphabetically), so each block reads
@@ -345,12 +381,19 @@ mod tests {
             .filter_map(|m| m["remove"].as_str())
             .collect();
         assert_eq!(removed, CONTEXT_HEADERS);
-        let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
-        assert_eq!(route["match"]["prefix"], "/");
-        assert_eq!(route["route"]["cluster"], "upstream");
-        // Streams are never cut by a route timeout, only by silence.
-        assert_eq!(route["route"]["timeout"], "0s");
-        assert_eq!(route["route"]["idle_timeout"], "300s");
+        // Routes come from the verifier's RDS (their shape is tested in rds.rs), and Envoy
+        // routes nothing until the first answer.
+        assert!(hcm["route_config"].is_null());
+        let rds = &hcm["rds"];
+        assert_eq!(rds["route_config_name"], ROUTE_CONFIG_NAME);
+        assert_eq!(rds["config_source"]["initial_fetch_timeout"], "0s");
+        let api = &rds["config_source"]["api_config_source"];
+        assert_eq!(api["api_type"], "GRPC");
+        assert_eq!(
+            api["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            VERIFIER_CLUSTER
+        );
+        assert_eq!(y["node"]["id"], "tollway");
         let filters = hcm["http_filters"].as_sequence().expect("filters");
         assert_eq!(filters.len(), 2);
         assert_eq!(filters[1]["name"], "envoy.filters.http.router");

@@ -1,6 +1,7 @@
 //! The gRPC server on `verifier.grpc`: the filter's API (`tollway.v1.Payments`, generated in
-//! build.rs from the prost messages in `tollway_protocol::rpc`) and Envoy's
-//! `envoy.service.auth.v3.Authorization` for ext_authz-only mode, on one HTTP/2 port.
+//! build.rs from the prost messages in `tollway_protocol::rpc`), Envoy's
+//! `envoy.service.auth.v3.Authorization` for ext_authz-only mode and Envoy's route discovery
+//! (`rds.rs`) for filter mode, on one HTTP/2 port.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::ext_authz::ExtAuthz;
 use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
+use crate::rds::{Rds, RouteDiscoveryServiceServer};
 use crate::routes_store::RouteStore;
 
 /// Generated server and client for `tollway.v1.Payments`.
@@ -169,11 +171,13 @@ pub async fn serve(
     listener: TcpListener,
     payments: PaymentsService,
     ext_authz: ExtAuthz,
+    rds: Rds,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(PaymentsServer::new(payments))
         .add_service(AuthorizationServer::new(ext_authz))
+        .add_service(RouteDiscoveryServiceServer::new(rds))
         // Nagle + delayed ACK would stall small gRPC answers ~40 ms: Envoy is on loopback.
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -195,7 +199,7 @@ mod tests {
     /// Both services of a harness on a loopback port, as `tollway serve` runs them.
     struct Server {
         addr: std::net::SocketAddr,
-        stop: tokio::sync::oneshot::Sender<()>,
+        stop: tokio::sync::watch::Sender<bool>,
         task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     }
 
@@ -203,14 +207,13 @@ mod tests {
         async fn start(h: &crate::testkit::Harness) -> Server {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (stop, stopped) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(serve(
                 listener,
                 PaymentsService::new(h.payments.clone(), h.store.clone()),
                 ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
-                async {
-                    let _ = stopped.await;
-                },
+                Rds::new(h.store.clone(), stopped.clone()),
+                crate::serve::wait_for(stopped),
             ));
             Server { addr, stop, task }
         }
@@ -220,9 +223,94 @@ mod tests {
         }
 
         async fn stop(self) {
-            let _ = self.stop.send(());
+            let _ = self.stop.send(true);
             self.task.await.expect("join").expect("server");
         }
+    }
+
+    /// What Envoy's RDS stream carries: the routes that skip the filter, pushed again when a
+    /// change makes one of them paid.
+    #[tokio::test]
+    async fn route_discovery_over_the_wire() {
+        use envoy_types::pb::envoy::config::route::v3::{
+            route_match::PathSpecifier, RouteConfiguration,
+        };
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
+        use prost::Message;
+
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let server = Server::start(&h).await;
+        let mut client = RouteDiscoveryServiceClient::connect(server.url())
+            .await
+            .expect("connect");
+        let (ask, asks) = tokio::sync::mpsc::channel(4);
+        let request = |version: &str, nonce: &str| DiscoveryRequest {
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            resource_names: vec![crate::envoy_config::ROUTE_CONFIG_NAME.into()],
+            type_url: crate::rds::ROUTE_TYPE_URL.into(),
+            ..DiscoveryRequest::default()
+        };
+        ask.send(request("", "")).await.expect("ask");
+        let mut answers = client
+            .stream_routes(tokio_stream::wrappers::ReceiverStream::new(asks))
+            .await
+            .expect("stream")
+            .into_inner();
+        let bypassed =
+            |answer: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse| {
+                let config = RouteConfiguration::decode(answer.resources[0].value.as_slice())
+                    .expect("decode");
+                assert_eq!(config.name, "tollway");
+                let routes = &config.virtual_hosts[0].routes;
+                let last = routes.last().expect("catch-all");
+                assert_eq!(last.name, "upstream");
+                assert!(
+                    last.typed_per_filter_config.is_empty(),
+                    "the catch-all keeps the filter"
+                );
+                routes[..routes.len() - 1]
+                    .iter()
+                    .map(|r| {
+                        assert!(r
+                            .typed_per_filter_config
+                            .contains_key("envoy.filters.http.wasm"));
+                        let m = r.r#match.as_ref().expect("match");
+                        let Some(PathSpecifier::Path(path)) = &m.path_specifier else {
+                            panic!("a bypass matches one exact path");
+                        };
+                        path.clone()
+                    })
+                    .collect::<Vec<_>>()
+            };
+
+        let first = answers.message().await.expect("answer").expect("open");
+        assert_eq!(first.version_info, h.store.current().version.to_string());
+        let paths = bypassed(&first);
+        assert!(
+            !paths.is_empty() && paths.iter().all(|p| p == "/free"),
+            "{paths:?}"
+        );
+        // The ACK gets no answer; pricing `free` pushes a table where nothing skips the filter.
+        ask.send(request(&first.version_info, &first.nonce))
+            .await
+            .expect("ack");
+        h.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Patch,
+                name: "free".into(),
+                body: Some(serde_json::json!({"free": null, "price": "0.5"})),
+            })
+            .expect("change");
+        let pushed = answers.message().await.expect("answer").expect("open");
+        assert_ne!(pushed.version_info, first.version_info);
+        assert_eq!(pushed.version_info, h.store.current().version.to_string());
+        assert!(bypassed(&pushed).is_empty());
+        // A stream Envoy keeps open does not hold the server's shutdown.
+        server.stop().await;
+        assert!(answers.message().await.map_or(true, |m| m.is_none()));
     }
 
     #[tokio::test]

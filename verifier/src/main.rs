@@ -15,6 +15,7 @@ mod ledger;
 mod lightning;
 mod metrics;
 mod payments;
+mod rds;
 mod replay;
 mod routes_store;
 mod secret;

@@ -290,6 +290,8 @@ pub struct RouteStore {
     /// Held while a change is validated and swapped in: one writer at a time.
     sources: Mutex<Sources>,
     current: RwLock<Arc<RouteTable>>,
+    /// The version being served, for those who push it (RDS).
+    version: watch::Sender<u64>,
 }
 
 impl RouteStore {
@@ -318,6 +320,7 @@ impl RouteStore {
             config,
             payments,
             log,
+            version: watch::Sender::new(table.version),
             current: RwLock::new(Arc::new(table)),
         })
     }
@@ -328,6 +331,11 @@ impl RouteStore {
             Ok(t) => t.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Wakes on every new table.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// The `Routes` answer: the table, or nothing new when the filter has `known_version`.
@@ -352,6 +360,7 @@ impl RouteStore {
             Ok(mut c) => *c = table,
             Err(poisoned) => *poisoned.into_inner() = table,
         }
+        self.version.send_replace(version);
         Ok(version)
     }
 

@@ -17,6 +17,7 @@ use crate::http::{self, OpsState};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
+use crate::rds::Rds;
 use crate::replay::{MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
 use crate::routes_store::{self, RouteStore};
 
@@ -90,7 +91,7 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
     let _ = tx.send(true);
 }
 
-async fn wait_for(mut rx: watch::Receiver<bool>) {
+pub async fn wait_for(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
             return;
@@ -248,6 +249,7 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         grpc_listener,
         PaymentsService::new(payments.clone(), store.clone()),
         ExtAuthz::new(payments.clone(), metrics.clone()),
+        Rds::new(store.clone(), stop_rx.clone()),
         wait_for(stop_rx.clone()),
     ));
     let http_task = tokio::spawn(http::serve(
