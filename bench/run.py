@@ -10,8 +10,10 @@ hits baselines and scenarios alike.
 
 Scenarios (ids as in BENCHMARKS.md):
   B1  bare Envoy → router → static upstream           B2  bare Envoy, direct_response 200
-  B1w B1 plus a proxy-wasm filter that does nothing (bench/noop-filter): the price of the VM
+  B1w B1 plus a proxy-wasm filter that does nothing (bench/noop-filter) and exports the same
+      per-request callbacks as Tollway's: the price of entering the VM at all
   S1  Tollway filter mode, free route                 S1e same through ext_authz-only mode
+      (filter mode serves `/free` on the verifier's RDS route with the filter disabled)
   S2  Tollway filter mode, unpaid → 402 challenge     S2e same through ext_authz-only mode
   S3  Tollway filter mode, a valid (reusable) L402 token, checked in the filter
   S4  Tollway filter mode, a valid lease token on an http-stream route, checked in the filter
@@ -103,7 +105,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("B1", "bare Envoy, router → static upstream", "b1", FREE_PATH, 200),
-    Scenario("B1w", "B1 + a no-op proxy-wasm filter (V8), the VM's own cost", "b1w", FREE_PATH, 200, baseline="B1"),
+    Scenario("B1w", "B1 + a no-op proxy-wasm filter (V8, Tollway's callbacks), the VM's own cost", "b1w", FREE_PATH, 200, baseline="B1"),
     Scenario("S1", "filter mode, free route", "filter", FREE_PATH, 200, baseline="B1"),
     Scenario("S1e", "ext_authz-only mode, free route", "extauthz", FREE_PATH, 200, baseline="B1"),
     Scenario("S3", "filter mode, valid L402 token", "filter", L402_PATH, 200, baseline="B1", credential="l402"),
@@ -848,6 +850,10 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
         "median of the per-repetition ratios (same repetition, so drift cancels), range in brackets.",
         "- Baselines use the same Envoy binary, listener and upstream as Tollway's bootstraps (rendered by "
         "`tollway envoy`), without any Tollway filter. B2 answers the upstream's exact body itself.",
+        "- Filter mode runs the bootstrap `tollway envoy` renders: its routes come from the verifier over RDS, "
+        "which gives free routes reached by one literal path (S1's `/free`) an Envoy route with the wasm "
+        "filter disabled; every other request (S2–S5) goes through the filter. B1w's no-op filter exports the "
+        "same per-request callbacks as Tollway's (context create, request and response headers, delete).",
         "- Paid scenarios send pre-signed x402 v2 payments (`bench-payments`: real EIP-712 signatures, a unique "
         "nonce each; `bench/payments.lua` sends each once). The facilitator double answers /verify and /settle "
         "at once, so only the gateway's own work is timed. The verifier does check every signature (EIP-712 "
