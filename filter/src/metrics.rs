@@ -1,11 +1,18 @@
 //! Envoy counters (`wasmcustom.tollway.*` in `/stats`, `tollway_*` in Prometheus).
+//!
+//! Requests count in the VM and the root's tick (every second) adds the counts to Envoy's
+//! counters: a host call per counted request would cost more than the counting is worth. A
+//! counter is at most one tick behind.
+
+use std::cell::RefCell;
 
 use crate::host;
 
 /// Metric ids of this VM. Defined once per VM (ids are per VM, the stats are shared).
 #[derive(Clone, Copy, Debug)]
 pub struct Metrics {
-    /// Requests on a route declared `free` (counted in the VM, flushed every tick).
+    /// Requests on a route declared `free` that went through the filter (Envoy routes most of
+    /// them around it: see `verifier/src/rds.rs`).
     pub requests_free: u32,
     /// 402 challenges sent to requests without a payment.
     pub challenges: u32,
@@ -66,8 +73,30 @@ fn counter(name: &str) -> Option<u32> {
     }
 }
 
-/// Adds one to a counter. A failure to count never affects the request.
+thread_local! {
+    /// Counts not yet added to Envoy's counters: (metric id, count).
+    static UNFLUSHED: RefCell<Vec<(u32, i64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Adds one to a counter (in Envoy at the next [`flush`]).
 #[inline]
 pub fn inc(id: u32) {
-    host::increment_counter(id, 1);
+    UNFLUSHED.with(|counts| {
+        let mut counts = counts.borrow_mut();
+        match counts.iter_mut().find(|(m, _)| *m == id) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((id, 1)),
+        }
+    });
+}
+
+/// Adds the counts since the last flush to Envoy's counters.
+pub fn flush() {
+    UNFLUSHED.with(|counts| {
+        for (id, n) in counts.borrow_mut().iter_mut() {
+            if *n > 0 {
+                host::increment_counter(*id, std::mem::take(n));
+            }
+        }
+    });
 }

@@ -3,7 +3,7 @@
 //! route table comes from the verifier (`Routes`, polled on a tick); a table that does not
 //! compile is refused and the last good one keeps serving.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tollway_protocol::rpc::{RoutesRequest, RoutesResponse, METHOD_ROUTES, SERVIC
 
 use crate::abi::BufferType;
 use crate::host;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// Everything a request needs, built once per configuration.
 pub struct Shared {
@@ -29,9 +29,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// L402 credentials verified in this VM (a reusable token skips the HMAC chain).
     pub l402_cache: RefCell<VerifiedCache>,
-    /// Free requests not yet added to `metrics.requests_free`: counted here and flushed on the
-    /// tick, so a free request makes no metric host call.
-    pub free_requests: Rc<Cell<u64>>,
 }
 
 pub struct Root {
@@ -39,8 +36,6 @@ pub struct Root {
     shared: Option<Rc<Shared>>,
     /// Set when the route table comes from the verifier.
     sync: Option<TableSync>,
-    /// Shared with every `Shared` this root builds (see `Shared::free_requests`).
-    free_requests: Rc<Cell<u64>>,
 }
 
 /// Route-table sync state (see `docs/leases.md`, dynamic routes).
@@ -65,17 +60,6 @@ impl Root {
             metrics: None,
             shared: None,
             sync: None,
-            free_requests: Rc::default(),
-        }
-    }
-
-    /// Adds the free requests counted since the last flush to the Envoy counter.
-    fn flush_counters(&self) {
-        let n = self.free_requests.replace(0);
-        if n > 0 {
-            if let Some(m) = self.metrics {
-                host::increment_counter(m.requests_free, i64::try_from(n).unwrap_or(i64::MAX));
-            }
         }
     }
 
@@ -117,7 +101,6 @@ impl Root {
             envoy_strips_context: config.envoy_strips_context,
             metrics: self.metrics()?,
             l402_cache: RefCell::default(),
-            free_requests: Rc::clone(&self.free_requests),
         })
     }
 
@@ -254,7 +237,7 @@ impl Root {
     }
 
     pub fn on_tick(&mut self) {
-        self.flush_counters();
+        metrics::flush();
         self.poll();
     }
 }

@@ -12,7 +12,8 @@
 //!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
 //! ```
 
-use crate::abi::Action;
+use std::borrow::Cow;
+
 use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::hmac::sha256;
@@ -26,6 +27,7 @@ use tollway_protocol::rpc::{ClaimRequest, METHOD_CLAIM};
 
 use super::forward::{upstream_path, Forward};
 use super::{State, Stream};
+use crate::abi::Action;
 use crate::host;
 use crate::metrics::inc;
 use crate::reply;
@@ -47,8 +49,28 @@ pub struct Target<'a> {
     pub params: &'a [(String, String)],
     pub path: &'a str,
     pub method: &'a str,
-    pub scheme: &'a str,
-    pub authority: &'a str,
+    /// Read for matching (when routes name hosts), else `None` until an answer needs it.
+    pub authority: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// Absolute URL of `path` for this request: under `public_url`, or on the request's own
+    /// scheme and authority, read only now (a free request or a valid credential never needs
+    /// them, and each read is a host call).
+    pub fn url(&self, shared: &Shared, path: &str) -> String {
+        if shared.public_url.is_some() {
+            return resource_url(shared.public_url.as_deref(), "", "", path);
+        }
+        let scheme = host::request_header(":scheme").unwrap_or_default();
+        let read = match self.authority {
+            Some(_) => Vec::new(),
+            None => host::request_header(":authority").unwrap_or_default(),
+        };
+        let authority = self
+            .authority
+            .map_or_else(|| String::from_utf8_lossy(&read), Cow::Borrowed);
+        resource_url(None, &String::from_utf8_lossy(&scheme), &authority, path)
+    }
 }
 
 impl Stream {
@@ -178,12 +200,7 @@ impl Stream {
             return Err(self.unavailable(shared));
         };
         let path = canonical_path(&lease.resource.render(target.params));
-        let url = resource_url(
-            shared.public_url.as_deref(),
-            target.scheme,
-            target.authority,
-            &path,
-        );
+        let url = target.url(shared, &path);
         let renew = match host::request_header(HEADER_LEASE) {
             None => None,
             Some(token) => {
@@ -285,10 +302,5 @@ fn lease_url(shared: &Shared, route: &CompiledRoute, target: &Target<'_>) -> Str
         .as_ref()
         .map(|l| l.sale.render(target.params))
         .unwrap_or_default();
-    resource_url(
-        shared.public_url.as_deref(),
-        target.scheme,
-        target.authority,
-        &path,
-    )
+    target.url(shared, &path)
 }

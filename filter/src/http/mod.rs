@@ -43,7 +43,6 @@ use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, REASON_TOKEN_ALREADY_USED,
 };
-use tollway_protocol::resource_url;
 use tollway_protocol::rpc::{
     ChallengeOutcome, ChallengeRequest, ChallengeResponse, ClaimOutcome, ClaimRequest,
     ClaimResponse, ReleaseRequest, SettleOutcome, SettleRequest, SettleResponse, VerifyOutcome,
@@ -347,20 +346,25 @@ impl Stream {
         };
         // Read only when a route names a host (or a paid answer needs it): one host call less
         // on every free request.
-        let uses_hosts = shared.config.table.uses_hosts();
-        let read_authority = || host::request_header(":authority").unwrap_or_default();
-        let authority = if uses_hosts {
-            read_authority()
+        // Read only when a route names a host; other answers that need it (a 402's resource
+        // URL) read it themselves: a free request or a valid credential never does.
+        let authority = if shared.config.table.uses_hosts() {
+            host::request_header(":authority")
         } else {
-            Vec::new()
+            None
         };
         // Lossy only copies when a value is not UTF-8; literal route segments are ASCII, so
         // such a request matches exactly the routes a byte-wise matcher would give it.
         let path = String::from_utf8_lossy(&path);
         let method = String::from_utf8_lossy(&method);
-        let authority = String::from_utf8_lossy(&authority);
+        let authority = authority.as_deref().map(String::from_utf8_lossy);
 
-        let Some(found) = shared.config.table.find(&authority, &method, &path) else {
+        let Some(found) =
+            shared
+                .config
+                .table
+                .find(authority.as_deref().unwrap_or(""), &method, &path)
+        else {
             return Action::Continue;
         };
         let route = found.index;
@@ -374,7 +378,7 @@ impl Stream {
             return self.error(404, reply::NOT_FOUND);
         }
         let Some(paid) = compiled.paid.as_ref() else {
-            shared.free_requests.set(shared.free_requests.get() + 1);
+            inc(shared.metrics.requests_free);
             if compiled.upstream_path.is_some()
                 || compiled.headers.filters_requests()
                 || !compiled.headers.response_headers().is_empty()
@@ -388,22 +392,12 @@ impl Stream {
             return self.forward_now(shared);
         };
 
-        let late_authority;
-        let authority = if uses_hosts {
-            authority
-        } else {
-            late_authority = read_authority();
-            String::from_utf8_lossy(&late_authority)
-        };
-        let scheme = host::request_header(":scheme").unwrap_or_default();
-        let scheme = String::from_utf8_lossy(&scheme);
         let target = Target {
             route,
             params: &found.params,
             path: &path,
             method: &method,
-            scheme: &scheme,
-            authority: &authority,
+            authority: authority.as_deref(),
         };
         if compiled.lease.is_some() && !compiled.sells_lease {
             return self.leased(shared, &target);
@@ -419,7 +413,6 @@ impl Stream {
                 context: vec![(CONTEXT_RESOURCE, compiled.name.clone())],
             }));
         }
-        let url = resource_url(shared.public_url.as_deref(), &scheme, &authority, &path);
         let lightning = paid.lightning.zip(shared.config.l402.as_ref());
         // What a Lightning 402 binds its macaroon to; x402-only routes never need it.
         let (bound_path, bound_method) = match lightning {
@@ -468,9 +461,10 @@ impl Stream {
                     path: bound_path,
                     method: bound_method,
                 };
-                return self.l402(shared, &request, &authorization, url);
+                return self.l402(shared, &request, &authorization, &target);
             }
         }
+        let url = target.url(shared, &path);
         let Some((header, value)) = payment else {
             inc(shared.metrics.challenges);
             return self.payment_required(shared, pending(url, None));
@@ -547,7 +541,7 @@ impl Stream {
         shared: &Shared,
         request: &L402Request<'_>,
         authorization: &[Vec<u8>],
-        url: String,
+        target: &Target<'_>,
     ) -> Action {
         let now = host::now_unix();
         if now == 0 {
@@ -584,7 +578,7 @@ impl Stream {
         };
         let pending = |error: Option<Cow<'static, str>>| Pending {
             route: request.route,
-            url,
+            url: target.url(shared, target.path),
             path: request.path.to_owned(),
             method: request.method.to_owned(),
             error,
