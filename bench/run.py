@@ -13,7 +13,8 @@ Scenarios (ids as in BENCHMARKS.md):
   B1w B1 plus a proxy-wasm filter that does nothing (bench/noop-filter) and exports the same
       per-request callbacks as Tollway's: the price of entering the VM at all
   S1  Tollway filter mode, free route                 S1e same through ext_authz-only mode
-      (filter mode serves `/free` on the verifier's RDS route with the filter disabled)
+      (filter mode serves `/free` on the verifier's RDS route with the filter disabled, and
+      answers S2's unpaid requests from Envoy: see the report's Method)
   S2  Tollway filter mode, unpaid → 402 challenge     S2e same through ext_authz-only mode
   S3  Tollway filter mode, a valid (reusable) L402 token, checked in the filter
   S4  Tollway filter mode, a valid lease token on an http-stream route, checked in the filter
@@ -852,8 +853,10 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
         "`tollway envoy`), without any Tollway filter. B2 answers the upstream's exact body itself.",
         "- Filter mode runs the bootstrap `tollway envoy` renders: its routes come from the verifier over RDS, "
         "which gives free routes reached by one literal path (S1's `/free`) an Envoy route with the wasm "
-        "filter disabled; every other request (S2–S5) goes through the filter. B1w's no-op filter exports the "
-        "same per-request callbacks as Tollway's (context create, request and response headers, delete).",
+        "filter disabled and, since the config sets `public_url` (the URL clients use), answers unpaid "
+        "requests on x402-only routes (S2's `/api/fail`) with the route's 402 from Envoy itself; S3, S4 and "
+        "S5 go through the filter. B1w's no-op filter exports the same per-request callbacks as Tollway's "
+        "(context create, request and response headers, delete).",
         "- Paid scenarios send pre-signed x402 v2 payments (`bench-payments`: real EIP-712 signatures, a unique "
         "nonce each; `bench/payments.lua` sends each once). The facilitator double answers /verify and /settle "
         "at once, so only the gateway's own work is timed. The verifier does check every signature (EIP-712 "

@@ -637,6 +637,8 @@ def render_config(stack) -> str:
         f"  grpc: 127.0.0.1:{p.grpc}",
         f"  http: 127.0.0.1:{p.http}",
         f"  ledger: {stack.ledger_path}",
+        # The URL clients use: 402s name it, so Envoy answers unpaid x402-only requests itself.
+        f"public_url: http://127.0.0.1:{p.envoy}",
         "envoy:",
         f"  listen: 127.0.0.1:{p.envoy}",
         f"  admin: 127.0.0.1:{p.admin}",

@@ -267,3 +267,40 @@ def test_ext_authz_mode_challenge_and_python_client_pays(authz_stack):
     assert "payment-signature" not in r.json()["headers"]
     assert receipt(client, r)["success"] is True
     assert balances(authz_stack) == (payer0 - ECHO_ATOMIC, pay_to0 + ECHO_ATOMIC)
+
+
+def filter_challenges(stack) -> int:
+    """The filter's `tollway.challenges` counter (flushed to Envoy once a second)."""
+    stats = requests.get(f"{stack.admin_url}/stats", params={"format": "json", "filter": "tollway.challenges"}, timeout=5).json()
+    return sum(s.get("value", 0) for s in stats["stats"] if s.get("name", "").endswith("tollway.challenges"))
+
+
+def test_envoy_answers_unpaid_x402_requests_with_the_filters_own_402(stack):
+    """With `public_url` set, an x402-only route's 402 depends on nothing in the request, so
+    Envoy answers unpaid requests itself (its RDS route, no filter). The answer is the one the
+    filter gives: compared with the filter's 402 for `/api/fail/` (the same route to the filter,
+    which Envoy's exact-path route does not take). Only the filter's answers count in
+    `tollway.challenges`."""
+    hits = stack.upstream_hits().get("/api/fail", 0)
+    time.sleep(1.2)  # let earlier counts flush
+    counted = filter_challenges(stack)
+    by_envoy = [requests.get(stack.url + "/api/fail", timeout=10) for _ in range(3)]
+    time.sleep(1.2)
+    assert filter_challenges(stack) == counted
+    by_filter = requests.get(stack.url + "/api/fail/", timeout=10)
+    time.sleep(1.2)
+    assert filter_challenges(stack) == counted + 1
+
+    def normalised(r):
+        assert r.status_code == 402
+        v2 = challenge(r)
+        v2["resource"]["url"] = v2["resource"]["url"].rstrip("/")
+        v1 = r.json()
+        for offer in v1["accepts"]:
+            offer["resource"] = offer["resource"].rstrip("/")
+        headers = {k.lower(): v for k, v in r.headers.items() if k.lower() not in ("date", "content-length", "payment-required")}
+        return v2, v1, headers
+
+    assert all(normalised(r) == normalised(by_filter) for r in by_envoy)
+    assert challenge(by_envoy[0])["resource"]["url"] == stack.url + "/api/fail"
+    assert stack.upstream_hits().get("/api/fail", 0) == hits

@@ -4,7 +4,7 @@
 
 use tollway_protocol::l402::HEADER_WWW_AUTHENTICATE;
 use tollway_protocol::lease::HEADER_LEASE;
-use tollway_protocol::x402::{Challenge, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED};
+use tollway_protocol::x402::{Challenge, CHALLENGE_HEADERS};
 
 use crate::host;
 
@@ -38,14 +38,7 @@ pub fn payment_required(
 ) {
     let x402_offer = lightning.as_ref().and_then(|l| l.x402_offer);
     let rendered = challenge.render_with(resource_url, error, x402_offer);
-    let mut headers = Vec::with_capacity(CHALLENGE_HEADERS.len() + 3);
-    headers.extend_from_slice(CHALLENGE_HEADERS);
-    if challenge.has_offers() || x402_offer.is_some() {
-        headers.push((
-            HEADER_PAYMENT_REQUIRED,
-            rendered.payment_required_header.as_str(),
-        ));
-    }
+    let mut headers = rendered.headers(challenge.has_offers() || x402_offer.is_some());
     if let Some(l) = &lightning {
         // Two values, LSAT first: old clients read only the first line.
         for value in l.www_authenticate {
@@ -69,14 +62,7 @@ pub fn json(status: u32, body: &str) {
 /// in `x-x402-lease-url`) with the reason in `error`.
 pub fn lease_required(challenge: &Challenge, lease_url: &str, reason: &str) {
     let rendered = challenge.render(lease_url, Some(reason));
-    let mut headers = Vec::with_capacity(CHALLENGE_HEADERS.len() + 2);
-    headers.extend_from_slice(CHALLENGE_HEADERS);
-    if challenge.has_offers() {
-        headers.push((
-            HEADER_PAYMENT_REQUIRED,
-            rendered.payment_required_header.as_str(),
-        ));
-    }
+    let mut headers = rendered.headers(challenge.has_offers());
     headers.push((HEADER_LEASE_URL, lease_url));
     host::send_response(402, headers, rendered.body.as_bytes());
 }

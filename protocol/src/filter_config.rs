@@ -4,13 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::headers::{HeaderPolicy, HeaderPolicyError};
+use crate::headers::{HeaderPolicy, HeaderPolicyError, CONTEXT_RAIL};
 use crate::l402::caveats::is_valid_service;
 use crate::l402::FilterKey;
 use crate::lease::LeaseKey;
 use crate::path_template::{PathTemplate, TemplateError};
+use crate::resource_url;
 use crate::routes::{RouteError, RouteSpec, RouteTable};
-use crate::x402::{Challenge, Offer};
+use crate::x402::{Challenge, Offer, HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterConfig {
@@ -260,49 +261,95 @@ impl CompiledConfig {
     }
 }
 
-/// A request Envoy may send upstream without entering the filter: the filter would let it
-/// through untouched (see [`CompiledConfig::bypass`]).
+/// Requests Envoy may serve without entering the filter, because the filter's answer to them
+/// is known in advance (see [`CompiledConfig::bypass`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bypass {
     pub route: String,
     pub method: &'static str,
     /// Exact path (no query), as Envoy matches it after normalising.
     pub path: String,
+    /// `None`: sent upstream untouched. `Some`: answered by Envoy itself, for requests without
+    /// any of [`NOT_ANSWERED_WITH`] (those go to the filter, or come from it).
+    pub answer: Option<StaticAnswer>,
 }
+
+/// A complete answer, the same bytes the filter would send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticAnswer {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// Envoy never answers a request carrying one of these: a payment must reach the filter, and
+/// `x-tollway-rail` marks a request the filter has let through. (Envoy picks the route again
+/// after the filter changes request headers, e.g. strips the payment; clients cannot send
+/// `x-tollway-*` headers, Envoy removes them before any route or filter.)
+pub const NOT_ANSWERED_WITH: [&str; 3] = [HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, CONTEXT_RAIL];
 
 /// Methods a bypass is offered for. Others (WebDAV, custom) always go through the filter.
 const BYPASS_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl CompiledConfig {
-    /// The (method, exact path) pairs the filter passes untouched: a free, enabled route with
-    /// no rewrite, header policy or lease, reached by one literal path, which this table gives
-    /// that route for that method. Envoy can route them with the filter disabled, so a free
-    /// route costs what bare Envoy costs. Nothing is offered when routes name hosts (Envoy
-    /// would have to match hosts exactly as we do) or when Envoy does not strip the context
-    /// headers (the filter does it then).
-    pub fn bypass(&self, envoy_strips_context: bool) -> Vec<Bypass> {
-        if self.table.uses_hosts() || !envoy_strips_context {
+    /// What Envoy can do without the filter, per (method, exact path) that this table gives
+    /// one route (one literal path of unreserved characters, no host named anywhere):
+    /// - a free, enabled route with no rewrite, header policy or lease is sent upstream
+    ///   untouched (not when the filter must strip the context headers itself);
+    /// - with `public_url` set, an unpaid request on an enabled x402-only route (no Lightning,
+    ///   no lease) gets the route's 402 challenge, which then depends on nothing in the request.
+    pub fn bypass(&self, envoy_strips_context: bool, public_url: Option<&str>) -> Vec<Bypass> {
+        if self.table.uses_hosts() {
             return Vec::new();
         }
         let mut out = Vec::new();
         for (index, route) in self.routes.iter().enumerate() {
-            let untouched = route.paid.is_none()
-                && !route.disabled
-                && !route.internal
-                && route.lease.is_none()
-                && !route.sells_lease
-                && route.upstream_path.is_none()
-                && !route.headers.filters_requests()
-                && route.headers.response_headers().is_empty();
-            let Some(path) = untouched.then(|| self.table.exact_path(index)).flatten() else {
+            if route.disabled || route.internal || route.lease.is_some() || route.sells_lease {
+                continue;
+            }
+            let answer = match &route.paid {
+                None => {
+                    let untouched = envoy_strips_context
+                        && route.upstream_path.is_none()
+                        && !route.headers.filters_requests()
+                        && route.headers.response_headers().is_empty();
+                    if !untouched {
+                        continue;
+                    }
+                    None
+                }
+                Some(paid) => {
+                    let x402_only = paid.lightning.is_none() || self.l402.is_none();
+                    let Some(base) = public_url.filter(|_| x402_only) else {
+                        continue;
+                    };
+                    Some((paid, base))
+                }
+            };
+            let Some(path) = self.table.exact_path(index) else {
                 continue;
             };
+            let answer = answer.map(|(paid, base)| {
+                let rendered = paid
+                    .challenge
+                    .render(&resource_url(Some(base), "", "", &path), None);
+                StaticAnswer {
+                    status: 402,
+                    headers: rendered
+                        .headers(paid.challenge.has_offers())
+                        .into_iter()
+                        .map(|(k, v)| (k, v.to_owned()))
+                        .collect(),
+                    body: rendered.body,
+                }
+            });
             for method in BYPASS_METHODS {
                 if self.table.find("", method, &path).map(|m| m.index) == Some(index) {
                     out.push(Bypass {
                         route: route.name.clone(),
                         method,
                         path: path.clone(),
+                        answer: answer.clone(),
                     });
                 }
             }
@@ -718,7 +765,7 @@ mod tests {
         .unwrap();
         c.routes.extend(extra);
         let compiled = c.compile().unwrap();
-        let bypass = compiled.bypass(true);
+        let bypass = compiled.bypass(true, None);
         let pairs: Vec<(&str, &str)> = bypass.iter().map(|b| (b.method, b.path.as_str())).collect();
         // `free` (any method) for every listed method; `posts` only for POST; no paid,
         // wildcard, parameter, escaped, disabled or header-policy route.
@@ -732,7 +779,44 @@ mod tests {
             assert!(compiled.routes[m.index].paid.is_none());
         }
         // The filter strips the context headers itself: nothing may skip it.
-        assert!(compiled.bypass(false).is_empty());
+        assert!(compiled.bypass(false, None).is_empty());
+    }
+
+    #[test]
+    fn bypass_answers_unpaid_x402_requests_only_under_a_public_url() {
+        let compiled = config().compile().unwrap();
+        let bypass = compiled.bypass(true, Some("https://api.example.com"));
+        let answered: Vec<&Bypass> = bypass.iter().filter(|b| b.answer.is_some()).collect();
+        let pairs: Vec<(&str, &str)> = answered
+            .iter()
+            .map(|b| (b.method, b.path.as_str()))
+            .collect();
+        // The GET route also answers HEAD.
+        assert_eq!(pairs, [("GET", "/api/quote"), ("HEAD", "/api/quote")]);
+        // Byte for byte the filter's answer to an unpaid request.
+        let paid = compiled.route("quote").unwrap().paid.as_ref().unwrap();
+        let rendered = paid
+            .challenge
+            .render("https://api.example.com/api/quote", None);
+        let answer = answered[0].answer.as_ref().unwrap();
+        assert_eq!(answer.status, 402);
+        assert_eq!(answer.body, rendered.body);
+        let expected: Vec<(&str, String)> = rendered
+            .headers(true)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_owned()))
+            .collect();
+        assert_eq!(answer.headers, expected);
+        assert!(answer.headers.iter().any(|(k, _)| *k == "payment-required"));
+        // Without a public URL the 402 names the request's own origin: the filter answers.
+        assert!(compiled
+            .bypass(true, None)
+            .iter()
+            .all(|b| b.answer.is_none()));
+        assert!(compiled
+            .bypass(true, None)
+            .iter()
+            .all(|b| b.path == "/free"));
     }
 
     #[test]
@@ -747,7 +831,7 @@ mod tests {
         c.routes.extend(extra);
         let compiled = c.compile().unwrap();
         let methods: Vec<&str> = compiled
-            .bypass(true)
+            .bypass(true, None)
             .into_iter()
             .filter(|b| b.path == "/free/x")
             .map(|b| b.method)
@@ -757,7 +841,7 @@ mod tests {
         // Routes naming a host: no bypass at all.
         let mut hosted = config();
         hosted.routes[1].host = Some("api.example.com".into());
-        assert!(hosted.compile().unwrap().bypass(true).is_empty());
+        assert!(hosted.compile().unwrap().bypass(true, None).is_empty());
     }
 
     #[test]

@@ -308,6 +308,26 @@ mod tests {
         assert_ne!(pushed.version_info, first.version_info);
         assert_eq!(pushed.version_info, h.store.current().version.to_string());
         assert!(bypassed(&pushed).is_empty());
+        // Made free again: the bypass waits until every filter has polled the new table (a
+        // request Envoy stops sending to a filter must not meet one that does not know it).
+        ask.send(request(&pushed.version_info, &pushed.nonce))
+            .await
+            .expect("ack");
+        h.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Patch,
+                name: "free".into(),
+                body: Some(serde_json::json!({"price": null, "free": true})),
+            })
+            .expect("change");
+        let early = tokio::time::timeout(std::time::Duration::from_millis(1500), answers.message());
+        assert!(
+            early.await.is_err(),
+            "the bypass came back before the filters could know"
+        );
+        let settled = answers.message().await.expect("answer").expect("open");
+        assert_eq!(settled.version_info, h.store.current().version.to_string());
+        assert!(!bypassed(&settled).is_empty());
         // A stream Envoy keeps open does not hold the server's shutdown.
         server.stop().await;
         assert!(answers.message().await.map_or(true, |m| m.is_none()));

@@ -48,6 +48,22 @@ pub struct RenderedChallenge {
     pub body: String,
 }
 
+impl RenderedChallenge {
+    /// The 402's headers: [`CHALLENGE_HEADERS`], then `PAYMENT-REQUIRED` unless the 402 offers
+    /// no x402 payment at all (a Lightning-only route without an x402 Lightning entry).
+    pub fn headers(&self, offers_x402: bool) -> Vec<(&'static str, &str)> {
+        let mut headers = Vec::with_capacity(CHALLENGE_HEADERS.len() + 3);
+        headers.extend_from_slice(CHALLENGE_HEADERS);
+        if offers_x402 {
+            headers.push((
+                super::HEADER_PAYMENT_REQUIRED,
+                self.payment_required_header.as_str(),
+            ));
+        }
+        headers
+    }
+}
+
 impl Challenge {
     /// Offers without a v1 network name are left out of the v1 body only.
     pub fn new(offers: &[Offer], description: &str, mime_type: &str) -> Challenge {
