@@ -570,6 +570,20 @@ class Stack:
         assert status == 200
         return json.loads(body)
 
+    def envoy_counter(self, name: str) -> int:
+        """An Envoy counter by full name (the filter's are `wasmcustom.tollway.*`, added to Envoy
+        once a second)."""
+        status, body = http_get(f"{self.admin_url}/stats?format=json&filter={urllib.parse.quote(name)}")
+        assert status == 200, body
+        return sum(s.get("value", 0) for s in json.loads(body)["stats"] if s.get("name") == name)
+
+    def envoy_routes(self) -> set[str]:
+        """Names of the routes Envoy has from the verifier's RDS."""
+        status, body = http_get(f"{self.admin_url}/config_dump?resource=dynamic_route_configs")
+        assert status == 200, body
+        configs = json.loads(body)["configs"]
+        return {r["name"] for c in configs for vh in c["route_config"]["virtual_hosts"] for r in vh["routes"]}
+
     def upstream_seen(self, path: str) -> dict[str, str]:
         """Headers (lower-case names) of the last request the upstream served on `path`."""
         status, body = http_get(f"{self.upstream_url}/__seen?path={urllib.parse.quote(path)}")

@@ -269,12 +269,6 @@ def test_ext_authz_mode_challenge_and_python_client_pays(authz_stack):
     assert balances(authz_stack) == (payer0 - ECHO_ATOMIC, pay_to0 + ECHO_ATOMIC)
 
 
-def filter_challenges(stack) -> int:
-    """The filter's `tollway.challenges` counter (flushed to Envoy once a second)."""
-    stats = requests.get(f"{stack.admin_url}/stats", params={"format": "json", "filter": "tollway.challenges"}, timeout=5).json()
-    return sum(s.get("value", 0) for s in stats["stats"] if s.get("name", "").endswith("tollway.challenges"))
-
-
 def test_envoy_answers_unpaid_x402_requests_with_the_filters_own_402(stack):
     """With `public_url` set, an x402-only route's 402 depends on nothing in the request, so
     Envoy answers unpaid requests itself (its RDS route, no filter). The answer is the one the
@@ -283,13 +277,13 @@ def test_envoy_answers_unpaid_x402_requests_with_the_filters_own_402(stack):
     `tollway.challenges`."""
     hits = stack.upstream_hits().get("/api/fail", 0)
     time.sleep(1.2)  # let earlier counts flush
-    counted = filter_challenges(stack)
+    counted = stack.envoy_counter("wasmcustom.tollway.challenges")
     by_envoy = [requests.get(stack.url + "/api/fail", timeout=10) for _ in range(3)]
     time.sleep(1.2)
-    assert filter_challenges(stack) == counted
+    assert stack.envoy_counter("wasmcustom.tollway.challenges") == counted
     by_filter = requests.get(stack.url + "/api/fail/", timeout=10)
     time.sleep(1.2)
-    assert filter_challenges(stack) == counted + 1
+    assert stack.envoy_counter("wasmcustom.tollway.challenges") == counted + 1
 
     def normalised(r):
         assert r.status_code == 402
