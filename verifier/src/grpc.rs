@@ -328,6 +328,25 @@ mod tests {
         let settled = answers.message().await.expect("answer").expect("open");
         assert_eq!(settled.version_info, h.store.current().version.to_string());
         assert!(!bypassed(&settled).is_empty());
+        // An Envoy that had another table (this verifier restarted): everything through the
+        // filter until the filters have polled, then the table.
+        let (ask2, asks2) = tokio::sync::mpsc::channel(4);
+        ask2.send(request("4242", "7")).await.expect("ask");
+        let mut reconnected = client
+            .stream_routes(tokio_stream::wrappers::ReceiverStream::new(asks2))
+            .await
+            .expect("stream")
+            .into_inner();
+        let first = reconnected.message().await.expect("answer").expect("open");
+        assert!(
+            first.version_info.ends_with("-settling"),
+            "{}",
+            first.version_info
+        );
+        assert!(bypassed(&first).is_empty());
+        let full = reconnected.message().await.expect("answer").expect("open");
+        assert_eq!(full.version_info, settled.version_info);
+        assert_eq!(bypassed(&full), bypassed(&settled));
         // A stream Envoy keeps open does not hold the server's shutdown.
         server.stop().await;
         assert!(answers.message().await.map_or(true, |m| m.is_none()));

@@ -264,10 +264,19 @@ impl RouteDiscoveryService for Rds {
                             if let Some(error) = request.error_detail {
                                 tracing::warn!(version = %request.version_info, error = %error.message, "Envoy refused the route configuration (NACK)");
                             }
-                            // The first request gets the whole table; ACKs get nothing.
+                            // The first request gets the table; ACKs get nothing. An Envoy
+                            // that had another table (this verifier restarted meanwhile) gets no
+                            // bypass until its filters have polled the current one.
                             if feed.sent.is_none() {
                                 let (version, bypass) = current_bypass(&store);
-                                if !feed.push(version.to_string(), bypass).await {
+                                let had = request.version_info;
+                                let pushed = if had.is_empty() || had == version.to_string() {
+                                    feed.push(version.to_string(), bypass).await
+                                } else {
+                                    settling = Some((version, tokio::time::Instant::now() + SETTLE));
+                                    feed.push(format!("{version}-settling"), Vec::new()).await
+                                };
+                                if !pushed {
                                     break;
                                 }
                             }
