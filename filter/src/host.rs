@@ -31,30 +31,20 @@ fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     (code == OK).then_some(value)
 }
 
-fn set_header(map: MapType, name: &str, value: &[u8]) {
+type WriteHeader = unsafe extern "C" fn(MapType, *const u8, usize, *const u8, usize) -> u32;
+
+/// `proxy_replace_header_map_value` or `proxy_add_header_map_value`.
+fn write_header(call: WriteHeader, map: MapType, name: &str, value: &[u8]) {
     // SAFETY: pointers and lengths of live slices.
-    unsafe {
-        abi::proxy_replace_header_map_value(
-            map,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        );
-    }
+    unsafe { call(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+}
+
+fn set_header(map: MapType, name: &str, value: &[u8]) {
+    write_header(abi::proxy_replace_header_map_value, map, name, value);
 }
 
 fn add_header(map: MapType, name: &str, value: &[u8]) {
-    // SAFETY: pointers and lengths of live slices.
-    unsafe {
-        abi::proxy_add_header_map_value(
-            map,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        );
-    }
+    write_header(abi::proxy_add_header_map_value, map, name, value);
 }
 
 /// First value of a request header, as bytes (`None` when absent).

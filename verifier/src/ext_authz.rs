@@ -1501,13 +1501,7 @@ pub(crate) mod tests {
             assert_eq!(status, 501);
             assert_eq!(body["error"], "lease_sales_need_filter_mode");
         }
-        h.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Patch,
-                name: "quote".into(),
-                body: Some(json!({"disabled": true})),
-            })
-            .expect("disable");
+        h.patch_route("quote", json!({"disabled": true}));
         let r = a.check(&check_request("GET", "/api/quote", &[])).await;
         let (status, body) = error_of(&r);
         assert_eq!(
@@ -1519,13 +1513,7 @@ pub(crate) mod tests {
         let (status, body) = error_of(&r);
         assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
         // A re-priced route is challenged at its new price at once.
-        h.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Patch,
-                name: "echo".into(),
-                body: Some(json!({"price": "0.5"})),
-            })
-            .expect("reprice");
+        h.patch_route("echo", json!({"price": "0.5"}));
         let r = a.check(&check_request("POST", "/api/echo", &[])).await;
         let required = b64_json(
             header_of(&denied_of(&r).headers, "payment-required").expect("PAYMENT-REQUIRED"),

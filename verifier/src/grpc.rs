@@ -297,13 +297,7 @@ mod tests {
         ask.send(request(&first.version_info, &first.nonce))
             .await
             .expect("ack");
-        h.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Patch,
-                name: "free".into(),
-                body: Some(serde_json::json!({"free": null, "price": "0.5"})),
-            })
-            .expect("change");
+        h.patch_route("free", serde_json::json!({"free": null, "price": "0.5"}));
         let pushed = answers.message().await.expect("answer").expect("open");
         assert_ne!(pushed.version_info, first.version_info);
         assert_eq!(pushed.version_info, h.store.current().version.to_string());
@@ -313,13 +307,7 @@ mod tests {
         ask.send(request(&pushed.version_info, &pushed.nonce))
             .await
             .expect("ack");
-        h.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Patch,
-                name: "free".into(),
-                body: Some(serde_json::json!({"price": null, "free": true})),
-            })
-            .expect("change");
+        h.patch_route("free", serde_json::json!({"price": null, "free": true}));
         let early = tokio::time::timeout(std::time::Duration::from_millis(1500), answers.message());
         assert!(
             early.await.is_err(),
@@ -539,13 +527,7 @@ mod tests {
         assert_eq!(same.version, first.version);
         assert!(same.routes_json.is_empty());
         // Changed: the new table.
-        h.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Patch,
-                name: "quote".into(),
-                body: Some(serde_json::json!({"price": "0.5"})),
-            })
-            .expect("change");
+        h.patch_route("quote", serde_json::json!({"price": "0.5"}));
         let changed = client
             .routes(routes(first.version))
             .await

@@ -157,6 +157,19 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
 }
 
+impl Harness {
+    /// An admin merge patch of route `name` (as `PATCH /admin/routes/{name}`); the new version.
+    pub fn patch_route(&self, name: &str, body: serde_json::Value) -> u64 {
+        self.store
+            .change(crate::routes_store::Change {
+                op: crate::routes_store::Op::Patch,
+                name: name.into(),
+                body: Some(body),
+            })
+            .expect("route patch applies")
+    }
+}
+
 pub fn harness(facilitator_url: &str) -> Harness {
     harness_with_clock(facilitator_url, Arc::new(crate::clock::unix_now))
 }
