@@ -275,15 +275,18 @@ def test_envoy_answers_unpaid_x402_requests_with_the_filters_own_402(stack):
     filter gives: compared with the filter's 402 for `/api/fail/` (the same route to the filter,
     which Envoy's exact-path route does not take). Only the filter's answers count in
     `tollway.challenges`."""
+    challenges = lambda: stack.envoy_counter("wasmcustom.tollway.challenges")  # noqa: E731
     hits = stack.upstream_hits().get("/api/fail", 0)
-    time.sleep(1.2)  # let earlier counts flush
-    counted = stack.envoy_counter("wasmcustom.tollway.challenges")
+    time.sleep(2.4)  # the filter flushes its counts once a second: let earlier ones land
+    counted = challenges()
     by_envoy = [requests.get(stack.url + "/api/fail", timeout=10) for _ in range(3)]
-    time.sleep(1.2)
-    assert stack.envoy_counter("wasmcustom.tollway.challenges") == counted
+    time.sleep(2.4)
+    assert challenges() == counted
     by_filter = requests.get(stack.url + "/api/fail/", timeout=10)
-    time.sleep(1.2)
-    assert stack.envoy_counter("wasmcustom.tollway.challenges") == counted + 1
+    deadline = time.monotonic() + 5
+    while challenges() == counted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert challenges() == counted + 1
 
     def normalised(r):
         assert r.status_code == 402

@@ -329,6 +329,19 @@ impl CompiledConfig {
             let Some(path) = self.table.exact_path(index) else {
                 continue;
             };
+            // A free route rewritten onto this path: after the filter rewrites it, Envoy picks
+            // the route again and must not answer it with this route's 402.
+            let rewritten_onto = || {
+                self.routes.iter().any(|r| {
+                    r.paid.is_none()
+                        && r.upstream_path
+                            .as_ref()
+                            .is_some_and(|t| t.can_render(&path))
+                })
+            };
+            if answer.is_some() && rewritten_onto() {
+                continue;
+            }
             let answer = answer.map(|(paid, base)| {
                 let rendered = paid
                     .challenge
@@ -808,6 +821,20 @@ mod tests {
             .collect();
         assert_eq!(answer.headers, expected);
         assert!(answer.headers.iter().any(|(k, _)| *k == "payment-required"));
+        // A free route rewritten onto a paid path keeps that path's unpaid requests in the
+        // filter (Envoy would otherwise answer the rewritten request with the 402).
+        let mut c = config();
+        let preview: RouteConfig = serde_json::from_value(
+            json!({"name": "preview", "path": "/preview/[x]", "upstream_path": "/api/[x]"}),
+        )
+        .unwrap();
+        c.routes.push(preview);
+        let rewritten = c.compile().unwrap();
+        let public = Some("https://api.example.com");
+        assert!(rewritten
+            .bypass(true, public)
+            .iter()
+            .all(|b| b.answer.is_none()));
         // Without a public URL the 402 names the request's own origin: the filter answers.
         assert!(compiled
             .bypass(true, None)

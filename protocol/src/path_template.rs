@@ -62,6 +62,24 @@ impl PathTemplate {
     }
 
     /// The path with each `[name]` replaced by its captured (still percent-encoded) value.
+    /// Whether some captures render this template to exactly `path` (no query). A captured
+    /// segment may be anything.
+    pub fn can_render(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        segments.len() == self.parts.len()
+            && self
+                .parts
+                .iter()
+                .zip(&segments)
+                .all(|(part, segment)| match part {
+                    Part::Literal(l) => l == segment,
+                    Part::Param(_) => true,
+                })
+    }
+
     pub fn render(&self, captures: &[(String, String)]) -> String {
         let mut out = String::new();
         for part in &self.parts {
@@ -91,6 +109,16 @@ mod tests {
         assert_eq!(t.render(&captures), "/v1/agents/al%20ice/summary");
         let root = PathTemplate::parse("/", &[]).unwrap();
         assert_eq!(root.render(&[]), "/");
+    }
+
+    #[test]
+    fn knows_which_paths_it_can_render() {
+        let t = PathTemplate::parse("/v1/agents/[user]/summary", &["user"]).unwrap();
+        assert!(t.can_render("/v1/agents/bob/summary"));
+        assert!(!t.can_render("/v1/agents/bob"));
+        assert!(!t.can_render("/v1/agents/bob/summary/x"));
+        assert!(!t.can_render("/v2/agents/bob/summary"));
+        assert!(!t.can_render("v1/agents/bob/summary"));
     }
 
     #[test]
