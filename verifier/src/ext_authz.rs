@@ -730,6 +730,13 @@ pub(crate) mod tests {
         ExtAuthz::new(h.payments.clone(), h.metrics.clone())
     }
 
+    impl ExtAuthz {
+        /// `check` of a request built by [`check_request`].
+        async fn ask(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> CheckResponse {
+            self.check(&check_request(method, path, headers)).await
+        }
+    }
+
     fn denied_of(r: &CheckResponse) -> &DeniedHttpResponse {
         match &r.http_response {
             Some(HttpResponse::DeniedResponse(d)) => d,
@@ -789,12 +796,12 @@ pub(crate) mod tests {
         let fake = FakeFacilitator::start().await;
         let h = harness(&fake.url);
         let a = authz(&h);
-        let r = a.check(&check_request("GET", "/free?x=1", &[])).await;
+        let r = a.ask("GET", "/free?x=1", &[]).await;
         assert!(ok_of(&r).headers_to_remove.is_empty());
-        let r = a.check(&check_request("GET", "/somewhere/else", &[])).await;
+        let r = a.ask("GET", "/somewhere/else", &[]).await;
         ok_of(&r);
         // POST to a GET-only paid path is not that route.
-        let r = a.check(&check_request("POST", "/api/quote", &[])).await;
+        let r = a.ask("POST", "/api/quote", &[]).await;
         ok_of(&r);
         assert!(h
             .metrics
@@ -806,9 +813,7 @@ pub(crate) mod tests {
     async fn unpaid_gets_402_challenge() {
         let fake = FakeFacilitator::start().await;
         let h = harness(&fake.url);
-        let r = authz(&h)
-            .check(&check_request("GET", "/api/quote?symbol=X", &[]))
-            .await;
+        let r = authz(&h).ask("GET", "/api/quote?symbol=X", &[]).await;
         assert_eq!(
             r.status.as_ref().map(|s| s.code),
             Some(GRPC_PERMISSION_DENIED)
@@ -850,11 +855,7 @@ pub(crate) mod tests {
         let auth = payer.authorization(&offer, unix_now(), 1);
         let header = payer.header_v2(&offer, &auth, "http://api.test:10000/api/quote");
         let r = authz(&h)
-            .check(&check_request(
-                "GET",
-                "/api/quote",
-                &[("payment-signature", &header)],
-            ))
+            .ask("GET", "/api/quote", &[("payment-signature", &header)])
             .await;
         let o = ok_of(&r);
         assert_eq!(o.headers_to_remove, vec!["payment-signature", "x-payment"]);
@@ -890,11 +891,11 @@ pub(crate) mod tests {
         let offer = crate::testkit::offer(&h.config, "echo");
         let auth = payer.authorization(&offer, unix_now(), 2);
         let r = authz(&h)
-            .check(&check_request(
+            .ask(
                 "POST",
                 "/api/echo",
                 &[("x-payment", &payer.header_v1(&offer, &auth))],
-            ))
+            )
             .await;
         let o = ok_of(&r);
         assert!(header_of(&o.response_headers_to_add, "x-payment-response").is_some());
@@ -902,11 +903,7 @@ pub(crate) mod tests {
 
         // The same payment again: 402 naming the reason.
         let r = authz(&h)
-            .check(&check_request(
-                "GET",
-                "/api/quote",
-                &[("payment-signature", &header)],
-            ))
+            .ask("GET", "/api/quote", &[("payment-signature", &header)])
             .await;
         let d = denied_of(&r);
         assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
@@ -919,11 +916,7 @@ pub(crate) mod tests {
         let fake = FakeFacilitator::start().await;
         let h = harness(&fake.url);
         let r = authz(&h)
-            .check(&check_request(
-                "GET",
-                "/api/quote",
-                &[("payment-signature", "garbage")],
-            ))
+            .ask("GET", "/api/quote", &[("payment-signature", "garbage")])
             .await;
         let d = denied_of(&r);
         assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
@@ -939,11 +932,7 @@ pub(crate) mod tests {
         let auth = payer.authorization(&offer, unix_now(), 1);
         let header = payer.header_v2(&offer, &auth, "http://api.test:10000/api/quote");
         let r = authz(&h)
-            .check(&check_request(
-                "GET",
-                "/api/quote",
-                &[("payment-signature", &header)],
-            ))
+            .ask("GET", "/api/quote", &[("payment-signature", &header)])
             .await;
         assert_eq!(r.status.as_ref().map(|s| s.code), Some(GRPC_UNAVAILABLE));
         let d = denied_of(&r);
@@ -964,11 +953,7 @@ pub(crate) mod tests {
         let auth = payer.authorization(&offer, unix_now(), 1);
         let header = payer.header_v2(&offer, &auth, "http://api.test:10000/api/quote");
         let r = authz(&h)
-            .check(&check_request(
-                "GET",
-                "/api/quote",
-                &[("payment-signature", &header)],
-            ))
+            .ask("GET", "/api/quote", &[("payment-signature", &header)])
             .await;
         let d = denied_of(&r);
         assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
@@ -1023,9 +1008,7 @@ pub(crate) mod tests {
         async fn unpaid_gets_every_rail() {
             let fake = FakeFacilitator::start().await;
             let h = lightning_harness(&fake.url);
-            let r = authz(&h)
-                .check(&check_request("GET", "/api/quote", &[]))
-                .await;
+            let r = authz(&h).ask("GET", "/api/quote", &[]).await;
             let d = denied_of(&r);
             assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
             let (macaroon, invoice) = l402_challenge(d);
@@ -1051,9 +1034,7 @@ pub(crate) mod tests {
             assert!(!macaroon.is_empty());
 
             // Lightning-only route.
-            let r = authz(&h)
-                .check(&check_request("GET", "/api/sats", &[]))
-                .await;
+            let r = authz(&h).ask("GET", "/api/sats", &[]).await;
             let d = denied_of(&r);
             assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
             l402_challenge(d);
@@ -1067,18 +1048,14 @@ pub(crate) mod tests {
             let fake = FakeFacilitator::start().await;
             let h = lightning_harness(&fake.url);
             let a = authz(&h);
-            let r = a.check(&check_request("GET", "/api/quote", &[])).await;
+            let r = a.ask("GET", "/api/quote", &[]).await;
             let (macaroon, invoice) = l402_challenge(denied_of(&r));
             let preimage = pay(&h, &invoice);
 
             // The API's own Authorization survives; the credential does not.
             let auth = format!("Bearer api-token, LSAT {macaroon}:{preimage}");
             let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/quote?x=1",
-                    &[("authorization", &auth)],
-                ))
+                .ask("GET", "/api/quote?x=1", &[("authorization", &auth)])
                 .await;
             let o = ok_of(&r);
             assert_eq!(
@@ -1091,11 +1068,7 @@ pub(crate) mod tests {
             // Reusable: again, L402 alone.
             let auth = format!("L402 {macaroon}:{preimage}");
             let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/quote",
-                    &[("authorization", &auth)],
-                ))
+                .ask("GET", "/api/quote", &[("authorization", &auth)])
                 .await;
             let o = ok_of(&r);
             assert_eq!(o.headers_to_remove, vec!["authorization"]);
@@ -1105,13 +1078,7 @@ pub(crate) mod tests {
             );
 
             // Bound to the path: not valid on another route.
-            let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/sats",
-                    &[("authorization", &auth)],
-                ))
-                .await;
+            let r = a.ask("GET", "/api/sats", &[("authorization", &auth)]).await;
             let d = denied_of(&r);
             assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
             let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
@@ -1120,34 +1087,24 @@ pub(crate) mod tests {
 
             // Wrong preimage: a fresh challenge naming the reason.
             let bad = format!("L402 {macaroon}:{}", "00".repeat(32));
-            let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/quote",
-                    &[("authorization", &bad)],
-                ))
-                .await;
+            let r = a.ask("GET", "/api/quote", &[("authorization", &bad)]).await;
             let d = denied_of(&r);
             let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
             assert_eq!(required["error"], "l402_wrong_preimage");
 
             // Both rails at once: 400.
             let r = a
-                .check(&check_request(
+                .ask(
                     "GET",
                     "/api/quote",
                     &[("authorization", &auth), ("payment-signature", "e30=")],
-                ))
+                )
                 .await;
             assert_eq!(denied_of(&r).status.as_ref().map(|s| s.code), Some(400));
 
             // An L402 header on a route that sells no Lightning is not a credential there.
             let r = a
-                .check(&check_request(
-                    "POST",
-                    "/api/echo",
-                    &[("authorization", &auth)],
-                ))
+                .ask("POST", "/api/echo", &[("authorization", &auth)])
                 .await;
             let d = denied_of(&r);
             assert!(headers_of(&d.headers, "www-authenticate").is_empty());
@@ -1168,23 +1125,15 @@ pub(crate) mod tests {
             let fake = FakeFacilitator::start().await;
             let h = lightning_harness(&fake.url);
             let a = authz(&h);
-            let r = a.check(&check_request("GET", "/api/once/7", &[])).await;
+            let r = a.ask("GET", "/api/once/7", &[]).await;
             let (macaroon, invoice) = l402_challenge(denied_of(&r));
             let auth = format!("L402 {macaroon}:{}", pay(&h, &invoice));
             let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/once/7",
-                    &[("authorization", &auth)],
-                ))
+                .ask("GET", "/api/once/7", &[("authorization", &auth)])
                 .await;
             ok_of(&r);
             let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/once/7",
-                    &[("authorization", &auth)],
-                ))
+                .ask("GET", "/api/once/7", &[("authorization", &auth)])
                 .await;
             let d = denied_of(&r);
             assert_eq!(d.status.as_ref().map(|s| s.code), Some(402));
@@ -1198,7 +1147,7 @@ pub(crate) mod tests {
             let fake = FakeFacilitator::start().await;
             let h = lightning_harness(&fake.url);
             let a = authz(&h);
-            let r = a.check(&check_request("GET", "/api/sats", &[])).await;
+            let r = a.ask("GET", "/api/sats", &[]).await;
             let d = denied_of(&r);
             let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
             let offer = required["accepts"][0].clone();
@@ -1213,11 +1162,7 @@ pub(crate) mod tests {
             );
             // Not paid yet.
             let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/sats",
-                    &[("payment-signature", &payment)],
-                ))
+                .ask("GET", "/api/sats", &[("payment-signature", &payment)])
                 .await;
             let d = denied_of(&r);
             let required = b64_json(header_of(&d.headers, "payment-required").expect("x402"));
@@ -1225,11 +1170,7 @@ pub(crate) mod tests {
 
             pay(&h, &invoice);
             let r = a
-                .check(&check_request(
-                    "GET",
-                    "/api/sats",
-                    &[("payment-signature", &payment)],
-                ))
+                .ask("GET", "/api/sats", &[("payment-signature", &payment)])
                 .await;
             let o = ok_of(&r);
             let receipt = b64_json(
@@ -1249,9 +1190,7 @@ pub(crate) mod tests {
             let h =
                 lightning_harness_on(&fake.url, crate::payments::tests::lightning::lnd_rail(&d));
             d.set_mode(Mode::Fail);
-            let r = authz(&h)
-                .check(&check_request("GET", "/api/quote", &[]))
-                .await;
+            let r = authz(&h).ask("GET", "/api/quote", &[]).await;
             let den = denied_of(&r);
             assert_eq!(den.status.as_ref().map(|s| s.code), Some(402));
             assert!(headers_of(&den.headers, "www-authenticate").is_empty());
@@ -1259,16 +1198,12 @@ pub(crate) mod tests {
             assert_eq!(required["accepts"].as_array().map(Vec::len), Some(1));
             assert_eq!(required["accepts"][0]["network"], "eip155:84532");
             // Lightning-only: nothing to offer, 503.
-            let r = authz(&h)
-                .check(&check_request("GET", "/api/sats", &[]))
-                .await;
+            let r = authz(&h).ask("GET", "/api/sats", &[]).await;
             assert_eq!(r.status.as_ref().map(|s| s.code), Some(GRPC_UNAVAILABLE));
             assert_eq!(denied_of(&r).status.as_ref().map(|s| s.code), Some(503));
             // Back up: both rails again.
             d.set_mode(Mode::Normal);
-            let r = authz(&h)
-                .check(&check_request("GET", "/api/quote", &[]))
-                .await;
+            let r = authz(&h).ask("GET", "/api/quote", &[]).await;
             l402_challenge(denied_of(&r));
         }
     }
@@ -1307,7 +1242,7 @@ pub(crate) mod tests {
 
         // In the header: removed before the upstream; context set; allow-list applied.
         let r = a
-            .check(&check_request(
+            .ask(
                 "GET",
                 "/stream/ticker/BTC",
                 &[
@@ -1317,7 +1252,7 @@ pub(crate) mod tests {
                     ("x-tollway-payer", "forged"),
                     ("accept", "text/event-stream"),
                 ],
-            ))
+            )
             .await;
         let o = ok_of(&r);
         assert!(o.headers_to_remove.contains(&"x-x402-lease".to_owned()));
@@ -1356,7 +1291,7 @@ pub(crate) mod tests {
                 "/v1/ticker/BTC",
             ),
         ] {
-            let r = a.check(&check_request(method, &path, &[])).await;
+            let r = a.ask(method, &path, &[]).await;
             let o = ok_of(&r);
             assert_eq!(header_of(&o.headers, ":path"), Some(upstream), "{path}");
             assert!(o.query_parameters_to_remove.is_empty());
@@ -1364,23 +1299,17 @@ pub(crate) mod tests {
         // No `upstream_path`: the path as sent, minus `t` (also next to a header token).
         let room = lease("room", "/ws/lobby", now + 30, false).mint(&lease_key());
         let r = a
-            .check(&check_request(
+            .ask(
                 "GET",
                 &format!("/ws/lobby?t={room}&z=1"),
                 &[("x-x402-lease", &room)],
-            ))
+            )
             .await;
         assert_eq!(
             header_of(&ok_of(&r).headers, ":path"),
             Some("/ws/lobby?z=1")
         );
-        let r = a
-            .check(&check_request(
-                "GET",
-                "/ws/lobby",
-                &[("x-x402-lease", &room)],
-            ))
-            .await;
+        let r = a.ask("GET", "/ws/lobby", &[("x-x402-lease", &room)]).await;
         let o = ok_of(&r);
         assert_eq!(header_of(&o.headers, ":path"), None);
         // Not an allow-list route: nothing but the credential and the amount go.
@@ -1429,9 +1358,7 @@ pub(crate) mod tests {
             } else {
                 vec![("x-x402-lease", token.as_str())]
             };
-            let r = a
-                .check(&check_request("GET", "/stream/ticker/BTC", &headers))
-                .await;
+            let r = a.ask("GET", "/stream/ticker/BTC", &headers).await;
             let (status, body) = error_of(&r);
             assert_eq!(status, 402, "{reason}");
             assert_eq!(body["error"], reason);
@@ -1447,11 +1374,7 @@ pub(crate) mod tests {
         }
         // POST with a GET lease: another method.
         let r = a
-            .check(&check_request(
-                "POST",
-                "/stream/ticker/BTC",
-                &[("x-x402-lease", &good)],
-            ))
+            .ask("POST", "/stream/ticker/BTC", &[("x-x402-lease", &good)])
             .await;
         // The route takes any method (none listed); its lease grants GET only.
         let (status, body) = error_of(&r);
@@ -1462,21 +1385,9 @@ pub(crate) mod tests {
 
         // Single use: the second use is refused.
         let once = lease("room", "/ws/lobby", now + 30, true).mint(&key);
-        let r = a
-            .check(&check_request(
-                "GET",
-                "/ws/lobby",
-                &[("x-x402-lease", &once)],
-            ))
-            .await;
+        let r = a.ask("GET", "/ws/lobby", &[("x-x402-lease", &once)]).await;
         ok_of(&r);
-        let r = a
-            .check(&check_request(
-                "GET",
-                "/ws/lobby",
-                &[("x-x402-lease", &once)],
-            ))
-            .await;
+        let r = a.ask("GET", "/ws/lobby", &[("x-x402-lease", &once)]).await;
         let (status, body) = error_of(&r);
         assert_eq!(
             (status, body["error"].as_str()),
@@ -1494,27 +1405,25 @@ pub(crate) mod tests {
         let h = crate::testkit::leased_harness(&dead_url().await);
         let a = authz(&h);
         for method in ["GET", "POST"] {
-            let r = a
-                .check(&check_request(method, "/lease/ticker/BTC", &[]))
-                .await;
+            let r = a.ask(method, "/lease/ticker/BTC", &[]).await;
             let (status, body) = error_of(&r);
             assert_eq!(status, 501);
             assert_eq!(body["error"], "lease_sales_need_filter_mode");
         }
         h.patch_route("quote", json!({"disabled": true}));
-        let r = a.check(&check_request("GET", "/api/quote", &[])).await;
+        let r = a.ask("GET", "/api/quote", &[]).await;
         let (status, body) = error_of(&r);
         assert_eq!(
             (status, body["error"].as_str()),
             (404, Some("route_disabled"))
         );
         // A rewritten route's upstream path is not public.
-        let r = a.check(&check_request("GET", "/v1/ticker/BTC", &[])).await;
+        let r = a.ask("GET", "/v1/ticker/BTC", &[]).await;
         let (status, body) = error_of(&r);
         assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
         // A re-priced route is challenged at its new price at once.
         h.patch_route("echo", json!({"price": "0.5"}));
-        let r = a.check(&check_request("POST", "/api/echo", &[])).await;
+        let r = a.ask("POST", "/api/echo", &[]).await;
         let required = b64_json(
             header_of(&denied_of(&r).headers, "payment-required").expect("PAYMENT-REQUIRED"),
         );
@@ -1559,7 +1468,7 @@ pub(crate) mod tests {
         let auth = payer.authorization(&offer, unix_now(), 1);
         let payment = payer.header_v2(&offer, &auth, "http://api.test:10000/api/h/7");
         let r = a
-            .check(&check_request(
+            .ask(
                 "GET",
                 "/api/h/7?q=1&t=keep",
                 &[
@@ -1570,7 +1479,7 @@ pub(crate) mod tests {
                     ("x-tollway-payer", "forged"),
                     ("user-agent", "t"),
                 ],
-            ))
+            )
             .await;
         let o = ok_of(&r);
         assert_eq!(header_of(&o.headers, ":path"), Some("/v1/h/7?q=1&t=keep"));
@@ -1603,7 +1512,7 @@ pub(crate) mod tests {
         // Free: the same rewrite and allow-list; no context is set, a forged copy is dropped
         // like any header not on the list.
         let r = a
-            .check(&check_request(
+            .ask(
                 "GET",
                 "/open/abc?z=9",
                 &[
@@ -1612,7 +1521,7 @@ pub(crate) mod tests {
                     ("x-tollway-payer", "forged"),
                     ("accept", "*/*"),
                 ],
-            ))
+            )
             .await;
         let o = ok_of(&r);
         assert_eq!(header_of(&o.headers, ":path"), Some("/v1/open/abc?z=9"));
