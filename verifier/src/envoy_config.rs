@@ -362,6 +362,16 @@ mod tests {
         serde_yaml::from_str(text).expect("valid YAML")
     }
 
+    /// Headers the connection manager removes before any filter or route sees the request.
+    fn early_removals(hcm: &serde_yaml::Value) -> Vec<&str> {
+        hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+            .as_sequence()
+            .expect("mutations")
+            .iter()
+            .filter_map(|m| m["remove"].as_str())
+            .collect()
+    }
+
     #[test]
     fn filter_mode() {
         let c = example();
@@ -373,14 +383,7 @@ mod tests {
         assert_eq!(hcm["normalize_path"], true);
         assert_eq!(hcm["merge_slashes"], true);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
-        let removed: Vec<&str> = hcm["early_header_mutation_extensions"][0]["typed_config"]
-            ["mutations"]
-            .as_sequence()
-            .expect("mutations")
-            .iter()
-            .filter_map(|m| m["remove"].as_str())
-            .collect();
-        assert_eq!(removed, CONTEXT_HEADERS);
+        assert_eq!(early_removals(hcm), CONTEXT_HEADERS);
         // Routes come from the verifier's RDS (their shape is tested in rds.rs), and Envoy
         // routes nothing until the first answer.
         assert!(hcm["route_config"].is_null());
@@ -502,14 +505,7 @@ mod tests {
         let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         // Client copies of the trusted context go before ext_authz runs, as in filter mode.
-        let removed: Vec<&str> = hcm["early_header_mutation_extensions"][0]["typed_config"]
-            ["mutations"]
-            .as_sequence()
-            .expect("mutations")
-            .iter()
-            .filter_map(|m| m["remove"].as_str())
-            .collect();
-        assert_eq!(removed, CONTEXT_HEADERS);
+        assert_eq!(early_removals(hcm), CONTEXT_HEADERS);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
         assert_eq!(route["timeout"], "0s");
