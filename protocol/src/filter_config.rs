@@ -254,6 +254,15 @@ pub struct CompiledPaid {
 }
 
 impl CompiledConfig {
+    /// What a paid route sells over Lightning: its price, with the L402 settings to sell it
+    /// (`None` on an x402-only route, or when the config has no `l402`).
+    pub fn lightning<'a>(
+        &'a self,
+        paid: &CompiledPaid,
+    ) -> Option<(LightningPrice, &'a CompiledL402)> {
+        paid.lightning.zip(self.l402.as_ref())
+    }
+
     /// The route called `name` (as sent in gRPC requests); for a leased route, its resource
     /// entry (both entries have the same price).
     pub fn route(&self, name: &str) -> Option<&CompiledRoute> {
@@ -319,7 +328,7 @@ impl CompiledConfig {
                     None
                 }
                 Some(paid) => {
-                    let x402_only = paid.lightning.is_none() || self.l402.is_none();
+                    let x402_only = self.lightning(paid).is_none();
                     let Some(base) = public_url.filter(|_| x402_only) else {
                         continue;
                     };

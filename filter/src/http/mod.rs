@@ -225,7 +225,7 @@ impl Stream {
         let Some(paid) = compiled.paid.as_ref() else {
             return self.unavailable(shared);
         };
-        if paid.lightning.is_none() || shared.config.l402.is_none() {
+        if shared.config.lightning(paid).is_none() {
             self.answered();
             reply::challenge(&paid.challenge, &pending.url, pending.error.as_deref());
             return Action::Pause;
@@ -413,7 +413,7 @@ impl Stream {
                 context: vec![(CONTEXT_RESOURCE, compiled.name.clone())],
             }));
         }
-        let lightning = paid.lightning.zip(shared.config.l402.as_ref());
+        let lightning = shared.config.lightning(paid);
         // What a Lightning 402 binds its macaroon to; x402-only routes never need it.
         let (bound_path, bound_method) = match lightning {
             Some(_) => (path_without_query(&path), &*method),
