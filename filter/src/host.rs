@@ -6,7 +6,7 @@
 use std::ptr::{null, null_mut};
 use std::time::Duration;
 
-use crate::abi::{self, BufferType, MapType, StreamType, OK};
+use crate::abi::{self, BufferType, HeaderMap, MapType, StreamType, OK};
 
 /// A host call that failed, with the host's status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,25 +47,19 @@ fn add_header(map: MapType, name: &str, value: &[u8]) {
     write_header(abi::proxy_add_header_map_value, map, name, value);
 }
 
-/// First value of a request header, as bytes (`None` when absent).
-#[inline]
-pub fn request_header(name: &str) -> Option<Vec<u8>> {
-    header(MapType::HttpRequestHeaders, name)
+/// Every request header in one host call (`None` if the host refused or sent a malformed map).
+/// One read per request: each host read costs a VM exit and a re-entry into our allocator.
+pub fn request_header_map() -> Option<HeaderMap> {
+    header_map(MapType::HttpRequestHeaders)
 }
 
-/// Every request header (repeated names kept), values as bytes.
-pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+fn header_map(map: MapType) -> Option<HeaderMap> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in `header`.
-    let code = unsafe {
-        abi::proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
-    };
+    let code = unsafe { abi::proxy_get_header_map_pairs(map, &mut data, &mut size) };
     // SAFETY: as in `header`.
     let bytes = unsafe { abi::take(data, size) };
-    if code != OK {
-        return Vec::new();
-    }
-    abi::decode_map(&bytes).unwrap_or_default()
+    (code == OK).then(|| HeaderMap::parse(bytes)).flatten()
 }
 
 pub fn remove_request_header(name: &str) {

@@ -101,6 +101,8 @@ pub const BOTH_RAILS: &str =
     r#"{"error":"both an x402 payment header and an L402 credential; send one"}"#;
 pub const CREDENTIAL_TOO_LARGE: &str = r#"{"error":"L402 Authorization header too large"}"#;
 pub const ROUTE_DISABLED: &str = r#"{"error":"route_disabled"}"#;
+/// Envoy would not hand the filter the request headers (never seen; fail closed).
+pub const HEADERS_UNREADABLE: &str = r#"{"error":"request headers unreadable"}"#;
 /// A rewritten route's upstream path, asked for directly.
 pub const NOT_FOUND: &str = r#"{"error":"not_found"}"#;
 

@@ -4,6 +4,7 @@
 use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::CONTEXT_HEADERS;
 
+use crate::abi::HeaderMap;
 use crate::host;
 
 /// Decided in the request-header phase, applied right before the request goes upstream (in
@@ -14,17 +15,38 @@ pub struct Forward {
     pub path: Option<String>,
     /// Trusted context headers to set (client copies were removed on arrival).
     pub context: Vec<(&'static str, String)>,
+    /// Request headers the route's allow-list drops, named on arrival.
+    strip: Vec<String>,
 }
 
 impl Forward {
-    /// `strip_context`: remove client copies of the context first (Envoy did not).
-    pub fn apply(&self, route: &CompiledRoute, strip_context: bool) {
-        if route.headers.filters_requests() {
-            for (name, _) in host::request_headers() {
-                if !route.headers.allows(&name) {
-                    host::remove_request_header(&name);
+    pub fn new(
+        route: usize,
+        compiled: &CompiledRoute,
+        headers: &HeaderMap,
+        path: Option<String>,
+        context: Vec<(&'static str, String)>,
+    ) -> Forward {
+        let mut strip: Vec<String> = Vec::new();
+        if compiled.headers.filters_requests() {
+            for (name, _) in headers.iter() {
+                if !compiled.headers.allows(name) && !strip.iter().any(|s| s == name) {
+                    strip.push(name.to_owned());
                 }
             }
+        }
+        Forward {
+            route,
+            path,
+            context,
+            strip,
+        }
+    }
+
+    /// `strip_context`: remove client copies of the context first (Envoy did not).
+    pub fn apply(&self, strip_context: bool) {
+        for name in &self.strip {
+            host::remove_request_header(name);
         }
         if !self.context.is_empty() {
             if strip_context {

@@ -12,8 +12,6 @@
 //!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
 //! ```
 
-use std::borrow::Cow;
-
 use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::hmac::sha256;
@@ -27,7 +25,7 @@ use tollway_protocol::rpc::{ClaimRequest, METHOD_CLAIM};
 
 use super::forward::{upstream_path, Forward};
 use super::{State, Stream};
-use crate::abi::Action;
+use crate::abi::{Action, HeaderMap};
 use crate::host;
 use crate::metrics::inc;
 use crate::reply;
@@ -43,33 +41,25 @@ pub struct Sale {
     pub renew: Option<Lease>,
 }
 
-/// What a request names: its path, method and the URL pieces of a 402.
+/// What a request names: its path, method, and the headers the URL of an answer comes from.
 pub struct Target<'a> {
     pub route: usize,
     pub params: &'a [(String, String)],
     pub path: &'a str,
     pub method: &'a str,
-    /// Read for matching (when routes name hosts), else `None` until an answer needs it.
-    pub authority: Option<&'a str>,
+    /// The request's headers as read on arrival.
+    pub headers: &'a HeaderMap,
 }
 
 impl Target<'_> {
     /// Absolute URL of `path` for this request: under `public_url`, or on the request's own
-    /// scheme and authority, read only now (a free request or a valid credential never needs
-    /// them, and each read is a host call).
+    /// scheme and authority.
     pub fn url(&self, shared: &Shared, path: &str) -> String {
         if shared.public_url.is_some() {
             return resource_url(shared.public_url.as_deref(), "", "", path);
         }
-        let scheme = host::request_header(":scheme").unwrap_or_default();
-        let read = match self.authority {
-            Some(_) => Vec::new(),
-            None => host::request_header(":authority").unwrap_or_default(),
-        };
-        let authority = self
-            .authority
-            .map_or_else(|| String::from_utf8_lossy(&read), Cow::Borrowed);
-        resource_url(None, &String::from_utf8_lossy(&scheme), &authority, path)
+        let header = |name| String::from_utf8_lossy(self.headers.get(name).unwrap_or_default());
+        resource_url(None, &header(":scheme"), &header(":authority"), path)
     }
 }
 
@@ -79,14 +69,14 @@ impl Stream {
         let Some(route) = shared.config.routes.get(target.route) else {
             return self.unavailable(shared);
         };
-        let header = host::request_header(HEADER_LEASE);
+        let header = target.headers.get(HEADER_LEASE);
         let query = strip_query_token(target.path);
         // Neither copy of the credential goes upstream, whatever happens next.
         if header.is_some() {
             host::remove_request_header(HEADER_LEASE);
         }
         let token = header
-            .map(|h| String::from_utf8_lossy(&h).into_owned())
+            .map(|h| String::from_utf8_lossy(h).into_owned())
             .or_else(|| query.as_ref().map(|(_, t)| (*t).to_owned()));
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return self.lease_refused(shared, route, target, REASON_REQUIRED);
@@ -111,15 +101,17 @@ impl Stream {
             Err(e) => return self.lease_refused(shared, route, target, e.reason()),
         };
         let base = query.as_ref().map_or(target.path, |(p, _)| p.as_str());
-        self.forward = Some(Box::new(Forward {
-            route: target.route,
-            path: upstream_path(route, target.params, base).or_else(|| query.map(|(p, _)| p)),
-            context: vec![
+        self.forward = Some(Box::new(Forward::new(
+            target.route,
+            route,
+            target.headers,
+            upstream_path(route, target.params, base).or_else(|| query.map(|(p, _)| p)),
+            vec![
                 (CONTEXT_RAIL, "lease".to_owned()),
                 (CONTEXT_PAYER, lease.id_hex()),
                 (CONTEXT_RESOURCE, route.name.clone()),
             ],
-        }));
+        )));
         if !lease.single_use {
             inc(shared.metrics.leases_accepted);
             return self.forward_now(shared);
@@ -201,7 +193,7 @@ impl Stream {
         };
         let path = canonical_path(&lease.resource.render(target.params));
         let url = target.url(shared, &path);
-        let renew = match host::request_header(HEADER_LEASE) {
+        let renew = match target.headers.get(HEADER_LEASE) {
             None => None,
             Some(token) => {
                 host::remove_request_header(HEADER_LEASE);
@@ -210,7 +202,7 @@ impl Stream {
                     .config
                     .lease_key
                     .as_ref()
-                    .and_then(|key| Lease::open(key, &String::from_utf8_lossy(&token)).ok())
+                    .and_then(|key| Lease::open(key, &String::from_utf8_lossy(token)).ok())
                     .filter(|old| {
                         old.route == route.name && old.path == path && old.method == lease.method
                     });

@@ -175,9 +175,7 @@ impl Stream {
 
     fn apply_forward(&self, shared: &Shared) {
         if let Some(forward) = self.forward.as_deref() {
-            if let Some(route) = shared.config.routes.get(forward.route) {
-                forward.apply(route, !shared.envoy_strips_context);
-            }
+            forward.apply(!shared.envoy_strips_context);
         }
     }
 
@@ -338,26 +336,22 @@ impl Stream {
     }
 
     fn request_headers(&mut self, shared: &Shared) -> Action {
-        let (Some(path), Some(method)) = (
-            host::request_header(":path"),
-            host::request_header(":method"),
-        ) else {
-            return Action::Continue;
+        let Some(headers) = host::request_header_map() else {
+            // Unreadable headers cannot be checked: answer rather than let the request through.
+            return self.error(500, reply::HEADERS_UNREADABLE);
         };
-        // Read only when a route names a host (or a paid answer needs it): one host call less
-        // on every free request.
-        // Read only when a route names a host; other answers that need it (a 402's resource
-        // URL) read it themselves: a free request or a valid credential never does.
-        let authority = if shared.config.table.uses_hosts() {
-            host::request_header(":authority")
-        } else {
-            None
+        let (Some(path), Some(method)) = (headers.get(":path"), headers.get(":method")) else {
+            return Action::Continue;
         };
         // Lossy only copies when a value is not UTF-8; literal route segments are ASCII, so
         // such a request matches exactly the routes a byte-wise matcher would give it.
-        let path = String::from_utf8_lossy(&path);
-        let method = String::from_utf8_lossy(&method);
-        let authority = authority.as_deref().map(String::from_utf8_lossy);
+        let path = String::from_utf8_lossy(path);
+        let method = String::from_utf8_lossy(method);
+        // Routes that name no host match any authority.
+        let authority = match shared.config.table.uses_hosts() {
+            true => headers.get(":authority").map(String::from_utf8_lossy),
+            false => None,
+        };
 
         let Some(found) =
             shared
@@ -383,11 +377,13 @@ impl Stream {
                 || compiled.headers.filters_requests()
                 || !compiled.headers.response_headers().is_empty()
             {
-                self.forward = Some(Box::new(Forward {
+                self.forward = Some(Box::new(Forward::new(
                     route,
-                    path: upstream_path(compiled, &found.params, &path),
-                    context: Vec::new(),
-                }));
+                    compiled,
+                    &headers,
+                    upstream_path(compiled, &found.params, &path),
+                    Vec::new(),
+                )));
             }
             return self.forward_now(shared);
         };
@@ -397,7 +393,7 @@ impl Stream {
             params: &found.params,
             path: &path,
             method: &method,
-            authority: authority.as_deref(),
+            headers: &headers,
         };
         if compiled.lease.is_some() && !compiled.sells_lease {
             return self.leased(shared, &target);
@@ -407,11 +403,13 @@ impl Stream {
                 return answered;
             }
         } else {
-            self.forward = Some(Box::new(Forward {
+            self.forward = Some(Box::new(Forward::new(
                 route,
-                path: upstream_path(compiled, &found.params, &path),
-                context: vec![(CONTEXT_RESOURCE, compiled.name.clone())],
-            }));
+                compiled,
+                &headers,
+                upstream_path(compiled, &found.params, &path),
+                vec![(CONTEXT_RESOURCE, compiled.name.clone())],
+            )));
         }
         let lightning = shared.config.lightning(paid);
         // What a Lightning 402 binds its macaroon to; x402-only routes never need it.
@@ -430,10 +428,10 @@ impl Stream {
         // All values of both payment headers: a second one is refused, never ignored (the
         // single-header getter would only show the first). On a Lightning route, every
         // Authorization value too (an L402 client may send an LSAT and an L402 line).
-        let mut payment: Option<(&'static str, Vec<u8>)> = None;
-        let mut authorization: Vec<Vec<u8>> = Vec::new();
-        for (name, value) in host::request_headers() {
-            let header = match name.as_str() {
+        let mut payment: Option<(&'static str, &[u8])> = None;
+        let mut authorization: Vec<&[u8]> = Vec::new();
+        for (name, value) in headers.iter() {
+            let header = match name {
                 HEADER_PAYMENT_SIGNATURE => HEADER_PAYMENT_SIGNATURE,
                 HEADER_X_PAYMENT => HEADER_X_PAYMENT,
                 HEADER_AUTHORIZATION if lightning.is_some() => {
@@ -473,7 +471,7 @@ impl Stream {
             inc(shared.metrics.rejected);
             return self.error(431, reply::PAYMENT_TOO_LARGE);
         }
-        let Ok(value) = String::from_utf8(value) else {
+        let Ok(value) = std::str::from_utf8(value).map(str::to_owned) else {
             let reason = ErrorReason::InvalidPayload.as_str();
             return self.reject(shared, pending(url, Some(reason.into())));
         };
@@ -540,7 +538,7 @@ impl Stream {
         &mut self,
         shared: &Shared,
         request: &L402Request<'_>,
-        authorization: &[Vec<u8>],
+        authorization: &[&[u8]],
         target: &Target<'_>,
     ) -> Action {
         let now = host::now_unix();
@@ -555,7 +553,7 @@ impl Stream {
                 .get(authorization, request.path, request.method, now);
         let verified = match cached {
             Some(token) => Ok(token),
-            None => parse_authorization(authorization.iter().map(Vec::as_slice))
+            None => parse_authorization(authorization.iter().copied())
                 .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
                 .and_then(|credential| {
                     verify_credential(

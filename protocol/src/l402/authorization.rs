@@ -118,29 +118,39 @@ struct Span {
     end: usize,
 }
 
+/// The credentials of `value`, left to right. The scan resumes after each token, so spans never
+/// overlap (`L402 L402 x` is one span whose token is `L402`, then plain text) and a long token
+/// is read once.
 fn spans(value: &[u8]) -> impl Iterator<Item = Span> + '_ {
     let blank = |b: u8| b == b' ' || b == b'\t';
-    (0..value.len()).filter_map(move |i| {
-        let at_boundary = i == 0 || blank(value[i - 1]) || value[i - 1] == b',';
-        let word = value.get(i..i + 4)?;
-        if !at_boundary || !SCHEMES.iter().any(|s| word.eq_ignore_ascii_case(&s[..])) {
-            return None;
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < value.len() {
+            let i = at;
+            at += 1;
+            let at_boundary = i == 0 || blank(value[i - 1]) || value[i - 1] == b',';
+            let word = value.get(i..i + 4)?;
+            if !at_boundary || !SCHEMES.iter().any(|s| word.eq_ignore_ascii_case(&s[..])) {
+                continue;
+            }
+            let after = &value[i + 4..];
+            let spaces = after.iter().take_while(|&&b| blank(b)).count();
+            if spaces == 0 {
+                continue;
+            }
+            let begin = i + 4 + spaces;
+            let len = value[begin..]
+                .iter()
+                .take_while(|&&b| !blank(b) && b != b',')
+                .count();
+            at = begin + len;
+            return Some(Span {
+                keyword: i,
+                begin,
+                end: begin + len,
+            });
         }
-        let after = &value[i + 4..];
-        let spaces = after.iter().take_while(|&&b| blank(b)).count();
-        if spaces == 0 {
-            return None;
-        }
-        let begin = i + 4 + spaces;
-        let len = value[begin..]
-            .iter()
-            .take_while(|&&b| !blank(b) && b != b',')
-            .count();
-        Some(Span {
-            keyword: i,
-            begin,
-            end: begin + len,
-        })
+        None
     })
 }
 

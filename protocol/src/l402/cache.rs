@@ -26,7 +26,7 @@ impl VerifiedCache {
     /// `authorization` is every Authorization value of the request, in order.
     pub fn get(
         &self,
-        authorization: &[Vec<u8>],
+        authorization: &[&[u8]],
         path: &str,
         method: &str,
         now: u64,
@@ -37,7 +37,7 @@ impl VerifiedCache {
 
     pub fn insert(
         &mut self,
-        authorization: &[Vec<u8>],
+        authorization: &[&[u8]],
         path: &str,
         method: &str,
         token: VerifiedToken,
@@ -59,7 +59,7 @@ impl VerifiedCache {
 }
 
 impl Key {
-    fn new(authorization: &[Vec<u8>], path: &str, method: &str) -> Key {
+    fn new(authorization: &[&[u8]], path: &str, method: &str) -> Key {
         let mut credential = Vec::with_capacity(authorization.iter().map(|v| v.len() + 1).sum());
         for value in authorization {
             credential.extend_from_slice(value);
@@ -90,16 +90,14 @@ mod tests {
     #[test]
     fn hits_only_the_same_request_before_expiry() {
         let mut cache = VerifiedCache::default();
-        let auth = vec![b"L402 mac:pre".to_vec()];
+        let auth: [&[u8]; 1] = [b"L402 mac:pre"];
         cache.insert(&auth, "/a", "GET", token(100));
         assert!(cache.get(&auth, "/a", "GET", 99).is_some());
         assert!(cache.get(&auth, "/a", "GET", 100).is_none(), "expired");
         assert!(cache.get(&auth, "/b", "GET", 1).is_none());
         assert!(cache.get(&auth, "/a", "POST", 1).is_none());
-        assert!(cache
-            .get(&[b"L402 mac:prf".to_vec()], "/a", "GET", 1)
-            .is_none());
-        let split = vec![b"L402 mac".to_vec(), b":pre".to_vec()];
+        assert!(cache.get(&[b"L402 mac:prf"], "/a", "GET", 1).is_none());
+        let split: [&[u8]; 2] = [b"L402 mac", b":pre"];
         assert!(cache.get(&split, "/a", "GET", 1).is_none());
     }
 
@@ -107,7 +105,7 @@ mod tests {
     fn stays_bounded() {
         let mut cache = VerifiedCache::default();
         for i in 0..CAPACITY + 10 {
-            cache.insert(&[i.to_string().into_bytes()], "/a", "GET", token(100));
+            cache.insert(&[i.to_string().as_bytes()], "/a", "GET", token(100));
         }
         assert!(cache.len() <= CAPACITY);
         assert!(!cache.is_empty());

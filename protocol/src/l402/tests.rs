@@ -685,6 +685,16 @@ fn stripping_keeps_other_schemes() {
     );
 }
 
+#[test]
+fn a_scheme_word_as_the_token_is_one_credential_not_two() {
+    // The token `L402` is not a second keyword: stripping the one credential leaves the rest.
+    assert_eq!(without_l402(b"L402 L402 abc").as_deref(), Some(&b"abc"[..]));
+    assert!(matches!(
+        parse_authorization([&b"L402 L402 abc"[..]]),
+        Err(L402Error::BadHeader(_))
+    ));
+}
+
 // ---- challenge ----
 
 #[test]
