@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use log::warn;
 use prost::Message;
+use tollway_protocol::cache::Memo;
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig};
 use tollway_protocol::l402::cache::VerifiedCache;
+use tollway_protocol::lease::Lease;
 use tollway_protocol::rpc::{RoutesRequest, RoutesResponse, METHOD_ROUTES, SERVICE};
 
 use crate::abi::BufferType;
@@ -29,6 +31,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// L402 credentials verified in this VM (a reusable token skips the HMAC chain).
     pub l402_cache: RefCell<VerifiedCache>,
+    /// Lease tokens whose signature this VM checked (a lease used again skips the HMAC).
+    pub lease_cache: RefCell<Memo<String, Lease>>,
 }
 
 pub struct Root {
@@ -101,6 +105,7 @@ impl Root {
             envoy_strips_context: config.envoy_strips_context,
             metrics: self.metrics()?,
             l402_cache: RefCell::default(),
+            lease_cache: RefCell::default(),
         })
     }
 

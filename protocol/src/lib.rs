@@ -20,6 +20,7 @@
 
 pub mod amount;
 pub mod b64;
+pub mod cache;
 pub mod evm;
 pub mod filter_config;
 pub mod headers;

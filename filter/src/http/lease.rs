@@ -12,6 +12,8 @@
 //!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
 //! ```
 
+use std::borrow::Cow;
+
 use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::hmac::sha256;
@@ -76,8 +78,8 @@ impl Stream {
             host::remove_request_header(HEADER_LEASE);
         }
         let token = header
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .or_else(|| query.as_ref().map(|(_, t)| (*t).to_owned()));
+            .map(String::from_utf8_lossy)
+            .or_else(|| query.as_ref().map(|(_, t)| Cow::Borrowed(*t)));
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return self.lease_refused(shared, route, target, REASON_REQUIRED);
         };
@@ -85,17 +87,24 @@ impl Stream {
         let Some(key) = shared.config.lease_key.as_ref() else {
             return self.unavailable(shared);
         };
-        let lease = Lease::open(key, &token).and_then(|lease| {
+        let check = |lease: &Lease| {
+            let path = canonical_path(target.path);
             lease
-                .check(
-                    &route.name,
-                    target.method,
-                    &canonical_path(target.path),
-                    now,
-                )
-                .map(|()| lease)
+                .check(&route.name, target.method, &path, now)
+                .map(|()| (lease.id_hex(), lease.single_use, lease.expires_at))
+        };
+        // A token seen before skips its HMAC; the lease's terms are checked on every request.
+        let cached = shared.lease_cache.borrow().get(&*token).map(check);
+        let checked = cached.unwrap_or_else(|| {
+            let lease = Lease::open(key, &token)?;
+            let checked = check(&lease);
+            shared
+                .lease_cache
+                .borrow_mut()
+                .insert(token.into_owned(), lease);
+            checked
         });
-        let lease = match lease {
+        let (id_hex, single_use, expires_at) = match checked {
             Ok(lease) if now != 0 => lease,
             Ok(_) => return self.unavailable(shared),
             Err(e) => return self.lease_refused(shared, route, target, e.reason()),
@@ -108,18 +117,18 @@ impl Stream {
             upstream_path(route, target.params, base).or_else(|| query.map(|(p, _)| p)),
             vec![
                 (CONTEXT_RAIL, "lease".to_owned()),
-                (CONTEXT_PAYER, lease.id_hex()),
+                (CONTEXT_PAYER, id_hex.clone()),
                 (CONTEXT_RESOURCE, route.name.clone()),
             ],
         )));
-        if !lease.single_use {
+        if !single_use {
             inc(shared.metrics.leases_accepted);
             return self.forward_now(shared);
         }
         let claim = ClaimRequest {
-            key: format!("lease:{}", lease.id_hex()),
+            key: format!("lease:{id_hex}"),
             route: route.name.clone(),
-            expires_at: lease.expires_at,
+            expires_at,
         };
         let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
             return self.unavailable(shared);
