@@ -31,6 +31,9 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Cli, Command, LogFormat};
 use crate::config::{Config, Secrets};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
