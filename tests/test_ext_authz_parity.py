@@ -103,6 +103,13 @@ def test_free_request_carries_no_context_even_if_forged(authz_stack):
     assert not set(CONTEXT) & seen.keys(), seen  # removed by the bootstrap's early mutation
 
 
+def test_every_client_header_in_the_context_namespace_is_stripped(authz_stack):
+    # Envoy removes the whole `x-tollway-` prefix, so a context header added later is covered.
+    r = requests.get(authz_stack.url + "/free", headers={"x-tollway-future": "forged"}, timeout=10)
+    assert r.status_code == 200
+    assert "x-tollway-future" not in authz_stack.upstream_seen("/free")
+
+
 # -- header policy and upstream_path ----------------------------------------------------------
 
 

@@ -5,6 +5,9 @@ pub const CONTEXT_RAIL: &str = "x-tollway-rail";
 pub const CONTEXT_PAYER: &str = "x-tollway-payer";
 pub const CONTEXT_AMOUNT: &str = "x-tollway-amount";
 pub const CONTEXT_RESOURCE: &str = "x-tollway-resource";
+/// Every context header starts with it: Envoy strips client headers by this prefix (one pass
+/// over the request's headers instead of one lookup per name).
+pub const CONTEXT_PREFIX: &str = "x-tollway-";
 pub const CONTEXT_HEADERS: [&str; 4] = [
     CONTEXT_RAIL,
     CONTEXT_PAYER,
@@ -130,6 +133,13 @@ fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_context_header_has_the_stripped_prefix() {
+        for name in CONTEXT_HEADERS {
+            assert!(name.starts_with(CONTEXT_PREFIX), "{name}");
+        }
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use tollway_protocol::filter_config::FilterConfig;
-use tollway_protocol::headers::CONTEXT_HEADERS;
+use tollway_protocol::headers::CONTEXT_PREFIX;
 
 use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 
@@ -223,7 +223,9 @@ pub fn bootstrap(
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": CONTEXT_HEADERS.iter().map(|h| json!({ "remove": h })).collect::<Vec<_>>(),
+                    "mutations": [{
+                        "remove_on_match": { "key_matcher": { "prefix": CONTEXT_PREFIX } }
+                    }],
                 }
             }],
             "http_filters": [auth_filter, router_filter()]
@@ -362,13 +364,14 @@ mod tests {
         serde_yaml::from_str(text).expect("valid YAML")
     }
 
-    /// Headers the connection manager removes before any filter or route sees the request.
+    /// Header name prefixes the connection manager removes before any filter or route sees the
+    /// request.
     fn early_removals(hcm: &serde_yaml::Value) -> Vec<&str> {
         hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
             .as_sequence()
             .expect("mutations")
             .iter()
-            .filter_map(|m| m["remove"].as_str())
+            .filter_map(|m| m["remove_on_match"]["key_matcher"]["prefix"].as_str())
             .collect()
     }
 
@@ -383,7 +386,7 @@ mod tests {
         assert_eq!(hcm["normalize_path"], true);
         assert_eq!(hcm["merge_slashes"], true);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
-        assert_eq!(early_removals(hcm), CONTEXT_HEADERS);
+        assert_eq!(early_removals(hcm), [CONTEXT_PREFIX]);
         // Routes come from the verifier's RDS (their shape is tested in rds.rs), and Envoy
         // routes nothing until the first answer.
         assert!(hcm["route_config"].is_null());
@@ -505,7 +508,7 @@ mod tests {
         let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         // Client copies of the trusted context go before ext_authz runs, as in filter mode.
-        assert_eq!(early_removals(hcm), CONTEXT_HEADERS);
+        assert_eq!(early_removals(hcm), [CONTEXT_PREFIX]);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
         assert_eq!(route["timeout"], "0s");
