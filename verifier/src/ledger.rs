@@ -121,9 +121,11 @@ pub enum LedgerError {
     Query(String),
 }
 
+// `id` is the rowid: append-only, so it only grows (no AUTOINCREMENT, which costs a
+// `sqlite_sequence` write per insert; ledgers created with it keep it).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS payment_events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     at          INTEGER NOT NULL,
     event       TEXT    NOT NULL,
     route       TEXT    NOT NULL,
