@@ -14,8 +14,8 @@ use tollway_protocol::b64;
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig, LightningPrice};
 use tollway_protocol::x402::lightning::{ASSET_BTC, PAY_TO_ANONYMOUS};
 use tollway_protocol::x402::{
-    check_lightning_payment, check_payment, decode_payment, ErrorReason, Offer, PaymentKind,
-    PaymentPayload, ReplayKey, MAX_PAYMENT_BYTES,
+    check_lightning_payment, check_payment, decode_payment_json, ErrorReason, Offer, PaymentKind,
+    PaymentPayload, ReplayKey,
 };
 
 use crate::clock::unix_now;
@@ -374,16 +374,9 @@ impl Payments {
         };
 
         // Decode: typed for the checks, raw JSON to forward unchanged to the facilitator.
-        let payment = match decode_payment(raw_header.trim()) {
-            Ok(p) => p,
+        let (payment, payload_json) = match decode_payment_json(raw_header.trim()) {
+            Ok(decoded) => decoded,
             Err(reason) => return self.reject(route, reason.as_str(), base_event),
-        };
-        let payload_json: Value = match b64::decode_strict(raw_header.trim(), MAX_PAYMENT_BYTES)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        {
-            Some(v) => v,
-            None => return self.reject(route, ErrorReason::InvalidPayload.as_str(), base_event),
         };
         if PaymentKind::of(&payment) == PaymentKind::Lightning {
             return self.verify_lightning(route, info, &payment, now).await;

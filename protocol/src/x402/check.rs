@@ -29,13 +29,20 @@ pub const VALID_BEFORE_MARGIN_SECONDS: u64 = 6;
 /// Decodes a `PAYMENT-SIGNATURE` / `X-PAYMENT` value: strict base64, bounded size, JSON, and a
 /// known `x402Version`.
 pub fn decode_payment(header_value: &str) -> Result<PaymentPayload, ErrorReason> {
+    decode_payment_json(header_value).map(|(payment, _)| payment)
+}
+
+/// [`decode_payment`], also giving the JSON the header carried (the verifier forwards it to the
+/// facilitator unchanged), decoded once.
+pub fn decode_payment_json(header_value: &str) -> Result<(PaymentPayload, Value), ErrorReason> {
     let json = b64::decode_strict(header_value, MAX_PAYMENT_BYTES)
         .map_err(|_| ErrorReason::InvalidPayload)?;
     let value: Value = serde_json::from_slice(&json).map_err(|_| ErrorReason::InvalidPayload)?;
-    PaymentPayload::from_value(value).map_err(|e| match e {
+    let payment = PaymentPayload::from_value(&value).map_err(|e| match e {
         PayloadShapeError::Version => ErrorReason::InvalidX402Version,
         PayloadShapeError::Shape(_) => ErrorReason::InvalidPayload,
-    })
+    })?;
+    Ok((payment, value))
 }
 
 /// A payment that matches one of our offers and passes every static check. The signature is

@@ -9,7 +9,10 @@ pub mod reason;
 pub mod types;
 
 pub use challenge::{is_json_object, Challenge, RenderedChallenge, CHALLENGE_HEADERS};
-pub use check::{check_payment, decode_payment, CheckedPayment, ReplayKey, MAX_PAYMENT_BYTES};
+pub use check::{
+    check_payment, decode_payment, decode_payment_json, CheckedPayment, ReplayKey,
+    MAX_PAYMENT_BYTES,
+};
 pub use lightning::{
     check_lightning_payment, lightning_offer_v2, LightningPayload, LightningPayment, PaymentKind,
 };

@@ -174,13 +174,13 @@ impl fmt::Display for PayloadShapeError {
 }
 
 impl PaymentPayload {
-    pub(crate) fn from_value(value: Value) -> Result<Self, PayloadShapeError> {
+    pub(crate) fn from_value(value: &Value) -> Result<Self, PayloadShapeError> {
         let shape = |e: serde_json::Error| PayloadShapeError::Shape(e.to_string());
         match value.get("x402Version").and_then(Value::as_u64) {
-            Some(1) => serde_json::from_value(value)
+            Some(1) => Deserialize::deserialize(value)
                 .map(PaymentPayload::V1)
                 .map_err(shape),
-            Some(2) => serde_json::from_value(value)
+            Some(2) => Deserialize::deserialize(value)
                 .map(PaymentPayload::V2)
                 .map_err(shape),
             _ => Err(PayloadShapeError::Version),
@@ -190,7 +190,7 @@ impl PaymentPayload {
 
 impl<'de> Deserialize<'de> for PaymentPayload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        PaymentPayload::from_value(Value::deserialize(d)?).map_err(de::Error::custom)
+        PaymentPayload::from_value(&Value::deserialize(d)?).map_err(de::Error::custom)
     }
 }
 
@@ -365,7 +365,7 @@ mod tests {
         assert!(serde_json::from_value::<PaymentPayload>(json!({"x402Version": 3})).is_err());
         assert!(serde_json::from_value::<PaymentPayload>(json!({"x402Version": 2})).is_err());
         assert_eq!(
-            PaymentPayload::from_value(json!({"x402Version": "2"})),
+            PaymentPayload::from_value(&json!({"x402Version": "2"})),
             Err(PayloadShapeError::Version)
         );
     }
