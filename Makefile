@@ -50,6 +50,8 @@ bench-deps: build bench/peer/node_modules/.installed
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
 	cargo build --release -p tollway-bench
 	cargo build --profile wasm --target wasm32-wasip1 -p tollway-bench-noop-filter
+	cargo build --release -p tollway-bench-noop-module
+	cp $(CARGO_TARGET_DIR)/release/libtollway_bench_noop_module.so $(BUILD)/
 	cp $(CARGO_TARGET_DIR)/release/bench-upstream $(CARGO_TARGET_DIR)/release/bench-facilitator $(CARGO_TARGET_DIR)/release/bench-payments $(BUILD)/
 	cp $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_bench_noop_filter.wasm $(BUILD)/bench_noop_filter.wasm
 

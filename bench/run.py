@@ -12,6 +12,8 @@ Scenarios (ids as in BENCHMARKS.md):
   B1  bare Envoy → router → static upstream           B2  bare Envoy, direct_response 200
   B1w B1 plus a proxy-wasm filter that does nothing (bench/noop-filter) and exports the same
       per-request callbacks as Tollway's: the price of entering the VM at all
+  B1n B1 plus an Envoy dynamic module (native shared library, bench/noop-module) whose HTTP filter
+      does nothing: the same floor for a native filter
   S1  Tollway filter mode, free route                 S1e same through ext_authz-only mode
       (filter mode serves `/free` on the verifier's RDS route with the filter disabled, and
       answers S2's unpaid requests from Envoy: see the report's Method)
@@ -20,7 +22,8 @@ Scenarios (ids as in BENCHMARKS.md):
   S4  Tollway filter mode, a valid lease token on an http-stream route, checked in the filter
   S5  Tollway filter mode, x402 payment, instant facilitator       S5e ext_authz-only mode
   P2  @x402/express, unpaid → 402                     P5  @x402/express, x402 payment
-  L-B1, L-S1, L-S3, L-S4: again with one connection, for the added-latency goal (no queueing).
+  L-B1, L-B1w, L-S1, L-S3, L-S4: again with one connection, for the added-latency goal (no
+      queueing).
 
 `.venv/bin/python bench/run.py [--duration 5] [--warmup 2] [--connections 32] [--reps 3]`
 `--smoke`: 1 rep of 2 s, no warm-up, writes a temporary report; exits non-zero only when a
@@ -77,6 +80,9 @@ LEASE_SALE_PATH = "/lease/ticker/BENCH"
 LEASE_AMOUNT = "10000"  # the ticker lease: 0.01 USD
 MAX_TIMEOUT = 300
 
+# bench/noop-module's library name: Envoy loads `lib<name>.so` (scenario B1n).
+NOOP_MODULE = "tollway_bench_noop_module"
+
 ENVOY_CORE = "0"
 LOAD_CORE = "1"
 
@@ -107,6 +113,7 @@ class Scenario:
 SCENARIOS = [
     Scenario("B1", "bare Envoy, router → static upstream", "b1", FREE_PATH, 200),
     Scenario("B1w", "B1 + a no-op proxy-wasm filter (V8, Tollway's callbacks), the VM's own cost", "b1w", FREE_PATH, 200, baseline="B1"),
+    Scenario("B1n", "B1 + a no-op Envoy dynamic module (native), a native filter's own cost", "b1n", FREE_PATH, 200, baseline="B1"),
     Scenario("S1", "filter mode, free route", "filter", FREE_PATH, 200, baseline="B1"),
     Scenario("S1e", "ext_authz-only mode, free route", "extauthz", FREE_PATH, 200, baseline="B1"),
     Scenario("S3", "filter mode, valid L402 token", "filter", L402_PATH, 200, baseline="B1", credential="l402"),
@@ -119,6 +126,7 @@ SCENARIOS = [
     Scenario("S2e", "ext_authz-only mode, unpaid → 402", "extauthz", CHALLENGE_PATH, 402, baseline="B2"),
     Scenario("P2", "@x402/express 2.27, unpaid → 402", "peer", PAID_PATH, 402, baseline="S2"),
     Scenario("L-B1", "B1 with 1 connection (latency)", "b1", FREE_PATH, 200, connections=1),
+    Scenario("L-B1w", "B1w with 1 connection (latency)", "b1w", FREE_PATH, 200, baseline="L-B1", connections=1),
     Scenario("L-S1", "S1 with 1 connection (latency)", "filter", FREE_PATH, 200, baseline="L-B1", connections=1),
     Scenario("L-S3", "S3 with 1 connection (latency)", "filter", L402_PATH, 200, baseline="L-B1", connections=1, credential="l402"),
     Scenario("L-S4", "S4 with 1 connection (latency)", "filter", LEASE_PATH, 200, baseline="L-B1", connections=1, credential="lease"),
@@ -265,7 +273,19 @@ def noop_wasm_filter(path: Path) -> dict:
     }
 
 
-def baseline_bootstrap(listen: int, admin: int, upstream: int, direct: bool, wasm: Path | None = None) -> dict:
+def noop_module_filter(name: str) -> dict:
+    """bench/noop-module as an HTTP filter (`envoy.filters.http.dynamic_modules`)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": name, "do_not_close": True},
+            "filter_name": "noop",
+        },
+    }
+
+
+def baseline_bootstrap(listen: int, admin: int, upstream: int, direct: bool, wasm: Path | None = None, module: str | None = None) -> dict:
     """B1 (router → static upstream) or B2 (direct_response with the upstream's body): the
     listener, connection manager, route and cluster settings `tollway envoy` renders, without any
     Tollway filter (and without the verifier cluster)."""
@@ -298,6 +318,8 @@ def baseline_bootstrap(listen: int, admin: int, upstream: int, direct: bool, was
     manager = hcm("ingress_http", [route])
     if wasm:
         manager["typed_config"]["http_filters"].insert(0, noop_wasm_filter(wasm))
+    if module:
+        manager["typed_config"]["http_filters"].insert(0, noop_module_filter(module))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
@@ -392,12 +414,12 @@ class Bench:
             raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(BY_ID)}")
         self.scenarios = [s for s in SCENARIOS if s.id in ids]
         self.targets = {s.target for s in self.scenarios}
-        p = free_ports(16)
+        p = free_ports(17)
         self.port = {
             "b1": p[0], "b1_admin": p[1], "b2": p[2], "b2_admin": p[3],
             "filter": p[4], "filter_admin": p[5], "extauthz": p[6], "extauthz_admin": p[7],
             "upstream": p[8], "facilitator": p[9], "grpc": p[10], "http": p[11], "peer": p[12],
-            "b1w": p[13], "b1w_admin": p[14],
+            "b1w": p[13], "b1w_admin": p[14], "b1n": p[15], "b1n_admin": p[16],
         }  # fmt: skip
         self.rate = dict(RATE_GUESS)
         self.pool_serial = 0
@@ -426,6 +448,11 @@ class Bench:
         if "b1w" in self.targets:
             noop = self.tool("bench_noop_filter.wasm")
             self.start_envoy("b1w", self.write_json("envoy-b1w.json", baseline_bootstrap(self.port["b1w"], self.port["b1w_admin"], self.port["upstream"], False, noop)))
+        if "b1n" in self.targets:
+            module = self.tool(f"lib{NOOP_MODULE}.so")
+            bootstrap = baseline_bootstrap(self.port["b1n"], self.port["b1n_admin"], self.port["upstream"], False, module=NOOP_MODULE)
+            # Envoy looks a module up as `lib<name>.so` in this directory.
+            self.start_envoy("b1n", self.write_json("envoy-b1n.json", bootstrap), {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module.parent)})
         if "b2" in self.targets:
             self.start_envoy("b2", self.write_json("envoy-b2.json", baseline_bootstrap(self.port["b2"], self.port["b2_admin"], self.port["upstream"], True)))
         if self.targets & TOLLWAY_TARGETS:
@@ -444,9 +471,9 @@ class Bench:
             check = f"http://127.0.0.1:{self.port[name]}" + ("/healthz" if name == "facilitator" else "/")
             wait_until(name, lambda: up(check), proc=proc, log=log)
 
-    def start_envoy(self, target: str, bootstrap: Path):
+    def start_envoy(self, target: str, bootstrap: Path, env: dict | None = None):
         argv = [envoy_binary(), "-c", bootstrap, "--concurrency", 1, "--disable-hot-restart", "--log-level", "warn"]
-        proc, log = self.procs.spawn(f"envoy-{target}", argv, ENVOY_CORE)
+        proc, log = self.procs.spawn(f"envoy-{target}", argv, ENVOY_CORE, env)
         admin = f"http://127.0.0.1:{self.port[target + '_admin']}/ready"
         wait_until(f"envoy ({target})", lambda: up(admin), timeout=60, proc=proc, log=log)
 
@@ -862,7 +889,9 @@ def write_report(path: Path, bench: Bench, started: dt.datetime, elapsed: float)
         "filter disabled and, since the config sets `public_url` (the URL clients use), answers unpaid "
         "requests on x402-only routes (S2's `/api/fail`) with the route's 402 from Envoy itself; S3, S4 and "
         "S5 go through the filter. B1w's no-op filter exports the same per-request callbacks as Tollway's "
-        "(context create, request and response headers, delete).",
+        "(context create, request and response headers, delete). B1n's no-op filter is native: an Envoy "
+        "dynamic module (`bench/noop-module`, a Rust shared library Envoy loads with `dlopen`), so B1w/B1 "
+        "against B1n/B1 is what running a filter in V8 costs by itself.",
         "- Paid scenarios send pre-signed x402 v2 payments (`bench-payments`: real EIP-712 signatures, a unique "
         "nonce each; `bench/payments.lua` sends each once). The facilitator double answers /verify and /settle "
         "at once, so only the gateway's own work is timed. The verifier does check every signature (EIP-712 "
