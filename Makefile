@@ -38,7 +38,7 @@ build: deps
 	cp -f $(BIN) $(BUILD)/tollway
 	cp -f $(WASM) $(BUILD)/tollway_filter.wasm
 
-## bench: Tollway vs bare Envoy vs @x402/express, pinned on 2 cores; writes BENCHMARKS.md (~6 min, never part of `make test`)
+## bench: Tollway vs bare Envoy vs @x402/express, pinned on 2 cores; writes BENCHMARKS.md (~7 min, never part of `make test`)
 bench: bench-deps
 	$(PY) bench/run.py
 
