@@ -61,7 +61,6 @@ impl PathTemplate {
         })
     }
 
-    /// The path with each `[name]` replaced by its captured (still percent-encoded) value.
     /// Whether some captures render this template to exactly `path` (no query). A captured
     /// segment may be anything.
     pub fn can_render(&self, path: &str) -> bool {
@@ -80,6 +79,7 @@ impl PathTemplate {
                 })
     }
 
+    /// The path with each `[name]` replaced by its captured (still percent-encoded) value.
     pub fn render(&self, captures: &[(String, String)]) -> String {
         let mut out = String::new();
         for part in &self.parts {
