@@ -577,6 +577,14 @@ class Stack:
         assert status == 200, body
         return sum(s.get("value", 0) for s in json.loads(body)["stats"] if s.get("name") == name)
 
+    def envoy_counter_moved(self, name: str, old: int, timeout: float = 5.0) -> int:
+        """`name` once it is no longer `old` (the filter adds its counts once a second), or its
+        value after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while (value := self.envoy_counter(name)) == old and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return value
+
     def envoy_routes(self) -> set[str]:
         """Names of the routes Envoy has from the verifier's RDS."""
         status, body = http_get(f"{self.admin_url}/config_dump?resource=dynamic_route_configs")
