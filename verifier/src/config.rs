@@ -356,6 +356,10 @@ struct RawRail {
     max_timeout_seconds: Option<u32>,
     #[serde(default)]
     v1_name: Option<String>,
+    /// JSON-RPC of the rail's chain: settlements whose outcome is unknown are decided by
+    /// reading the token's `authorizationState`.
+    #[serde(default)]
+    rpc_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,6 +505,8 @@ pub struct Rail {
     pub facilitator: String,
     pub max_timeout_seconds: u32,
     pub v1_name: Option<String>,
+    /// The chain's JSON-RPC, for reconciliation (may hold an API key in its path: never logged).
+    pub rpc_url: Option<reqwest::Url>,
 }
 
 /// The Lightning node to use, credentials resolved (`None` when loaded with
@@ -1108,6 +1114,14 @@ fn rail(p: &mut Problems, name: &str, raw: &RawRail, facilitators: &[String]) ->
             );
         }
     }
+    let rpc_url = raw.rpc_url.as_deref().and_then(|u| {
+        node_url(
+            p,
+            &format!("{base}.rpc_url"),
+            u,
+            "https://sepolia.base.org or http://127.0.0.1:8545",
+        )
+    });
     if p.0.len() != before {
         return None;
     }
@@ -1122,6 +1136,7 @@ fn rail(p: &mut Problems, name: &str, raw: &RawRail, facilitators: &[String]) ->
         facilitator: raw.facilitator.clone(),
         max_timeout_seconds,
         v1_name: raw.v1_name.clone(),
+        rpc_url,
     })
 }
 

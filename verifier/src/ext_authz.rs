@@ -666,10 +666,6 @@ impl ExtAuthz {
                         headers.extend(CHALLENGE_HEADERS.iter().map(|(k, v)| header(k, v)));
                         denied(GRPC_PERMISSION_DENIED, 402, headers, "{}".to_owned())
                     }
-                    SettleOutcome::Unavailable => {
-                        self.metrics.check("unavailable");
-                        unavailable()
-                    }
                 }
             }
         }

@@ -99,7 +99,6 @@ impl generated::payments_server::Payments for PaymentsService {
             SettleOutcome::Settled => rpc::SettleOutcome::Settled,
             SettleOutcome::Pending => rpc::SettleOutcome::Pending,
             SettleOutcome::Failed => rpc::SettleOutcome::Failed,
-            SettleOutcome::Unavailable => rpc::SettleOutcome::Unavailable,
         };
         Ok(tonic::Response::new(rpc::SettleResponse {
             outcome: outcome as i32,

@@ -111,7 +111,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Arc<OpsState>>) -> impl IntoResponse {
-    let ready = s.ready.load(Ordering::Acquire);
+    let started = s.ready.load(Ordering::Acquire);
+    let ledger = s.payments.ledger();
+    let writable = ledger.writable();
+    // A ledger that cannot be written takes no payment: not ready (paid routes answer 503).
+    let ready = started && writable;
     let facilitators: BTreeMap<&str, _> = s
         .facilitators
         .iter()
@@ -119,12 +123,21 @@ async fn readyz(State(s): State<Arc<OpsState>>) -> impl IntoResponse {
         .collect();
     let table = s.store.current();
     let body = json!({
-        "status": if ready { "ready" } else { "starting" },
+        "status": if ready { "ready" } else if started { "ledger_unwritable" } else { "starting" },
         "routes": table.routes.len(),
         "paid_routes": table.paid_routes(),
         "routes_version": table.version,
-        "ledger": s.ledger,
+        "ledger": {
+            "path": s.ledger,
+            "writable": writable,
+            "error": ledger.last_error(),
+            "backlog": ledger.backlog(),
+        },
         "pending_payments": s.payments.pending_count(),
+        "settlement_backlog": {
+            "unresolved": s.payments.unresolved_count(),
+            "oldest_age_seconds": s.payments.unresolved_age_seconds(),
+        },
         "facilitators": facilitators,
         "stores": { "replay": s.replay.status() },
         "lightning": s.payments.lightning().map(|l| json!({

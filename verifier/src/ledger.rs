@@ -1,30 +1,39 @@
 //! Payment ledger: an append-only SQLite table `payment_events` (audit log and reconciliation),
 //! and in the same database the admin API's changes to the route table (`route_changes`).
 //!
-//! Writes never block the async runtime: events go through a channel to one writer thread that
-//! owns the connection (WAL mode) and commits in small batches. A write that fails is logged at
-//! error level with the whole event (so it can be replayed from the logs) and counted in
-//! `tollway_ledger_write_errors_total`; it is never silently dropped.
+//! The same database holds the settlement journal (table `payments`, see [`crate::journal`]).
+//!
+//! Writes never block the async runtime: rows go through a channel to one writer thread that
+//! owns the connection (WAL mode) and commits in small batches; a caller that must know its row
+//! is durable (Verify, before answering VALID) waits for the commit. A write that fails (full
+//! disk) is counted in `tollway_ledger_write_errors_total`, logged with its rows, held and
+//! retried until the database takes it again; meanwhile the ledger is not writable, `/readyz`
+//! says so and paid routes answer 503.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::clock::unix_now_millis;
+use crate::journal::{self, JournalEntry, JournalRow, JournalUpdate};
 use crate::metrics::Metrics;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Verified,
     Settled,
-    SettlementPending,
+    /// A settle whose outcome is not known yet (timeout, transport error, restart): the
+    /// reconciler resolves it into `settled` or `settlement_failed`.
+    SettlementUnknown,
     SettlementFailed,
     /// The upstream failed (or the payment expired unused): nothing was charged.
     Released,
@@ -46,7 +55,7 @@ impl EventKind {
         match self {
             Self::Verified => "verified",
             Self::Settled => "settled",
-            Self::SettlementPending => "settlement_pending",
+            Self::SettlementUnknown => "settlement_unknown",
             Self::SettlementFailed => "settlement_failed",
             Self::Released => "released",
             Self::Rejected => "rejected",
@@ -62,7 +71,7 @@ impl EventKind {
         Some(match s {
             "verified" => Self::Verified,
             "settled" => Self::Settled,
-            "settlement_pending" => Self::SettlementPending,
+            "settlement_unknown" => Self::SettlementUnknown,
             "settlement_failed" => Self::SettlementFailed,
             "released" => Self::Released,
             "rejected" => Self::Rejected,
@@ -78,7 +87,7 @@ impl EventKind {
 /// One row of `payment_events`. `at` is unix milliseconds. Lightning rows: `network` is the
 /// `bip122:` id, `asset` `BTC`, `amount` millisatoshis, `nonce` the payment hash (hex),
 /// `payer` `anonymous`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEvent {
     pub at: i64,
     pub event: EventKind,
@@ -116,6 +125,8 @@ pub enum LedgerError {
     Open { path: String, reason: String },
     #[error("ledger writer has stopped")]
     Stopped,
+    #[error("ledger write failed: {0}")]
+    Write(String),
     #[cfg(test)]
     #[error("ledger query failed: {0}")]
     Query(String),
@@ -141,6 +152,7 @@ CREATE TABLE IF NOT EXISTS payment_events (
     \"transaction\" TEXT
 );
 CREATE INDEX IF NOT EXISTS payment_events_at ON payment_events (at);
+CREATE TABLE IF NOT EXISTS ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
 ";
 
 const INSERT: &str = "INSERT INTO payment_events
@@ -154,18 +166,54 @@ const BATCH: usize = 256;
 const CHECKPOINT_PAGES: i64 = 10_000;
 /// How long the writer keeps collecting after an event arrives, so a busy gateway commits many
 /// events per transaction (one commit each was a quarter of the sidecar's CPU under load).
-/// A flush or shutdown cuts it short.
+/// A flush, shutdown or a caller waiting for its write cuts it short.
 const LINGER: Duration = Duration::from_millis(2);
+/// How often writes that failed (full disk, I/O error) are tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Failed writes kept for retry at most; past it the oldest are logged and dropped (paid routes
+/// answer 503 meanwhile, so only rejections and invoices can pile up).
+const MAX_BACKLOG: usize = 100_000;
+
+/// One row to write.
+#[derive(Debug)]
+pub enum Op {
+    Event(LedgerEvent),
+    Insert(JournalEntry),
+    Update(JournalUpdate),
+    /// A write that only tells whether the database takes writes again.
+    Probe,
+}
+
+/// Rows committed together. `keep`: retried until written if the database refuses them now
+/// (a caller that can still say no, Verify, passes `false` and answers 503 instead).
+struct Group {
+    ops: Vec<Op>,
+    keep: bool,
+    done: Option<oneshot::Sender<Result<(), LedgerError>>>,
+}
 
 enum Msg {
-    Event(Box<LedgerEvent>),
+    Write(Box<Group>),
     #[cfg(test)]
     Recent(
         usize,
         oneshot::Sender<Result<Vec<LedgerEvent>, LedgerError>>,
     ),
+    #[cfg(test)]
+    Payment(
+        String,
+        oneshot::Sender<Result<Option<JournalRow>, LedgerError>>,
+    ),
     Flush(oneshot::Sender<()>),
     Shutdown,
+}
+
+/// Whether the database takes writes, shared with `/readyz` and the payment core.
+#[derive(Default)]
+pub struct Health {
+    unwritable: AtomicBool,
+    backlog: AtomicUsize,
+    last_error: Mutex<Option<String>>,
 }
 
 pub struct Ledger {
@@ -173,6 +221,9 @@ pub struct Ledger {
     tx: mpsc::Sender<Msg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// Payments not in a final state when the ledger was opened (taken once by the core).
+    open_payments: Mutex<Vec<JournalRow>>,
 }
 
 impl Ledger {
@@ -185,6 +236,8 @@ impl Ledger {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
+        // A commit survives the process being killed (WAL, no fsync per commit): what a crash of
+        // the verifier needs. A power cut may lose the last commits.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)
@@ -192,11 +245,15 @@ impl Ledger {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(journal::SCHEMA).map_err(open_err)?;
+        let open_payments = journal::open_rows(&conn).map_err(open_err)?;
         let (tx, rx) = mpsc::channel();
         let m = metrics.clone();
+        let health = Arc::new(Health::default());
+        let h = health.clone();
         let writer = std::thread::Builder::new()
             .name("tollway-ledger".into())
-            .spawn(move || writer_loop(conn, rx, m))
+            .spawn(move || writer_loop(conn, rx, m, h))
             .map_err(|e| LedgerError::Open {
                 path: path.display().to_string(),
                 reason: e.to_string(),
@@ -206,6 +263,8 @@ impl Ledger {
             tx,
             writer: Mutex::new(Some(writer)),
             metrics,
+            health,
+            open_payments: Mutex::new(open_payments),
         })
     }
 
@@ -213,12 +272,65 @@ impl Ledger {
         &self.path
     }
 
-    /// Queues an event; never blocks.
+    /// Queues an event; never blocks. Kept and retried if the database refuses it.
     pub fn record(&self, event: LedgerEvent) {
-        if let Err(mpsc::SendError(Msg::Event(ev))) = self.tx.send(Msg::Event(Box::new(event))) {
+        self.queue(vec![Op::Event(event)]);
+    }
+
+    /// Queues rows committed together; never blocks. Kept and retried if the database refuses
+    /// them.
+    pub fn queue(&self, ops: Vec<Op>) {
+        let group = Box::new(Group {
+            ops,
+            keep: true,
+            done: None,
+        });
+        if let Err(mpsc::SendError(Msg::Write(g))) = self.tx.send(Msg::Write(group)) {
             self.metrics.ledger_write_error();
-            tracing::error!(event = %to_json(&ev), "ledger writer stopped; event not written");
+            tracing::error!(rows = %ops_json(&g.ops), "ledger writer stopped; rows not written");
         }
+    }
+
+    /// Writes rows together and waits until they are committed. `keep: false`: if the database
+    /// refuses them they are dropped and the caller must act on the error (answer 503);
+    /// `keep: true`: they are also kept and retried.
+    pub async fn write(&self, ops: Vec<Op>, keep: bool) -> Result<(), LedgerError> {
+        let (done, rx) = oneshot::channel();
+        let group = Box::new(Group {
+            ops,
+            keep,
+            done: Some(done),
+        });
+        self.tx
+            .send(Msg::Write(group))
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// False while writes fail (full disk, I/O errors); paid routes answer 503 meanwhile.
+    pub fn writable(&self) -> bool {
+        !self.health.unwritable.load(Ordering::Acquire)
+    }
+
+    /// Rows waiting to be written again.
+    pub fn backlog(&self) -> usize {
+        self.health.backlog.load(Ordering::Acquire)
+    }
+
+    /// The last write error, while the ledger is not writable.
+    pub fn last_error(&self) -> Option<String> {
+        if self.writable() {
+            return None;
+        }
+        self.health.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// The payments that were not in a final state when the ledger was opened (once).
+    pub fn take_open_payments(&self) -> Vec<JournalRow> {
+        self.open_payments
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
     }
 
     /// The last `limit` events, newest first.
@@ -231,7 +343,17 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    /// Waits until every event queued so far is committed (or failed and logged).
+    /// One journal row, after what was queued before is written.
+    #[cfg(test)]
+    pub async fn payment(&self, id: &str) -> Result<Option<JournalRow>, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Payment(id.to_owned(), tx))
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Waits until every event queued so far is committed (or failed and kept for retry).
     pub async fn flush(&self) -> Result<(), LedgerError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -258,11 +380,18 @@ impl Drop for Ledger {
     }
 }
 
-fn to_json(ev: &LedgerEvent) -> String {
-    serde_json::to_string(ev).unwrap_or_else(|_| format!("{ev:?}"))
+fn ops_json(ops: &[Op]) -> String {
+    let parts: Vec<String> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Event(ev) => serde_json::to_string(ev).unwrap_or_else(|_| format!("{ev:?}")),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
-fn insert(conn: &Connection, ev: &LedgerEvent) -> rusqlite::Result<()> {
+fn insert_event(conn: &Connection, ev: &LedgerEvent) -> rusqlite::Result<()> {
     conn.prepare_cached(INSERT)?.execute(params![
         ev.at,
         ev.event.as_str(),
@@ -278,47 +407,159 @@ fn insert(conn: &Connection, ev: &LedgerEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn write_batch(conn: &mut Connection, batch: &[Box<LedgerEvent>], metrics: &Metrics) {
-    if batch.is_empty() {
-        return;
-    }
-    let all = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction()?;
-        for ev in batch {
-            insert(&tx, ev)?;
-        }
-        tx.commit()
-    })();
-    if let Err(e) = all {
-        tracing::warn!(error = %e, n = batch.len(), "ledger batch failed; writing events one by one");
-        for ev in batch {
-            let mut result = insert(conn, ev);
-            if result.is_err() {
-                std::thread::sleep(Duration::from_millis(50));
-                result = insert(conn, ev);
-            }
-            if let Err(e) = result {
-                metrics.ledger_write_error();
-                tracing::error!(error = %e, event = %to_json(ev), "ledger write failed");
-            }
-        }
+fn apply(conn: &Connection, op: &Op, now_ms: i64) -> rusqlite::Result<()> {
+    match op {
+        Op::Event(ev) => insert_event(conn, ev),
+        Op::Insert(e) => journal::insert(conn, e, now_ms),
+        Op::Update(u) => journal::update(conn, u, now_ms),
+        Op::Probe => conn
+            .prepare_cached("INSERT OR REPLACE INTO ledger_probe (id, at) VALUES (1, ?1)")?
+            .execute(params![now_ms])
+            .map(|_| ()),
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
-    let mut batch: Vec<Box<LedgerEvent>> = Vec::with_capacity(BATCH);
+fn commit<'a>(
+    conn: &mut Connection,
+    groups: impl IntoIterator<Item = &'a Group>,
+) -> rusqlite::Result<()> {
+    let now = unix_now_millis();
+    let tx = conn.transaction()?;
+    for g in groups {
+        for op in &g.ops {
+            apply(&tx, op, now)?;
+        }
+    }
+    tx.commit()
+}
+
+fn reply(group: &mut Group, result: Result<(), LedgerError>) {
+    if let Some(done) = group.done.take() {
+        let _ = done.send(result);
+    }
+}
+
+/// Writes the backlog (first, in order) and `new` in one transaction; if that fails, group by
+/// group. A group the database refuses while it takes others is bad in itself: logged and
+/// dropped. Otherwise the database is down (full disk): kept groups wait in the backlog.
+fn write_round(
+    conn: &mut Connection,
+    backlog: &mut VecDeque<Group>,
+    new: Vec<Group>,
+    metrics: &Metrics,
+    health: &Health,
+) {
+    if backlog.is_empty() && new.is_empty() {
+        return;
+    }
+    let retried = backlog.len();
+    let mut all: Vec<Group> = backlog.drain(..).chain(new).collect();
+    // Health is published before anyone is answered: a caller told "refused" sees it.
+    let error = match commit(conn, all.iter()) {
+        Ok(()) => {
+            health.unwritable.store(false, Ordering::Release);
+            health.backlog.store(0, Ordering::Release);
+            metrics.set_ledger_health(true, 0);
+            if retried > 0 {
+                tracing::info!(groups = retried, "ledger writable again: held rows written");
+            }
+            for g in &mut all {
+                reply(g, Ok(()));
+            }
+            return;
+        }
+        Err(e) => e,
+    };
+    let mut any_ok = false;
+    let mut written = Vec::new();
+    let mut failed = Vec::new();
+    for (i, g) in all.into_iter().enumerate() {
+        match commit(conn, std::iter::once(&g)) {
+            Ok(()) => {
+                any_ok = true;
+                written.push(g);
+            }
+            Err(e) => failed.push((i < retried, g, e)),
+        }
+    }
+    let mut refused = Vec::new();
+    for (was_held, mut g, e) in failed {
+        let message = e.to_string();
+        if !g.keep {
+            refused.push((g, message));
+            continue;
+        }
+        if any_ok || backlog.len() >= MAX_BACKLOG {
+            metrics.ledger_write_error();
+            tracing::error!(error = %e, rows = %ops_json(&g.ops), "ledger rows refused; dropped");
+            refused.push((g, message));
+            continue;
+        }
+        if !was_held {
+            metrics.ledger_write_error();
+            tracing::error!(error = %e, rows = %ops_json(&g.ops), "ledger write failed; held and retried");
+        }
+        reply(&mut g, Err(LedgerError::Write(message)));
+        backlog.push_back(g);
+    }
+    let down = !backlog.is_empty() || !any_ok;
+    if down {
+        if let Ok(mut last) = health.last_error.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+    health.unwritable.store(down, Ordering::Release);
+    health.backlog.store(backlog.len(), Ordering::Release);
+    metrics.set_ledger_health(!down, backlog.len());
+    for mut g in written {
+        reply(&mut g, Ok(()));
+    }
+    for (mut g, message) in refused {
+        reply(&mut g, Err(LedgerError::Write(message)));
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Msg>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
+    let mut batch: Vec<Group> = Vec::with_capacity(BATCH);
+    let mut backlog: VecDeque<Group> = VecDeque::new();
     let mut waiting: Vec<Msg> = Vec::new();
     loop {
-        let first = match rx.recv() {
-            Ok(m) => m,
-            Err(_) => break,
+        let down = !backlog.is_empty() || health.unwritable.load(Ordering::Acquire);
+        let first = if down {
+            match rx.recv_timeout(RETRY_EVERY) {
+                Ok(m) => Some(m),
+                // Nothing held to retry: probe, so the ledger is seen writable again.
+                Err(mpsc::RecvTimeoutError::Timeout) if backlog.is_empty() => {
+                    Some(Msg::Write(Box::new(Group {
+                        ops: vec![Op::Probe],
+                        keep: false,
+                        done: None,
+                    })))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            }
         };
         let mut shutdown = false;
-        let mut next = Some(first);
+        let mut next = first;
         let mut lingered = false;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Event(ev) => batch.push(ev),
+                Msg::Write(g) => {
+                    // Someone waits for this commit: do not linger.
+                    lingered |= g.done.is_some();
+                    batch.push(*g);
+                }
                 Msg::Shutdown => shutdown = true,
                 other => waiting.push(other),
             }
@@ -334,8 +575,13 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, metrics: Arc<Metri
                 next = rx.try_recv().ok();
             }
         }
-        write_batch(&mut conn, &batch, &metrics);
-        batch.clear();
+        write_round(
+            &mut conn,
+            &mut backlog,
+            std::mem::take(&mut batch),
+            &metrics,
+            &health,
+        );
         for msg in waiting.drain(..) {
             match msg {
                 Msg::Flush(done) => {
@@ -345,17 +591,32 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, metrics: Arc<Metri
                 Msg::Recent(limit, reply) => {
                     let _ = reply.send(query_recent(&conn, limit));
                 }
-                Msg::Event(_) | Msg::Shutdown => {}
+                #[cfg(test)]
+                Msg::Payment(id, reply) => {
+                    let _ = reply.send(
+                        journal::by_id(&conn, &id).map_err(|e| LedgerError::Query(e.to_string())),
+                    );
+                }
+                Msg::Write(_) | Msg::Shutdown => {}
             }
         }
         if shutdown {
             // Anything sent after Shutdown (racing senders) is still written.
             while let Ok(msg) = rx.try_recv() {
-                if let Msg::Event(ev) = msg {
-                    batch.push(ev);
+                if let Msg::Write(g) = msg {
+                    batch.push(*g);
                 }
             }
-            write_batch(&mut conn, &batch, &metrics);
+            write_round(
+                &mut conn,
+                &mut backlog,
+                std::mem::take(&mut batch),
+                &metrics,
+                &health,
+            );
+            for g in &backlog {
+                tracing::error!(rows = %ops_json(&g.ops), "ledger closed with rows it could not write");
+            }
             break;
         }
     }
@@ -598,6 +859,83 @@ mod tests {
         ledger.record(event(EventKind::Verified, "0x02"));
         ledger.flush().await.expect("flush");
         assert_eq!(metrics.ledger_write_errors(), 1);
+    }
+
+    async fn until_writable(ledger: &Ledger) -> bool {
+        for _ in 0..50 {
+            if ledger.writable() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn refused_rows_are_held_and_written_once_the_database_takes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let metrics = Arc::new(Metrics::new());
+        let ledger = Ledger::open(&path, metrics.clone()).expect("open");
+        // The database refuses every event (as with a full disk).
+        Connection::open(&path)
+            .expect("conn")
+            .execute_batch("DROP TABLE payment_events;")
+            .expect("drop");
+        ledger.record(event(EventKind::Settled, "0x03"));
+        ledger.flush().await.expect("flush");
+        assert!(!ledger.writable());
+        assert_eq!(ledger.backlog(), 1);
+        assert!(ledger
+            .last_error()
+            .is_some_and(|e| e.contains("payment_events")));
+        // Space is back: the held row is written, counted as one error, not one per retry.
+        Connection::open(&path)
+            .expect("conn")
+            .execute_batch(SCHEMA)
+            .expect("schema");
+        assert!(until_writable(&ledger).await);
+        assert_eq!(ledger.backlog(), 0);
+        let rows = ledger.recent(10).await.expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].nonce.as_deref(), Some("0x03"));
+        assert_eq!(metrics.ledger_write_errors(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_its_caller_can_refuse_is_not_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let ledger = Ledger::open(&path, Arc::new(Metrics::new())).expect("open");
+        let entry = JournalEntry {
+            id: "p1".into(),
+            state: crate::journal::PaymentState::Verified,
+            event: event(EventKind::Verified, "0x04"),
+            expires_at: 1,
+            settlement: "{}".into(),
+        };
+        Connection::open(&path)
+            .expect("conn")
+            .execute_batch("DROP TABLE payments;")
+            .expect("drop");
+        let refused = ledger.write(vec![Op::Insert(entry.clone())], false).await;
+        assert!(matches!(refused, Err(LedgerError::Write(_))), "{refused:?}");
+        assert_eq!(ledger.backlog(), 0);
+        assert!(!ledger.writable());
+        Connection::open(&path)
+            .expect("conn")
+            .execute_batch(journal::SCHEMA)
+            .expect("schema");
+        // Nothing held: the writer's probe finds the database writable again.
+        assert!(until_writable(&ledger).await);
+        assert_eq!(ledger.payment("p1").await.expect("query"), None);
+        ledger
+            .write(vec![Op::Insert(entry)], false)
+            .await
+            .expect("write");
+        let row = ledger.payment("p1").await.expect("query").expect("row");
+        assert_eq!(row.state, crate::journal::PaymentState::Verified);
+        assert_eq!(row.event.nonce.as_deref(), Some("0x04"));
     }
 
     #[test]

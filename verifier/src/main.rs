@@ -2,6 +2,7 @@
 
 mod admin;
 mod cdp_jwt;
+mod chain;
 mod cli;
 mod clock;
 mod config;
@@ -10,6 +11,7 @@ mod ext_authz;
 mod facilitator;
 mod grpc;
 mod http;
+mod journal;
 mod l402;
 mod ledger;
 mod lightning;
@@ -71,6 +73,14 @@ fn main() -> ExitCode {
                         l.node.backend().as_str(),
                         l.network.name()
                     );
+                }
+                for rail in &c.rails {
+                    if rail.rpc_url.is_none() {
+                        println!(
+                            "warning: rails.{}: no rpc_url, so a settlement whose outcome is unknown (facilitator timeout, restart) can only be retried through the facilitator; set rpc_url to let the verifier read the chain",
+                            rail.name
+                        );
+                    }
                 }
                 if c.leases.is_some() {
                     let leased = c.filter.routes.iter().filter(|r| r.lease.is_some()).count();

@@ -72,6 +72,11 @@ pub struct Metrics {
     l402_claims: Family<ResultLabel, Counter>,
     lease_claims: Family<ResultLabel, Counter>,
     challenges: Family<Outcome, Counter>,
+    unresolved: Gauge,
+    unresolved_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reconcile: Family<Outcome, Counter>,
+    ledger_backlog: Gauge,
+    ledger_writable: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,6 +104,37 @@ impl Metrics {
         let l402_claims = Family::<ResultLabel, Counter>::default();
         let lease_claims = Family::<ResultLabel, Counter>::default();
         let challenges = Family::<Outcome, Counter>::default();
+        let unresolved = Gauge::default();
+        let unresolved_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let reconcile = Family::<Outcome, Counter>::default();
+        let ledger_backlog = Gauge::default();
+        let ledger_writable = Gauge::default();
+        ledger_writable.set(1);
+        registry.register(
+            "tollway_settlements_unresolved",
+            "Settlements whose outcome is not known yet (timeout, restart); the reconciler decides them",
+            unresolved.clone(),
+        );
+        registry.register(
+            "tollway_settlement_unresolved_oldest_age_seconds",
+            "Age of the oldest unresolved settlement (0 when there is none)",
+            unresolved_age.clone(),
+        );
+        registry.register(
+            "tollway_reconcile_attempts",
+            "Reconciliation attempts of unknown settlements by outcome (settled, failed, unknown)",
+            reconcile.clone(),
+        );
+        registry.register(
+            "tollway_ledger_backlog_groups",
+            "Ledger writes held for retry because the database refused them (full disk)",
+            ledger_backlog.clone(),
+        );
+        registry.register(
+            "tollway_ledger_writable",
+            "1 while the ledger takes writes; 0 while it does not (paid routes answer 503)",
+            ledger_writable.clone(),
+        );
         // Counters get the `_total` suffix from the encoder.
         registry.register(
             "tollway_verify",
@@ -188,7 +224,31 @@ impl Metrics {
             l402_claims,
             lease_claims,
             challenges,
+            unresolved,
+            unresolved_age,
+            reconcile,
+            ledger_backlog,
+            ledger_writable,
         }
+    }
+
+    pub fn set_unresolved(&self, n: usize, oldest_age_seconds: f64) {
+        self.unresolved.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.unresolved_age.set(oldest_age_seconds);
+    }
+
+    pub fn reconciled(&self, outcome: &str) {
+        self.reconcile
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_ledger_health(&self, writable: bool, backlog: usize) {
+        self.ledger_writable.set(i64::from(writable));
+        self.ledger_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
     }
 
     pub fn lightning_invoice(&self, backend: &str, outcome: &str) {

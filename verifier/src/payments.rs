@@ -2,13 +2,21 @@
 //! verify a client's payment, hold it while the upstream answers, then settle or release it.
 //!
 //! verify: decode → check against the route's offers (the filter checked too: defence in depth)
-//! → recover the EIP-712 signer → claim the nonce → facilitator `/verify`. The nonce stays
-//! claimed only if the payment is valid; a facilitator outage gives the claim back and answers
-//! UNAVAILABLE (503 upstream of us, never a free pass).
+//! → recover the EIP-712 signer → claim the nonce → facilitator `/verify` → journal the payment
+//! (committed before VALID is answered). The nonce stays claimed only if the payment is valid;
+//! a facilitator outage or an unwritable ledger gives the claim back and answers UNAVAILABLE
+//! (503 upstream of us, never a free pass).
+//!
+//! settle: runs detached from the caller (a gone Envoy does not cancel it) and journals its
+//! outcome. A timeout or transport error is *unknown*, never *failed*: the client keeps its
+//! answer with a pending receipt and [`Payments::reconcile`] decides it later (the chain, when
+//! the rail has an `rpc_url`; else retrying the facilitator while the authorization is valid).
+//! States and transitions: [`crate::journal`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollway_protocol::b64;
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig, LightningPrice};
@@ -18,14 +26,16 @@ use tollway_protocol::x402::{
     PaymentPayload, ReplayKey,
 };
 
-use crate::clock::unix_now;
+use crate::chain::ChainReader;
+use crate::clock::{unix_now, unix_now_millis};
 use crate::config::{Config, Route, ValidRoutes};
 use crate::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
+use crate::journal::{JournalEntry, JournalRow, JournalUpdate, PaymentState};
 use crate::l402::{
     bindable_method, bindable_path, is_l402_claim_key, LightningRail, MintedChallenge, RailError,
     CLAIM_PREFIX_BIP122,
 };
-use crate::ledger::{EventKind, Ledger, LedgerEvent};
+use crate::ledger::{EventKind, Ledger, LedgerEvent, Op};
 use crate::lightning::{bolt11, InvoiceState, NodeError};
 use crate::metrics::Metrics;
 use crate::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
@@ -33,6 +43,8 @@ use crate::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
 /// Reason given when the facilitator (or the replay store) cannot be reached.
 pub const REASON_UNAVAILABLE: &str = "facilitator_unavailable";
 pub const REASON_STORE_UNAVAILABLE: &str = "replay_store_unavailable";
+/// The ledger cannot be written (full disk): no payment is accepted unrecorded.
+pub const REASON_LEDGER_UNAVAILABLE: &str = "ledger_unavailable";
 /// `errorReason` of a settlement that was broadcast but not yet confirmed: not a failure.
 pub const SETTLEMENT_PENDING: &str = "settlement_pending";
 pub const REASON_UNKNOWN_PAYMENT: &str = "unknown_payment_id";
@@ -49,6 +61,20 @@ pub const REASON_NODE_UNAVAILABLE: &str = "lightning_node_unavailable";
 pub const CLAIM_PREFIX_LEASE: &str = "lease:";
 /// How long a verified Lightning payment waits for settle or release.
 const LIGHTNING_PENDING_SECS: u64 = 300;
+/// Longest wait between two attempts to resolve an unknown settlement.
+const RECONCILE_BACKOFF_MAX_SECS: u64 = 30;
+/// Facilitator reasons that name the client's signature. Our own EIP-712 check passed before the
+/// facilitator was asked, so from it they mean the facilitator could not check (its chain RPC
+/// is down): unavailable, not the client's fault.
+const SIGNATURE_REASONS: [&str; 2] = [
+    "invalid_exact_evm_signature",
+    "invalid_exact_evm_payload_signature",
+];
+/// Facilitator refusals that may just mean an earlier attempt already moved the money.
+const ALREADY_USED_REASONS: [&str; 2] = [
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_transaction_failed",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verified {
@@ -72,10 +98,11 @@ pub enum Verified {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SettleOutcome {
     Settled,
-    /// Broadcast, receipt not seen: the client keeps its response; reconcile later.
+    /// Outcome not known yet (timeout, broadcast without receipt): the client keeps its
+    /// response with a `settlement_pending` receipt; the reconciler decides.
     Pending,
+    /// The facilitator said no: nothing was charged.
     Failed,
-    Unavailable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,21 +118,47 @@ pub struct Settled {
 }
 
 /// How a verified payment is settled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "rail", rename_all = "snake_case")]
 enum Settlement {
     /// x402 on EVM: the facilitator broadcasts the authorization.
     Facilitator {
         payload: Value,
         requirements: Value,
-        facilitator: Arc<FacilitatorClient>,
+        /// The facilitator's name in the config.
+        facilitator: String,
+        /// The token, authorizer and nonce: what the chain is asked about.
+        asset: String,
+        authorizer: String,
+        nonce: String,
+        /// Unix seconds: after this the authorization can no longer move money.
+        valid_before: u64,
     },
     /// x402 over Lightning: already paid; settling only keeps the invoice's claim.
     Lightning {
         claim_key: String,
+        #[serde(with = "hex_32")]
         payment_hash: [u8; 32],
     },
 }
 
-/// A verified payment waiting for the upstream's answer.
+mod hex_32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+/// A verified payment waiting for the upstream's answer; kept whole in its journal row.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Pending {
     route: String,
     x402_version: u8,
@@ -115,6 +168,18 @@ struct Pending {
     wire_network: String,
     event: LedgerEvent,
     expires_at: u64,
+}
+
+/// A settlement whose outcome is not known yet (or being asked for right now).
+struct Unresolved {
+    pending: Pending,
+    /// Unix milliseconds when it became unresolved (for the age metric).
+    since_ms: i64,
+    attempts: u32,
+    /// Unix seconds of the next attempt.
+    next_at: u64,
+    /// An attempt (the first settle or a reconciliation) is running.
+    busy: bool,
 }
 
 struct RouteInfo {
@@ -234,6 +299,9 @@ pub struct Payments {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
     pending: Mutex<HashMap<String, Pending>>,
+    unresolved: Mutex<HashMap<String, Unresolved>>,
+    /// Chain readers by (network, lower-case token): rails with an `rpc_url`.
+    chains: HashMap<(String, String), Arc<ChainReader>>,
     lightning: Option<Arc<LightningRail>>,
     clock: Clock,
 }
@@ -255,6 +323,24 @@ impl Payments {
             (Some(l), Some(k)) => Some(Arc::new(LightningRail::new(l, k, metrics.clone())?)),
             _ => None,
         };
+        let mut chains = HashMap::new();
+        for rail in &config.rails {
+            let Some(url) = &rail.rpc_url else { continue };
+            let timeout = config
+                .facilitators
+                .iter()
+                .find(|(name, _)| *name == rail.facilitator)
+                .map_or(std::time::Duration::from_secs(10), |(_, f)| f.timeout);
+            let reader = ChainReader::new(url.clone(), timeout)
+                .map_err(|e| PaymentsError::Compile(e.to_string()))?;
+            chains.insert(
+                (
+                    rail.network.to_string(),
+                    rail.asset.to_string().to_ascii_lowercase(),
+                ),
+                Arc::new(reader),
+            );
+        }
         Ok(Self {
             table: RwLock::new(Arc::new(table)),
             facilitators,
@@ -263,6 +349,8 @@ impl Payments {
             ledger,
             metrics,
             pending: Mutex::new(HashMap::new()),
+            unresolved: Mutex::new(HashMap::new()),
+            chains,
             lightning,
             clock: Arc::new(unix_now),
         })
@@ -372,6 +460,9 @@ impl Payments {
             );
             return self.reject(route, REASON_UNKNOWN_ROUTE, base_event);
         };
+        if !self.ledger.writable() {
+            return self.ledger_unavailable(route);
+        }
 
         // Decode: typed for the checks, raw JSON to forward unchanged to the facilitator.
         let (payment, payload_json) = match decode_payment_json(raw_header.trim()) {
@@ -485,6 +576,24 @@ impl Payments {
                 };
             }
         };
+        let blames_signature = answer
+            .invalid_reason
+            .as_deref()
+            .is_some_and(|r| SIGNATURE_REASONS.contains(&r));
+        if !answer.is_valid && blames_signature {
+            // We recovered the signer ourselves: the facilitator could not check (chain down).
+            self.release_claim(&key).await;
+            self.metrics.verify("unavailable", REASON_UNAVAILABLE);
+            tracing::warn!(
+                route = %route,
+                facilitator = %facilitator.name(),
+                reason = answer.invalid_reason.as_deref().unwrap_or(""),
+                "verify: the facilitator refused a signature we verified; its chain access is probably down"
+            );
+            return Verified::Unavailable {
+                reason: REASON_UNAVAILABLE.into(),
+            };
+        }
         if !answer.is_valid {
             self.release_claim(&key).await;
             let reason = answer
@@ -514,7 +623,11 @@ impl Payments {
             settlement: Settlement::Facilitator {
                 payload: payload_json,
                 requirements,
-                facilitator,
+                facilitator: facilitator.name().to_owned(),
+                asset: checked.asset.to_string(),
+                authorizer: checked.payer().to_string(),
+                nonce: format!("0x{}", hex::encode(checked.authorization.nonce)),
+                valid_before: checked.authorization.valid_before,
             },
             payer: payer.clone(),
             wire_network,
@@ -523,10 +636,11 @@ impl Payments {
                 .saturating_add(ttl)
                 .min(checked.authorization.valid_before),
         };
-        self.ledger.record(LedgerEvent {
-            event: EventKind::Verified,
-            ..event
-        });
+        if let Err(e) = self.journal_verified(&payment_id, &pending).await {
+            self.release_claim(&key).await;
+            tracing::error!(route = %route, error = %e, "verify: the ledger cannot record the payment; refused");
+            return self.ledger_unavailable(route);
+        }
         self.metrics.verify("valid", "");
         if let Ok(mut p) = self.pending.lock() {
             p.insert(payment_id.clone(), pending);
@@ -544,6 +658,39 @@ impl Payments {
                 offer.asset
             ),
         }
+    }
+
+    fn ledger_unavailable(&self, route: &str) -> Verified {
+        self.metrics
+            .verify("unavailable", REASON_LEDGER_UNAVAILABLE);
+        tracing::warn!(route = %route, error = self.ledger.last_error().as_deref().unwrap_or(""), "payment refused: the ledger cannot be written");
+        Verified::Unavailable {
+            reason: REASON_LEDGER_UNAVAILABLE.into(),
+        }
+    }
+
+    /// Writes the payment's journal row and its `verified` event, and waits for the commit.
+    async fn journal_verified(
+        &self,
+        payment_id: &str,
+        pending: &Pending,
+    ) -> Result<(), crate::ledger::LedgerError> {
+        let settlement = serde_json::to_string(pending)
+            .map_err(|e| crate::ledger::LedgerError::Write(e.to_string()))?;
+        let entry = JournalEntry {
+            id: payment_id.to_owned(),
+            state: PaymentState::Verified,
+            event: pending.event.clone(),
+            expires_at: pending.expires_at,
+            settlement,
+        };
+        let verified = LedgerEvent {
+            event: EventKind::Verified,
+            ..pending.event.clone()
+        };
+        self.ledger
+            .write(vec![Op::Insert(entry), Op::Event(verified)], false)
+            .await
     }
 
     async fn release_claim(&self, key: &ReplayKey) {
@@ -656,7 +803,7 @@ impl Payments {
             route: route.to_owned(),
             x402_version: 2,
             settlement: Settlement::Lightning {
-                claim_key,
+                claim_key: claim_key.clone(),
                 payment_hash: decoded.payment_hash,
             },
             payer: PAY_TO_ANONYMOUS.to_owned(),
@@ -664,10 +811,11 @@ impl Payments {
             event: event.clone(),
             expires_at: now.saturating_add(LIGHTNING_PENDING_SECS),
         };
-        self.ledger.record(LedgerEvent {
-            event: EventKind::Verified,
-            ..event
-        });
+        if let Err(e) = self.journal_verified(&payment_id, &pending).await {
+            self.release_key(&claim_key).await;
+            tracing::error!(route = %route, error = %e, "verify: the ledger cannot record the payment; refused");
+            return self.ledger_unavailable(route);
+        }
         self.metrics.verify("valid", "");
         if let Ok(mut p) = self.pending.lock() {
             p.insert(payment_id.clone(), pending);
@@ -857,19 +1005,30 @@ impl Payments {
         out
     }
 
+    fn unknown_payment() -> Settled {
+        Settled {
+            outcome: SettleOutcome::Failed,
+            reason: REASON_UNKNOWN_PAYMENT.into(),
+            payment_response: String::new(),
+            transaction: String::new(),
+            x402_version: 0,
+        }
+    }
+
     /// Settles a verified payment after the upstream answered `upstream_status` (0 = not
-    /// known, as in ext_authz mode where settlement happens before forwarding).
-    pub async fn settle(&self, payment_id: &str, upstream_status: u32) -> Settled {
+    /// known, as in ext_authz mode where settlement happens before forwarding). The work runs
+    /// detached: if the caller goes away (Envoy killed, call cancelled) it still ends and its
+    /// outcome is journaled.
+    pub async fn settle(self: &Arc<Self>, payment_id: &str, upstream_status: u32) -> Settled {
         let Some(p) = self.take(payment_id) else {
+            // Asked again for a settlement already under way (the filter retries a Settle it
+            // timed out on): it stays with the reconciler; the answer is "pending".
+            if let Some(s) = self.unresolved_answer(payment_id) {
+                return s;
+            }
             self.metrics.settle("failed");
             tracing::warn!(payment_id = %payment_id, "settle: unknown or expired payment id");
-            return Settled {
-                outcome: SettleOutcome::Failed,
-                reason: REASON_UNKNOWN_PAYMENT.into(),
-                payment_response: String::new(),
-                transaction: String::new(),
-                x402_version: 0,
-            };
+            return Self::unknown_payment();
         };
         if upstream_status >= 400 {
             // Never charge for a failed upstream: the filter should have called Release.
@@ -879,7 +1038,7 @@ impl Payments {
                 "settle called for a failed upstream; releasing instead"
             );
             let reason = format!("upstream_status_{upstream_status}");
-            self.record_release(&p, &reason);
+            self.record_release(payment_id, &p, &reason);
             self.give_back_lightning(&p).await;
             self.metrics.settle("failed");
             return Settled {
@@ -890,7 +1049,42 @@ impl Payments {
                 x402_version: p.x402_version,
             };
         }
-        let (outcome, mut answer) = match &p.settlement {
+        let me = self.clone();
+        let id = payment_id.to_owned();
+        let task = tokio::spawn(async move { me.settle_detached(id, p).await });
+        match task.await {
+            Ok(s) => s,
+            Err(e) => {
+                // The task panicked: its journal row says `settling`; the reconciler decides.
+                tracing::error!(payment_id = %payment_id, error = %e, "settle task failed");
+                self.metrics.settle("unknown");
+                Settled {
+                    outcome: SettleOutcome::Pending,
+                    reason: SETTLEMENT_PENDING.into(),
+                    payment_response: String::new(),
+                    transaction: String::new(),
+                    x402_version: 0,
+                }
+            }
+        }
+    }
+
+    /// What to answer a Settle for a payment the reconciler holds.
+    fn unresolved_answer(&self, payment_id: &str) -> Option<Settled> {
+        let u = self.unresolved.lock().ok()?;
+        let p = &u.get(payment_id)?.pending;
+        let answer = pending_answer(p, None);
+        Some(Settled {
+            outcome: SettleOutcome::Pending,
+            reason: SETTLEMENT_PENDING.into(),
+            payment_response: receipt(&answer),
+            transaction: String::new(),
+            x402_version: p.x402_version,
+        })
+    }
+
+    async fn settle_detached(self: Arc<Self>, payment_id: String, p: Pending) -> Settled {
+        let (outcome, answer) = match &p.settlement {
             // Paid before the request was made: nothing to broadcast, the claim stays taken.
             Settlement::Lightning { payment_hash, .. } => (
                 SettleOutcome::Settled,
@@ -902,38 +1096,43 @@ impl Payments {
                     ..SettleAnswer::default()
                 },
             ),
-            Settlement::Facilitator {
-                payload,
-                requirements,
-                facilitator,
-            } => {
-                let request = FacilitatorRequest {
-                    x402_version: u32::from(p.x402_version),
-                    payment_payload: payload,
-                    payment_requirements: requirements,
+            Settlement::Facilitator { .. } => {
+                // `settling` is durable before the facilitator can move money: after a crash
+                // the row says "maybe paid", never "verified, not asked".
+                let settling = JournalUpdate {
+                    id: payment_id.clone(),
+                    state: PaymentState::Settling,
+                    transaction: None,
+                    reason: None,
+                    attempt: true,
                 };
-                match facilitator.settle(&request).await {
-                    Ok(a) if a.success => (SettleOutcome::Settled, a),
-                    Ok(a) if a.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
-                        (SettleOutcome::Pending, a)
-                    }
-                    Ok(a) => (SettleOutcome::Failed, a),
-                    Err(e) => {
-                        tracing::error!(route = %p.route, payment_id = %payment_id, error = %e, "settle: facilitator unavailable");
-                        (
-                            SettleOutcome::Unavailable,
-                            SettleAnswer {
-                                success: false,
-                                error_reason: Some(
-                                    ErrorReason::UnexpectedSettleError.as_str().into(),
-                                ),
-                                ..SettleAnswer::default()
-                            },
-                        )
+                if let Err(e) = self.ledger.write(vec![Op::Update(settling)], true).await {
+                    tracing::error!(payment_id = %payment_id, error = %e, "settle: `settling` not journaled yet (held for retry); settling anyway");
+                }
+                self.track(&payment_id, &p, true);
+                let attempt = self.ask_facilitator(&p).await;
+                self.untrack_if_decided(&payment_id, &attempt);
+                match attempt {
+                    Attempt::Settled(a) => (SettleOutcome::Settled, a),
+                    Attempt::Failed(a) => (SettleOutcome::Failed, a),
+                    Attempt::Unknown(reason, a) => {
+                        tracing::warn!(route = %p.route, payment_id = %payment_id, reason = %reason, "settlement outcome unknown; the client keeps its answer, the reconciler decides");
+                        (SettleOutcome::Pending, pending_answer(&p, a))
                     }
                 }
             }
         };
+        self.finish(&payment_id, &p, outcome, answer)
+    }
+
+    /// Journals a settle's outcome and builds the answer.
+    fn finish(
+        &self,
+        payment_id: &str,
+        p: &Pending,
+        outcome: SettleOutcome,
+        mut answer: SettleAnswer,
+    ) -> Settled {
         if answer.network.is_empty() {
             answer.network = p.wire_network.clone();
         }
@@ -942,59 +1141,376 @@ impl Payments {
         }
         let reason = match outcome {
             SettleOutcome::Settled => String::new(),
-            SettleOutcome::Unavailable => REASON_UNAVAILABLE.to_owned(),
             _ => answer
                 .error_reason
                 .clone()
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| ErrorReason::UnexpectedSettleError.as_str().to_owned()),
         };
-        let (kind, label) = match outcome {
-            SettleOutcome::Settled => (EventKind::Settled, "settled"),
-            SettleOutcome::Pending => (EventKind::SettlementPending, "pending"),
-            SettleOutcome::Failed => (EventKind::SettlementFailed, "failed"),
-            SettleOutcome::Unavailable => (EventKind::SettlementFailed, "unavailable"),
+        let (kind, state, label) = match outcome {
+            SettleOutcome::Settled => (EventKind::Settled, PaymentState::Settled, "settled"),
+            SettleOutcome::Pending => (
+                EventKind::SettlementUnknown,
+                PaymentState::Unknown,
+                "unknown",
+            ),
+            SettleOutcome::Failed => (EventKind::SettlementFailed, PaymentState::Failed, "failed"),
         };
         let transaction = answer.transaction.clone();
-        self.ledger.record(LedgerEvent {
-            event: kind,
-            reason: (!reason.is_empty()).then(|| reason.clone()),
-            transaction: (!transaction.is_empty()).then(|| transaction.clone()),
-            at: crate::clock::unix_now_millis(),
-            ..p.event.clone()
-        });
+        self.journal(payment_id, p, state, kind, &reason, &transaction);
         self.metrics.settle(label);
-        match outcome {
-            SettleOutcome::Settled => {
-                tracing::info!(route = %p.route, payment_id = %payment_id, transaction = %transaction, "payment settled")
-            }
-            SettleOutcome::Pending => tracing::warn!(
-                route = %p.route, payment_id = %payment_id, transaction = %transaction,
-                "settlement pending: broadcast, receipt not seen; reconcile from the ledger"
-            ),
-            _ => {
-                tracing::warn!(route = %p.route, payment_id = %payment_id, reason = %reason, "settlement failed")
-            }
+        if outcome == SettleOutcome::Settled {
+            tracing::info!(route = %p.route, payment_id = %payment_id, transaction = %transaction, "payment settled");
+        } else if outcome != SettleOutcome::Pending {
+            tracing::warn!(route = %p.route, payment_id = %payment_id, reason = %reason, "settlement failed");
         }
-        let payment_response = serde_json::to_vec(&answer)
-            .map(|json| b64::encode(&json))
-            .unwrap_or_default();
         Settled {
             outcome,
             reason,
-            payment_response,
+            payment_response: receipt(&answer),
             transaction,
             x402_version: p.x402_version,
         }
     }
 
-    fn record_release(&self, p: &Pending, reason: &str) {
-        self.ledger.record(LedgerEvent {
-            event: EventKind::Released,
-            reason: Some(reason.to_owned()),
-            at: crate::clock::unix_now_millis(),
-            ..p.event.clone()
-        });
+    /// Queues a state change and its event (held and retried if the disk is full).
+    fn journal(
+        &self,
+        payment_id: &str,
+        p: &Pending,
+        state: PaymentState,
+        kind: EventKind,
+        reason: &str,
+        transaction: &str,
+    ) {
+        let reason = (!reason.is_empty()).then(|| reason.to_owned());
+        let transaction = (!transaction.is_empty()).then(|| transaction.to_owned());
+        self.ledger.queue(vec![
+            Op::Update(JournalUpdate {
+                id: payment_id.to_owned(),
+                state,
+                transaction: transaction.clone(),
+                reason: reason.clone(),
+                attempt: false,
+            }),
+            Op::Event(LedgerEvent {
+                event: kind,
+                reason,
+                transaction,
+                at: unix_now_millis(),
+                ..p.event.clone()
+            }),
+        ]);
+    }
+
+    /// One `/settle` call, classified. Only a definite answer from the facilitator is a failure.
+    async fn ask_facilitator(&self, p: &Pending) -> Attempt {
+        let Settlement::Facilitator {
+            payload,
+            requirements,
+            facilitator,
+            ..
+        } = &p.settlement
+        else {
+            return Attempt::Unknown("not an EVM payment".into(), None);
+        };
+        let Some(client) = self.facilitators.get(facilitator) else {
+            return Attempt::Unknown(format!("facilitator {facilitator} is not configured"), None);
+        };
+        let request = FacilitatorRequest {
+            x402_version: u32::from(p.x402_version),
+            payment_payload: payload,
+            payment_requirements: requirements,
+        };
+        match client.settle(&request).await {
+            Ok(a) if a.success => Attempt::Settled(a),
+            Ok(a) if a.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
+                Attempt::Unknown(SETTLEMENT_PENDING.into(), Some(a))
+            }
+            Ok(a) => Attempt::Failed(a),
+            Err(e) => Attempt::Unknown(e.to_string(), None),
+        }
+    }
+
+    /// Puts a payment in the unresolved set (busy: an attempt is running).
+    fn track(&self, payment_id: &str, p: &Pending, busy: bool) {
+        if let Ok(mut u) = self.unresolved.lock() {
+            let entry = u
+                .entry(payment_id.to_owned())
+                .or_insert_with(|| Unresolved {
+                    pending: p.clone(),
+                    since_ms: unix_now_millis(),
+                    attempts: 0,
+                    next_at: 0,
+                    busy,
+                });
+            entry.busy = busy;
+        }
+    }
+
+    /// After an attempt: decided ones leave the set; unknown ones wait for their next try.
+    fn untrack_if_decided(&self, payment_id: &str, attempt: &Attempt) {
+        let now = (self.clock)();
+        if let Ok(mut u) = self.unresolved.lock() {
+            match attempt {
+                Attempt::Unknown(..) => {
+                    if let Some(e) = u.get_mut(payment_id) {
+                        e.busy = false;
+                        e.attempts = e.attempts.saturating_add(1);
+                        let backoff = 1u64
+                            .checked_shl(e.attempts.min(6))
+                            .unwrap_or(RECONCILE_BACKOFF_MAX_SECS)
+                            .min(RECONCILE_BACKOFF_MAX_SECS);
+                        e.next_at = now.saturating_add(backoff);
+                    }
+                }
+                _ => {
+                    u.remove(payment_id);
+                }
+            }
+        }
+        self.publish_backlog();
+    }
+
+    fn publish_backlog(&self) {
+        if let Ok(u) = self.unresolved.lock() {
+            let oldest = u.values().map(|e| e.since_ms).min();
+            let age = oldest.map_or(0.0, |t| {
+                (unix_now_millis().saturating_sub(t)).max(0) as f64 / 1000.0
+            });
+            self.metrics.set_unresolved(u.len(), age);
+        }
+    }
+
+    /// Settlements whose outcome is not known yet.
+    pub fn unresolved_count(&self) -> usize {
+        self.unresolved.lock().map(|u| u.len()).unwrap_or(0)
+    }
+
+    /// Seconds since the oldest unresolved settlement became unresolved (0: none).
+    pub fn unresolved_age_seconds(&self) -> u64 {
+        let oldest = self
+            .unresolved
+            .lock()
+            .ok()
+            .and_then(|u| u.values().map(|e| e.since_ms).min());
+        oldest.map_or(0, |t| {
+            u64::try_from(unix_now_millis().saturating_sub(t) / 1000).unwrap_or(0)
+        })
+    }
+
+    /// Whether the ledger takes writes (paid routes answer 503 while it does not).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Takes up the journal's unfinished payments after a restart: verified ones wait for
+    /// their Settle or Release again (the filter calls the same verifier back), the ones that
+    /// were settling go to the reconciler.
+    pub fn resume(&self) -> usize {
+        let rows = self.ledger.take_open_payments();
+        let n = rows.len();
+        for row in rows {
+            self.resume_row(row);
+        }
+        if n > 0 {
+            tracing::info!(payments = n, "resumed unfinished payments from the journal");
+        }
+        self.publish_backlog();
+        n
+    }
+
+    fn resume_row(&self, row: JournalRow) {
+        let pending: Pending = match serde_json::from_str(&row.settlement) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(payment_id = %row.id, error = %e, "journal row cannot be read back; left for an operator");
+                return;
+            }
+        };
+        match (row.state, &pending.settlement) {
+            (PaymentState::Verified, _) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.insert(row.id, pending);
+                    self.metrics.set_pending(p.len());
+                }
+            }
+            // A Lightning payment is paid before it is verified: settling it is local.
+            (_, Settlement::Lightning { .. }) => {
+                self.finish(
+                    &row.id,
+                    &pending,
+                    SettleOutcome::Settled,
+                    SettleAnswer {
+                        success: true,
+                        network: pending.wire_network.clone(),
+                        ..SettleAnswer::default()
+                    },
+                );
+            }
+            (_, Settlement::Facilitator { .. }) => {
+                if row.state == PaymentState::Settling {
+                    self.journal(
+                        &row.id,
+                        &pending,
+                        PaymentState::Unknown,
+                        EventKind::SettlementUnknown,
+                        "verifier_restarted",
+                        "",
+                    );
+                }
+                if let Ok(mut u) = self.unresolved.lock() {
+                    u.insert(
+                        row.id,
+                        Unresolved {
+                            pending,
+                            since_ms: row.created_at,
+                            attempts: row.attempts,
+                            next_at: 0,
+                            busy: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// One round of reconciliation: every unresolved settlement due for an attempt is decided
+    /// from the chain (rails with `rpc_url`) or asked of the facilitator again while its
+    /// authorization is valid. Answers how many were decided.
+    pub async fn reconcile(&self) -> usize {
+        let now = (self.clock)();
+        let due: Vec<(String, Pending)> = match self.unresolved.lock() {
+            Ok(mut u) => u
+                .iter_mut()
+                .filter(|(_, e)| !e.busy && e.next_at <= now)
+                .map(|(id, e)| {
+                    e.busy = true;
+                    (id.clone(), e.pending.clone())
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut decided = 0;
+        for (id, p) in due {
+            let attempt = self.reconcile_one(&id, &p, now).await;
+            let outcome = match &attempt {
+                Attempt::Settled(a) => Some((SettleOutcome::Settled, a.clone())),
+                Attempt::Failed(a) => Some((SettleOutcome::Failed, a.clone())),
+                Attempt::Unknown(..) => None,
+            };
+            self.untrack_if_decided(&id, &attempt);
+            match outcome {
+                Some((o, a)) => {
+                    decided += 1;
+                    self.metrics.reconciled(if o == SettleOutcome::Settled {
+                        "settled"
+                    } else {
+                        "failed"
+                    });
+                    tracing::info!(payment_id = %id, outcome = ?o, "unknown settlement resolved");
+                    self.finish(&id, &p, o, a);
+                }
+                None => self.metrics.reconciled("unknown"),
+            }
+        }
+        decided
+    }
+
+    async fn reconcile_one(&self, id: &str, p: &Pending, now: u64) -> Attempt {
+        let Settlement::Facilitator {
+            asset,
+            authorizer,
+            nonce,
+            valid_before,
+            ..
+        } = &p.settlement
+        else {
+            return Attempt::Settled(SettleAnswer {
+                success: true,
+                ..SettleAnswer::default()
+            });
+        };
+        let network = p.event.network.clone().unwrap_or_default();
+        let chain = self
+            .chains
+            .get(&(network, asset.to_ascii_lowercase()))
+            .cloned();
+        let on_chain = |transaction: String| {
+            Attempt::Settled(SettleAnswer {
+                success: true,
+                transaction,
+                ..SettleAnswer::default()
+            })
+        };
+        if let Some(chain) = &chain {
+            match chain.authorization_used(asset, authorizer, nonce).await {
+                Ok(true) => {
+                    let tx = chain
+                        .authorization_transaction(asset, authorizer, nonce)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    return on_chain(tx);
+                }
+                // Past validBefore an unused authorization can never move money.
+                Ok(false) if now > *valid_before => {
+                    return Attempt::Failed(SettleAnswer {
+                        error_reason: Some("authorization_expired_unsettled".into()),
+                        ..SettleAnswer::default()
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(payment_id = %id, error = %e, "reconcile: chain unreadable; will retry");
+                    return Attempt::Unknown(e.to_string(), None);
+                }
+            }
+        } else if now > *valid_before {
+            // Without a chain reader nothing can tell whether the first attempt paid.
+            tracing::error!(payment_id = %id, route = %p.route, "reconcile: authorization expired and the rail has no rpc_url: the outcome stays unknown; check the chain by hand");
+            return Attempt::Unknown("unresolvable_without_rpc_url".into(), None);
+        }
+        match self.ask_facilitator(p).await {
+            Attempt::Failed(a) => {
+                let maybe_paid = a
+                    .error_reason
+                    .as_deref()
+                    .is_some_and(|r| ALREADY_USED_REASONS.contains(&r));
+                match (&chain, maybe_paid) {
+                    // The chain decides: an earlier attempt may have gone through meanwhile.
+                    (Some(chain), _) => {
+                        match chain.authorization_used(asset, authorizer, nonce).await {
+                            Ok(true) => on_chain(
+                                chain
+                                    .authorization_transaction(asset, authorizer, nonce)
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .unwrap_or_default(),
+                            ),
+                            Ok(false) => Attempt::Failed(a),
+                            Err(e) => Attempt::Unknown(e.to_string(), None),
+                        }
+                    }
+                    (None, true) => Attempt::Unknown(a.error_reason.unwrap_or_default(), None),
+                    (None, false) => Attempt::Failed(a),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn record_release(&self, payment_id: &str, p: &Pending, reason: &str) {
+        self.journal(
+            payment_id,
+            p,
+            PaymentState::Released,
+            EventKind::Released,
+            reason,
+            "",
+        );
     }
 
     /// A Lightning payment that was not consumed (the upstream failed, or nobody settled it):
@@ -1011,7 +1527,11 @@ impl Payments {
     pub async fn release(&self, payment_id: &str, upstream_status: u32) {
         match self.take(payment_id) {
             Some(p) => {
-                self.record_release(&p, &format!("upstream_status_{upstream_status}"));
+                self.record_release(
+                    payment_id,
+                    &p,
+                    &format!("upstream_status_{upstream_status}"),
+                );
                 self.give_back_lightning(&p).await;
                 tracing::info!(route = %p.route, payment_id = %payment_id, upstream_status, "payment released, not charged");
             }
@@ -1025,21 +1545,24 @@ impl Payments {
     /// Also forgets expired minted invoices.
     pub async fn sweep_expired(&self) -> usize {
         let now = (self.clock)();
-        let expired: Vec<Pending> = match self.pending.lock() {
+        let expired: Vec<(String, Pending)> = match self.pending.lock() {
             Ok(mut p) => {
                 let ids: Vec<String> = p
                     .iter()
                     .filter(|(_, v)| v.expires_at <= now)
                     .map(|(k, _)| k.clone())
                     .collect();
-                let out = ids.iter().filter_map(|id| p.remove(id)).collect();
+                let out = ids
+                    .into_iter()
+                    .filter_map(|id| p.remove(&id).map(|v| (id, v)))
+                    .collect();
                 self.metrics.set_pending(p.len());
                 out
             }
             Err(_) => Vec::new(),
         };
-        for p in &expired {
-            self.record_release(p, "expired");
+        for (id, p) in &expired {
+            self.record_release(id, p, "expired");
             self.give_back_lightning(p).await;
             tracing::warn!(route = %p.route, "pending payment expired without settle or release");
         }
@@ -1049,6 +1572,38 @@ impl Payments {
         expired.len()
     }
 }
+
+/// One settle attempt, classified.
+enum Attempt {
+    Settled(SettleAnswer),
+    /// The facilitator (or the chain) said no for good: nothing was charged.
+    Failed(SettleAnswer),
+    /// Nobody knows yet (timeout, transport error, the facilitator's own `settlement_pending`).
+    Unknown(String, Option<SettleAnswer>),
+}
+
+/// The receipt of a settlement whose outcome is not known yet (x402 `settlement_pending`).
+fn pending_answer(p: &Pending, from_facilitator: Option<SettleAnswer>) -> SettleAnswer {
+    let transaction = from_facilitator.map(|a| a.transaction).unwrap_or_default();
+    SettleAnswer {
+        success: false,
+        error_reason: Some(SETTLEMENT_PENDING.into()),
+        transaction,
+        network: p.wire_network.clone(),
+        payer: Some(p.payer.clone()),
+        ..SettleAnswer::default()
+    }
+}
+
+/// base64(JSON) for `PAYMENT-RESPONSE`.
+fn receipt(answer: &SettleAnswer) -> String {
+    serde_json::to_vec(answer)
+        .map(|json| b64::encode(&json))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod settlement_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -1370,12 +1925,13 @@ pub(crate) mod tests {
             .payments
             .verify("quote", "payment-signature", &verify(), URL)
             .await);
+        // A facilitator outage at settle time is not a failure: the outcome is unknown.
         let s = h.payments.settle(&pid, 200).await;
-        assert_eq!(s.outcome, SettleOutcome::Unavailable);
-        assert_eq!(
-            decode(&s.payment_response)["errorReason"],
-            "unexpected_settle_error"
-        );
+        assert_eq!(s.outcome, SettleOutcome::Pending);
+        let receipt = decode(&s.payment_response);
+        assert_eq!(receipt["errorReason"], "settlement_pending");
+        assert_eq!(receipt["payer"], payer.address().to_string());
+        assert_eq!(h.payments.unresolved_count(), 2);
 
         h.ledger.flush().await.expect("flush");
         let kinds: Vec<EventKind> = h
@@ -1389,9 +1945,9 @@ pub(crate) mod tests {
         assert_eq!(
             kinds,
             vec![
-                EventKind::SettlementFailed,
+                EventKind::SettlementUnknown,
                 EventKind::Verified,
-                EventKind::SettlementPending,
+                EventKind::SettlementUnknown,
                 EventKind::Verified,
                 EventKind::SettlementFailed,
                 EventKind::Verified

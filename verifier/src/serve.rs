@@ -49,6 +49,9 @@ pub enum ServeError {
 
 /// How often pending payments that were never settled or released are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often unknown settlements due for another attempt are reconciled (each has its own
+/// backoff, 2 s up to 30 s).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Kinds `(x402Version, scheme, network)` a facilitator must list for our rails.
 fn needed_kinds(config: &Config, facilitator: &str) -> Vec<(u32, String, String)> {
@@ -156,6 +159,10 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         ledger.clone(),
         metrics.clone(),
     )?);
+    payments.resume();
+    for rail in config.rails.iter().filter(|r| r.rpc_url.is_none()) {
+        tracing::warn!(rail = %rail.name, "no rpc_url: a settlement whose outcome is unknown can only be retried through the facilitator");
+    }
     // The live route table: the file's routes plus the admin API's stored changes.
     let config = Arc::new(config);
     let store = {
@@ -222,10 +229,12 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         let payments = payments.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { payments.sweep_expired().await; }
+                    _ = sweep.tick() => { payments.sweep_expired().await; }
+                    _ = reconcile.tick() => { payments.reconcile().await; }
                     _ = stop.changed() => return,
                 }
             }
