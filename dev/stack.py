@@ -155,6 +155,21 @@ ROUTES = [
 ]
 
 
+# A paid route on the upstream's slow path (`GET /api/slow`: answers after `?ms=` milliseconds, or
+# when its `?gate=` opens, see dev/upstream.py), for tests that need a request held between the
+# verifier's Verify and Settle. Not in ROUTES: only stacks made with `extra_routes=[SLOW_ROUTE]`
+# sell it (the fault-injection tests, tests/test_faults.py).
+SLOW_ROUTE = Route(
+    "slow",
+    ["GET"],
+    "/api/slow",
+    price="0.001",
+    description="Answers after ?ms= milliseconds or when its ?gate= opens",
+)
+
+DEFAULT_FACILITATOR_TIMEOUT_MS = 10000
+
+
 @dataclass
 class Ports:
     envoy: int
@@ -315,6 +330,11 @@ class Stack:
         concurrency: int = 2,
         lightning: bool = True,
         replay_store: str | None = None,
+        facilitator_timeout_ms: int = DEFAULT_FACILITATOR_TIMEOUT_MS,
+        rail_rpc_url: bool = False,
+        ledger_path: Path | None = None,
+        extra_routes: tuple[Route, ...] | list[Route] = (),
+        facilitator_rpc_url: str | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +344,18 @@ class Stack:
         self.lightning = lightning
         # `stores: { replay: ... }` (e.g. a RedisServer's url); None: in memory (the default).
         self.replay_store = replay_store
+        # `facilitators.local.timeout_ms` (the filter's verify and settle timeouts derive from it).
+        self.facilitator_timeout_ms = facilitator_timeout_ms
+        # True: the `usdc-local` rail gets `rpc_url: <the chain>` (the verifier reads the chain
+        # to resolve settlements whose outcome it does not know).
+        self.rail_rpc_url = rail_rpc_url
+        # Where the verifier keeps its ledger (None: `ledger.db` in the run dir).
+        self._ledger_path = Path(ledger_path) if ledger_path is not None else None
+        # Routes sold in addition to ROUTES (e.g. SLOW_ROUTE).
+        self.extra_routes = tuple(extra_routes)
+        # The chain URL the facilitator uses (None: anvil's own, `rpc_url`), e.g. a proxy a
+        # test can make refuse connections.
+        self.facilitator_rpc_url = facilitator_rpc_url
         # The stack whose chain, facilitator and upstream this one uses (see `replica`).
         self.primary: Stack | None = None
         self.procs: dict[str, subprocess.Popen] = {}
@@ -364,7 +396,7 @@ class Stack:
 
     @property
     def ledger_path(self) -> Path:
-        return self.run_dir / "ledger.db"
+        return self._ledger_path if self._ledger_path is not None else self.run_dir / "ledger.db"
 
     @property
     def l402_secret_path(self) -> Path:
@@ -428,6 +460,9 @@ class Stack:
             concurrency=self.concurrency,
             lightning=self.lightning,
             replay_store=self.replay_store,
+            facilitator_timeout_ms=self.facilitator_timeout_ms,
+            rail_rpc_url=self.rail_rpc_url,
+            extra_routes=self.extra_routes,
         )
         r.primary = self
         r.token = self.token
@@ -452,6 +487,12 @@ class Stack:
 
     def stop(self):
         for name in ["envoy", "verifier", "upstream", "facilitator", "anvil"]:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is None:
+                try:  # a paused process ignores SIGTERM until it runs again
+                    os.killpg(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
             self._kill(name)
 
     def __enter__(self):
@@ -476,10 +517,21 @@ class Stack:
         )
         self.token = json.loads(out.read_text())["token"]
 
-    def start_facilitator(self):
+    def start_facilitator(self, rpc_url: str | None = None):
+        """Starts the facilitator on its port; `rpc_url` overrides the chain it talks to (e.g. a
+        closed port, so every chain call it makes is refused)."""
         proc, log = self._spawn(
             "facilitator",
-            ["node", CHAIN / "facilitator.mjs", "--port", self.ports.facilitator, "--rpc", self.rpc_url, "--network", NETWORK],
+            [
+                "node",
+                CHAIN / "facilitator.mjs",
+                "--port",
+                self.ports.facilitator,
+                "--rpc",
+                rpc_url or self.facilitator_rpc_url or self.rpc_url,
+                "--network",
+                NETWORK,
+            ],
             env={"FACILITATOR_PRIVATE_KEY": FACILITATOR_KEY},
         )
         wait_until(
@@ -512,6 +564,33 @@ class Stack:
 
     def stop_verifier(self):
         self._kill("verifier")
+
+    def stop_facilitator(self):
+        self._kill("facilitator")
+
+    # -- faults ----------------------------------------------------------------------------
+    def _signal(self, name: str, sig: int):
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig)
+
+    def pause(self, name: str):
+        """SIGSTOP to the process group of `name` (a key of `procs`: anvil, facilitator,
+        upstream, verifier, envoy): it keeps its sockets but answers nothing until `resume`."""
+        self._signal(name, signal.SIGSTOP)
+
+    def resume(self, name: str):
+        """SIGCONT to the process group of `name`."""
+        self._signal(name, signal.SIGCONT)
+
+    def kill9(self, name: str):
+        """SIGKILL to the process group of `name` (no shutdown of any kind), then reaps it. It is
+        no longer in `procs`; start it again with `start_verifier()`, `start_envoy()`, ..."""
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
 
     def start_envoy(self, wait_for_table: bool = True):
         bootstrap = self.run_dir / f"envoy-{self.mode}.yaml"
@@ -648,7 +727,9 @@ def render_config(stack) -> str:
     `stack` needs `ports`, `ledger_path` and `token`; `lightning`, `l402_secret_path`,
     `lease_secret_path`, `admin_token_path` and `replay_store` (`stores: { replay: ... }`, e.g. a
     redis:// URL; absent or None: in memory) are read only if present (`bench/run.py` passes a
-    plain record and gets the x402-only config with the routes it measures)."""
+    plain record and gets the x402-only config with the routes it measures), and so are
+    `facilitator_timeout_ms` (default 10000), `rail_rpc_url` (true: the rail gets
+    `rpc_url: <stack.rpc_url>`) and `extra_routes` (routes sold after ROUTES)."""
     p = stack.ports
     lightning = bool(getattr(stack, "lightning", False))
     lease_secret = getattr(stack, "lease_secret_path", None)
@@ -669,7 +750,7 @@ def render_config(stack) -> str:
         "facilitators:",
         "  local:",
         f"    url: http://127.0.0.1:{p.facilitator}",
-        "    timeout_ms: 10000",
+        f"    timeout_ms: {getattr(stack, 'facilitator_timeout_ms', DEFAULT_FACILITATOR_TIMEOUT_MS)}",
         "rails:",
         "  usdc-local:",
         f"    network: {NETWORK}",
@@ -680,6 +761,8 @@ def render_config(stack) -> str:
         "    facilitator: local",
         "    max_timeout_seconds: 300",
     ]
+    if getattr(stack, "rail_rpc_url", False):
+        lines.append(f"    rpc_url: http://127.0.0.1:{p.anvil}")
     if lightning:
         lines += [
             "lightning:",
@@ -700,7 +783,7 @@ def render_config(stack) -> str:
     if replay_store is not None:
         lines += ["stores:", f"  replay: {replay_store}"]
     lines.append("routes:")
-    for r in ROUTES:
+    for r in [*ROUTES, *getattr(stack, "extra_routes", ())]:
         if not lightning and r.price is None and r.price_sats is not None:
             continue  # Lightning-only route in an x402-only config
         if lease_secret is None and (r.leased or r.upstream_path or r.request_headers or r.response_headers):

@@ -15,6 +15,13 @@ Streams and WebSockets (sold as leases, see docs/leases.md):
 - `GET /v1/ws/<room>`: a WebSocket echo server (RFC 6455, by hand on the stdlib server): text and
   binary messages come back as they were sent, pings get pongs, a close is answered and ends it.
 - `GET /v1/headers`: answers the request headers it received (for the header-policy tests).
+
+Slow answers (for the fault-injection tests, which need a paid request held between the
+verifier's Verify and Settle): `GET /api/slow?ms=N` answers after N milliseconds;
+`GET /api/slow?gate=NAME` answers when the gate NAME opens (`POST /__release?symbol=NAME`, the
+ticker's gates, so `__release` answers how many requests it let go) or after `--gate-timeout`
+seconds (`"released": false` in the body). The hit is counted when the request arrives, so a
+test that sees it knows the payment was verified and the upstream is now busy.
 """
 
 import argparse
@@ -99,6 +106,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(500, {"error": "upstream failure"})
         if path == "/v1/headers":
             return self._send(200, {"path": self.path, "headers": self._headers()})
+        if path == "/api/slow":
+            return self._slow()
         parts = path.split("/")
         if len(parts) == 4 and parts[:3] == ["", "v1", "ticker"] and parts[3]:
             return self._ticker(parts[3])
@@ -126,6 +135,32 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/fail":
             return self._send(500, {"error": "upstream failure"})
         return self._send(404, {"error": "not found", "path": path})
+
+    # -- slow answers ----------------------------------------------------------------------
+    def _slow(self):
+        query = self._query()
+        started = time.monotonic()
+        released = True
+        gate = query.get("gate", [""])[0]
+        if gate:
+            with GATE:
+                start = RELEASED.get(gate, 0)
+                WAITING[gate] = WAITING.get(gate, 0) + 1
+                try:
+                    released = GATE.wait_for(lambda: RELEASED.get(gate, 0) > start, timeout=GATE_TIMEOUT)
+                finally:
+                    WAITING[gate] -= 1
+        else:
+            try:
+                ms = float(query.get("ms", ["0"])[0])
+            except ValueError:
+                return self._send(400, {"error": "ms must be a number"})
+            time.sleep(max(0.0, min(ms, GATE_TIMEOUT * 1000)) / 1000)
+        waited_ms = round((time.monotonic() - started) * 1000)
+        try:
+            self._send(200, {"slow": True, "gate": gate or None, "released": released, "waited_ms": waited_ms})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     # -- server-sent events ----------------------------------------------------------------
     def _release(self):

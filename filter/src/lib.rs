@@ -19,4 +19,5 @@ mod host;
 mod http;
 mod metrics;
 mod reply;
+mod retry;
 mod root;

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub settled: u32,
     /// Settlements that failed: the upstream response was replaced by a 402.
     pub settle_failed: u32,
+    /// Settles that got no answer (timeout, verifier down): delivered with a pending receipt
+    /// and sent again from the root.
+    pub settle_unknown: u32,
     /// Verifier unreachable or answering UNAVAILABLE: 503, fail closed.
     pub verifier_unavailable: u32,
     /// Upstream answered >= 400: the payment was released, nothing charged.
@@ -51,6 +54,7 @@ impl Metrics {
             verified: counter("tollway.verified")?,
             settled: counter("tollway.settled")?,
             settle_failed: counter("tollway.settle_failed")?,
+            settle_unknown: counter("tollway.settle_unknown")?,
             verifier_unavailable: counter("tollway.verifier_unavailable")?,
             upstream_failed_not_charged: counter("tollway.upstream_failed_not_charged")?,
             l402_accepted: counter("tollway.l402_accepted")?,

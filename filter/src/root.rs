@@ -222,6 +222,9 @@ impl Root {
     }
 
     pub fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if crate::retry::answered(token_id, status_code) {
+            return;
+        }
         let ours = self.sync.as_ref().and_then(|s| s.call) == Some(token_id);
         if ours {
             if let Some(sync) = self.sync.as_mut() {
@@ -243,6 +246,9 @@ impl Root {
 
     pub fn on_tick(&mut self) {
         metrics::flush();
+        if let Some(shared) = &self.shared {
+            crate::retry::send(&shared.verifier_cluster, shared.settle_timeout);
+        }
         self.poll();
     }
 }

@@ -23,7 +23,7 @@ use tollway_protocol::filter_config::{CompiledConfig, FilterConfig, LightningPri
 use tollway_protocol::x402::lightning::{ASSET_BTC, PAY_TO_ANONYMOUS};
 use tollway_protocol::x402::{
     check_lightning_payment, check_payment, decode_payment_json, ErrorReason, Offer, PaymentKind,
-    PaymentPayload, ReplayKey,
+    PaymentPayload, ReplayKey, SETTLEMENT_PENDING,
 };
 
 use crate::chain::ChainReader;
@@ -45,8 +45,6 @@ pub const REASON_UNAVAILABLE: &str = "facilitator_unavailable";
 pub const REASON_STORE_UNAVAILABLE: &str = "replay_store_unavailable";
 /// The ledger cannot be written (full disk): no payment is accepted unrecorded.
 pub const REASON_LEDGER_UNAVAILABLE: &str = "ledger_unavailable";
-/// `errorReason` of a settlement that was broadcast but not yet confirmed: not a failure.
-pub const SETTLEMENT_PENDING: &str = "settlement_pending";
 pub const REASON_UNKNOWN_PAYMENT: &str = "unknown_payment_id";
 pub const REASON_UNKNOWN_ROUTE: &str = "unknown_route";
 /// x402 over Lightning: the invoice is not one we minted for this route (or we forgot it).

@@ -13,8 +13,11 @@
 //!                                               ─ single_use ─ Claim ─ Pause
 //!                             CLAIMED ─ resume; ALREADY_USED ─► 402 (*); error ─► 503
 //! response headers (verified) ─ status < 400 ─ Settle ─ Pause
-//!                       SETTLED / PENDING ─ add PAYMENT-RESPONSE ─ resume
-//!                       FAILED / UNAVAILABLE / error ─► 402 (upstream body withheld)
+//!                       SETTLED ─ add PAYMENT-RESPONSE ─ resume
+//!                       PENDING / UNAVAILABLE / no answer (timeout, verifier down) ─ outcome
+//!                           unknown: add a `settlement_pending` PAYMENT-RESPONSE ─ resume (the
+//!                           root sends the Settle again until the verifier hears it)
+//!                       FAILED ─► 402 (upstream body withheld; nothing was charged)
 //!                  ─ status >= 400 ─ Release (nothing charged) ─ Continue
 //!
 //! (*) x402-only route: the precomputed challenge, no call. Lightning route: Challenge ─ Pause,
@@ -99,6 +102,8 @@ struct Payment {
     method: String,
     payment_id: String,
     x402_version: u32,
+    /// The upstream's status, once asked to settle (sent again if the Settle gets no answer).
+    upstream_status: u32,
 }
 
 /// A 402 in the making on a Lightning route (waiting for Challenge), or a single-use token
@@ -527,6 +532,7 @@ impl Stream {
             method: bound_method.to_owned(),
             payment_id: String::new(),
             x402_version: 0,
+            upstream_status: 0,
         }));
         Action::Pause
     }
@@ -744,10 +750,11 @@ impl Stream {
 
     /// Asks the verifier to settle (paused until it answers); a failed dispatch answers 402.
     fn settle(&mut self, shared: &Shared, upstream_status: u32) {
-        let Some(payment) = self.payment.as_ref() else {
+        let Some(payment) = self.payment.as_mut() else {
             self.unavailable(shared);
             return;
         };
+        payment.upstream_status = upstream_status;
         let request = SettleRequest {
             payment_id: payment.payment_id.clone(),
             upstream_status,
@@ -757,7 +764,7 @@ impl Stream {
             return;
         }
         inc(shared.metrics.verifier_unavailable);
-        self.settle_failed(shared, "", "");
+        self.settle_unknown(shared);
     }
 
     fn response_presets(&self, shared: &Shared) {
@@ -799,10 +806,16 @@ impl Stream {
         };
         self.state = State::Done;
         match answer {
-            Some(a)
-                if self.sale.is_some()
-                    && matches!(a.outcome(), SettleOutcome::Settled | SettleOutcome::Pending) =>
-            {
+            Some(a) if a.outcome() == SettleOutcome::Failed => {
+                self.settle_failed(shared, &a.payment_response, &a.reason);
+            }
+            // UNAVAILABLE (an older verifier) or no answer: the outcome is not known.
+            Some(a) if a.outcome() == SettleOutcome::Unavailable => self.settle_unknown(shared),
+            None => {
+                inc(shared.metrics.verifier_unavailable);
+                self.settle_unknown(shared);
+            }
+            Some(a) if self.sale.is_some() => {
                 inc(shared.metrics.settled);
                 let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
                 let paid_by = self
@@ -814,28 +827,49 @@ impl Stream {
                     .then(|| (self.receipt_header(), a.payment_response.as_str()));
                 self.grant(shared, route, paid_by.as_bytes(), receipt);
             }
-            Some(a) if matches!(a.outcome(), SettleOutcome::Settled | SettleOutcome::Pending) => {
-                if !a.payment_response.is_empty() {
-                    host::set_response_header(self.receipt_header(), &a.payment_response);
-                }
-                if host::response_header("cache-control").is_none() {
-                    host::add_response_header("cache-control", "private");
-                }
-                host::add_response_header("access-control-expose-headers", EXPOSE_RECEIPT);
-                inc(shared.metrics.settled);
-                host::resume_response();
-            }
-            Some(a) if a.outcome() == SettleOutcome::Failed => {
-                self.settle_failed(shared, &a.payment_response, &a.reason);
-            }
-            other => {
-                inc(shared.metrics.verifier_unavailable);
-                let (receipt, reason) = other
-                    .map(|a| (a.payment_response, a.reason))
-                    .unwrap_or_default();
-                self.settle_failed(shared, &receipt, &reason);
-            }
+            // SETTLED, or PENDING (the verifier's reconciler decides it).
+            Some(a) => self.deliver(shared, &a.payment_response),
         }
+    }
+
+    /// Lets the upstream's response through with its receipt.
+    fn deliver(&mut self, shared: &Shared, payment_response: &str) {
+        if !payment_response.is_empty() {
+            host::set_response_header(self.receipt_header(), payment_response);
+        }
+        if host::response_header("cache-control").is_none() {
+            host::add_response_header("cache-control", "private");
+        }
+        host::add_response_header("access-control-expose-headers", EXPOSE_RECEIPT);
+        inc(shared.metrics.settled);
+        host::resume_response();
+    }
+
+    /// The Settle got no answer (timeout, verifier down or restarting): a timeout is not a
+    /// failure. The client keeps the upstream's answer with a `settlement_pending` receipt, and
+    /// the root sends the Settle again until the verifier hears it.
+    fn settle_unknown(&mut self, shared: &Shared) {
+        inc(shared.metrics.settle_unknown);
+        if let Some(p) = self.payment.as_ref() {
+            crate::retry::settle_later(&p.payment_id, p.upstream_status);
+        }
+        let receipt = pending_receipt();
+        if self.sale.is_some() {
+            let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
+            let paid_by = self
+                .payment
+                .as_ref()
+                .map(|p| p.payment_id.clone())
+                .unwrap_or_default();
+            self.grant(
+                shared,
+                route,
+                paid_by.as_bytes(),
+                Some((self.receipt_header(), receipt.as_str())),
+            );
+            return;
+        }
+        self.deliver(shared, &receipt);
     }
 
     /// Replaces the upstream response with a 402 carrying a `success:false` receipt.
@@ -871,6 +905,11 @@ fn claim_outcome(status: u32, size: usize) -> Option<ClaimOutcome> {
 /// The path a token is bound to: `:path` without its query string.
 fn path_without_query(path: &str) -> &str {
     path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+/// base64 JSON of a settlement whose outcome is not known yet (x402 `settlement_pending`).
+fn pending_receipt() -> String {
+    failed_receipt(x402::SETTLEMENT_PENDING)
 }
 
 /// base64 JSON `SettleResponse{success:false}` for when the verifier gave none.

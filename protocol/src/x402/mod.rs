@@ -22,6 +22,9 @@ pub use types::*;
 
 /// Request header carrying a v2 payment.
 pub const HEADER_PAYMENT_SIGNATURE: &str = "payment-signature";
+/// `errorReason` of a receipt whose settlement outcome is not known yet (timed out, broadcast
+/// without a receipt): not a failure; the server settles it later (`@x402/core` 2.24).
+pub const SETTLEMENT_PENDING: &str = "settlement_pending";
 /// Request header carrying a v1 payment.
 pub const HEADER_X_PAYMENT: &str = "x-payment";
 /// Response header with the base64 v2 `PaymentRequired`.
