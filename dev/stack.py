@@ -74,6 +74,7 @@ class Route:
     response_headers: tuple[str, ...] = ()  # response presets
     mime_type: str = "application/json"
     description: str | None = None
+    on_unknown_settlement: str | None = None  # deliver (default) | withhold
 
     @property
     def free(self) -> bool:
@@ -165,6 +166,16 @@ SLOW_ROUTE = Route(
     "/api/slow",
     price="0.001",
     description="Answers after ?ms= milliseconds or when its ?gate= opens",
+)
+
+# The same slow path on a route that withholds the answer while its settlement is unknown.
+SLOW_WITHHELD_ROUTE = Route(
+    "slow-withheld",
+    ["GET"],
+    "/api/slow-withheld",
+    price="0.001",
+    description="Like slow; withholds the answer while the settlement is unknown",
+    on_unknown_settlement="withhold",
 )
 
 DEFAULT_FACILITATOR_TIMEOUT_MS = 10000
@@ -813,5 +824,7 @@ def render_config(stack) -> str:
             lines.append(f"    request_headers: [{', '.join(r.request_headers)}]")
         if r.response_headers:
             lines.append(f"    response_headers: [{', '.join(r.response_headers)}]")
+        if r.on_unknown_settlement:
+            lines.append(f"    on_unknown_settlement: {r.on_unknown_settlement}")
         lines += [f"    description: {r.description or 'Demo ' + r.name}", f"    mime_type: {r.mime_type}"]
     return "\n".join(lines) + "\n"

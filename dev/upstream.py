@@ -106,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(500, {"error": "upstream failure"})
         if path == "/v1/headers":
             return self._send(200, {"path": self.path, "headers": self._headers()})
-        if path == "/api/slow":
+        if path in ("/api/slow", "/api/slow-withheld"):
             return self._slow()
         parts = path.split("/")
         if len(parts) == 4 and parts[:3] == ["", "v1", "ticker"] and parts[3]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 from eth_utils import keccak
 
-from dev.stack import PAYER_KEY, SLOW_ROUTE, Ports, Stack, http_get, rpc
+from dev.stack import PAYER_KEY, SLOW_ROUTE, SLOW_WITHHELD_ROUTE, Ports, Stack, http_get, rpc
 from payments import challenge, decode_b64json, sign_payment
 
 # keccak256("AuthorizationUsed(address,bytes32)"), the EIP-3009 event the token emits once per
@@ -138,7 +138,7 @@ def fault_stack(run_dir: Path, chain_gate: bool = False, **options):
     With `chain_gate`, the facilitator reaches the chain through `stack.chain_gate` (a
     ChainGate). Paused processes are resumed before it stops."""
     options.setdefault("lightning", False)
-    options.setdefault("extra_routes", [SLOW_ROUTE])
+    options.setdefault("extra_routes", [SLOW_ROUTE, SLOW_WITHHELD_ROUTE])
     gate = None
     if chain_gate:
         options["ports"] = options.get("ports") or Ports.free()

@@ -163,6 +163,32 @@ def test_verifier_stalled_during_settle_gives_pending_receipt_then_settles(tmp_p
         checks.done()
 
 
+def test_withholding_route_answers_503_while_the_settlement_is_unknown_and_charges_nothing(tmp_path):
+    """`on_unknown_settlement: withhold`: the Settle times out on a stalled verifier; the client
+    gets 503 + Retry-After with the pending receipt and no body, and the filter's Release makes
+    sure the payment is not charged."""
+    with fault_stack(tmp_path, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
+        path = "/api/slow-withheld"
+        payment = new_payment(stack, path)
+        gate = unique("withheld")
+        before = hits(stack, path)
+        request = InFlight(stack, f"{path}?gate={gate}", payment)
+        wait_for_hits(stack, path, before + 1)
+        with paused(stack, "verifier"):
+            release_gate(stack, gate)
+            answer = request.answer(timeout=filter_timeout_s(stack) + 5)
+        checks = Checks()
+        expect_unavailable(checks, answer, "withheld answer")
+        checks.that(b'"slow"' not in answer.body, f"withheld answer carries the upstream's body: {answer}")
+        receipt = answer.receipt
+        checks.that(
+            receipt is not None and receipt.get("errorReason") == "settlement_pending",
+            f"withheld answer: PAYMENT-RESPONSE {receipt}, wanted errorReason settlement_pending",
+        )
+        checks.invariant(stack, payment, delivered=False)
+        checks.done()
+
+
 # -- 3. verifier stopped during Verify, past the filter's verify timeout --------------------------
 
 

@@ -115,6 +115,21 @@ pub fn verifier_unavailable() {
     );
 }
 
+/// 503 replacing an upstream response whose settlement outcome is unknown on a route that
+/// withholds: the pending receipt in `header`, no upstream body, try again later.
+pub fn settlement_withheld(header: &str, payment_response: &str) {
+    host::send_response(
+        503,
+        vec![
+            ("retry-after", "5"),
+            JSON,
+            NO_STORE,
+            (header, payment_response),
+        ],
+        br#"{"error":"settlement outcome unknown; the answer is withheld"}"#,
+    );
+}
+
 /// 402 replacing an upstream response whose payment could not be settled: the receipt
 /// (`success:false`) in `header`, no upstream body.
 pub fn settle_failed(header: &str, payment_response: &str) {

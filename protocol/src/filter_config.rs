@@ -132,6 +132,9 @@ pub struct PaidRoute {
     /// x402 EVM offers; may be empty when the route sells Lightning.
     #[serde(default)]
     pub offers: Vec<Offer>,
+    /// What the client gets when its settlement's outcome is not known yet.
+    #[serde(default, skip_serializing_if = "UnknownSettlement::is_deliver")]
+    pub on_unknown_settlement: UnknownSettlement,
     /// The route also sells Lightning access (L402, x402 `bip122`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lightning: Option<LightningPrice>,
@@ -139,6 +142,25 @@ pub struct PaidRoute {
     pub description: String,
     #[serde(default)]
     pub mime_type: String,
+}
+
+/// A settlement whose outcome is not known yet (facilitator or verifier timed out): the payment
+/// may or may not have moved; the verifier's reconciler decides it later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSettlement {
+    /// The client gets the upstream's answer with a `settlement_pending` receipt.
+    #[default]
+    Deliver,
+    /// The client gets 503 with `Retry-After` and the pending receipt, no upstream body; if the
+    /// payment settles anyway, the ledger records that its answer was withheld.
+    Withhold,
+}
+
+impl UnknownSettlement {
+    pub fn is_deliver(&self) -> bool {
+        *self == Self::Deliver
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +273,7 @@ pub struct CompiledPaid {
     pub challenge: Challenge,
     /// Set only when the config also has `l402`.
     pub lightning: Option<LightningPrice>,
+    pub on_unknown_settlement: UnknownSettlement,
 }
 
 impl CompiledConfig {
@@ -693,6 +716,7 @@ fn compile_paid(
         offers: paid.offers.clone(),
         challenge: Challenge::new(&paid.offers, &paid.description, &paid.mime_type),
         lightning: paid.lightning,
+        on_unknown_settlement: paid.on_unknown_settlement,
     })
 }
 

@@ -19,7 +19,7 @@ use tollway_protocol::amount::{AmountError, UsdPrice};
 use tollway_protocol::evm::EvmAddress;
 use tollway_protocol::filter_config::{
     CompiledConfig, FilterConfig, L402Filter, LeaseConfig, LeaseFilter, LightningPrice, PaidRoute,
-    ResourceKind, RouteConfig,
+    ResourceKind, RouteConfig, UnknownSettlement,
 };
 use tollway_protocol::l402::caveats::is_valid_service;
 use tollway_protocol::l402::{filter_key, FilterKey};
@@ -411,6 +411,10 @@ pub struct RawRoute {
     pub response_headers: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub disabled: bool,
+    /// `deliver` (default) or `withhold`: what a client gets while its settlement's outcome is
+    /// unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unknown_settlement: Option<UnknownSettlement>,
 }
 
 /// `lease: { path, seconds, single_use, renewal: { window_seconds } }`.
@@ -1908,6 +1912,7 @@ fn validate_routes(
             path: r.path.clone(),
             paid: (price.is_some() || ln_price.is_some()).then(|| PaidRoute {
                 offers,
+                on_unknown_settlement: r.on_unknown_settlement.unwrap_or_default(),
                 lightning: ln_price,
                 description: r.description.clone(),
                 mime_type: r.mime_type.clone(),

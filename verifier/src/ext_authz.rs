@@ -36,7 +36,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tollway_protocol::filter_config::{
-    CompiledConfig, CompiledLease, CompiledPaid, CompiledRoute, LightningPrice,
+    CompiledConfig, CompiledLease, CompiledPaid, CompiledRoute, LightningPrice, UnknownSettlement,
 };
 use tollway_protocol::headers::{
     CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
@@ -636,7 +636,25 @@ impl ExtAuthz {
                 // ext_authz cannot wait for the upstream: settle now.
                 let s = self.payments.settle(&payment_id, 0).await;
                 let name = receipt_header(s.x402_version);
+                let withhold = request.paid.on_unknown_settlement == UnknownSettlement::Withhold;
                 match s.outcome {
+                    SettleOutcome::Pending if withhold => {
+                        // Not forwarded: if it settles after all, the ledger says why.
+                        self.payments.release(&payment_id, 0).await;
+                        self.metrics.check("withheld");
+                        denied(
+                            GRPC_UNAVAILABLE,
+                            503,
+                            vec![
+                                header("retry-after", "5"),
+                                header(name, &s.payment_response),
+                                header("content-type", "application/json"),
+                                header("cache-control", "no-store"),
+                            ],
+                            r#"{"error":"settlement outcome unknown; the answer is withheld"}"#
+                                .to_owned(),
+                        )
+                    }
                     SettleOutcome::Settled | SettleOutcome::Pending => {
                         self.metrics.check("paid");
                         forward.context.extend([

@@ -155,6 +155,25 @@ pub(crate) fn update(conn: &Connection, u: &JournalUpdate, now_ms: i64) -> rusql
     Ok(())
 }
 
+/// Reason noted on a payment whose answer was withheld while it was settling.
+pub const REASON_WITHHELD: &str = "answer_withheld_while_settlement_unknown";
+
+pub(crate) fn withheld(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<()> {
+    let started = "state IN ('settling', 'unknown', 'settled')";
+    conn.prepare_cached(&format!(
+        "INSERT INTO payment_events
+             (at, event, route, network, asset, payer, amount, nonce, reason, \"transaction\")
+         SELECT ?2, 'delivery_withheld', route, network, asset, payer, amount, nonce, ?3,
+             \"transaction\" FROM payments WHERE id = ?1 AND {started}"
+    ))?
+    .execute(params![id, now_ms, REASON_WITHHELD])?;
+    conn.prepare_cached(&format!(
+        "UPDATE payments SET reason = ?2, updated_at = ?3 WHERE id = ?1 AND {started}"
+    ))?
+    .execute(params![id, REASON_WITHHELD, now_ms])?;
+    Ok(())
+}
+
 const SELECT: &str = "SELECT id, state, route, network, asset, payer, amount, nonce,
     \"transaction\", reason, attempts, created_at, expires_at, settlement FROM payments";
 

@@ -35,6 +35,9 @@ pub enum EventKind {
     /// reconciler resolves it into `settled` or `settlement_failed`.
     SettlementUnknown,
     SettlementFailed,
+    /// The client's answer was withheld (route `on_unknown_settlement: withhold`) while its
+    /// settlement was under way: if it settles, it was charged for nothing, and this says why.
+    DeliveryWithheld,
     /// The upstream failed (or the payment expired unused): nothing was charged.
     Released,
     /// The payment was refused; `reason` says why.
@@ -57,6 +60,7 @@ impl EventKind {
             Self::Settled => "settled",
             Self::SettlementUnknown => "settlement_unknown",
             Self::SettlementFailed => "settlement_failed",
+            Self::DeliveryWithheld => "delivery_withheld",
             Self::Released => "released",
             Self::Rejected => "rejected",
             Self::InvoiceCreated => "invoice_created",
@@ -73,6 +77,7 @@ impl EventKind {
             "settled" => Self::Settled,
             "settlement_unknown" => Self::SettlementUnknown,
             "settlement_failed" => Self::SettlementFailed,
+            "delivery_withheld" => Self::DeliveryWithheld,
             "released" => Self::Released,
             "rejected" => Self::Rejected,
             "invoice_created" => Self::InvoiceCreated,
@@ -180,6 +185,9 @@ pub enum Op {
     Event(LedgerEvent),
     Insert(JournalEntry),
     Update(JournalUpdate),
+    /// The answer of payment `id`, whose settlement had started, was withheld: notes it on
+    /// the journal row and appends a `delivery_withheld` event with the row's details.
+    Withheld(String),
     /// A write that only tells whether the database takes writes again.
     Probe,
 }
@@ -412,6 +420,7 @@ fn apply(conn: &Connection, op: &Op, now_ms: i64) -> rusqlite::Result<()> {
         Op::Event(ev) => insert_event(conn, ev),
         Op::Insert(e) => journal::insert(conn, e, now_ms),
         Op::Update(u) => journal::update(conn, u, now_ms),
+        Op::Withheld(id) => journal::withheld(conn, id, now_ms),
         Op::Probe => conn
             .prepare_cached("INSERT OR REPLACE INTO ledger_probe (id, at) VALUES (1, ?1)")?
             .execute(params![now_ms])

@@ -1533,6 +1533,12 @@ impl Payments {
                 self.give_back_lightning(&p).await;
                 tracing::info!(route = %p.route, payment_id = %payment_id, upstream_status, "payment released, not charged");
             }
+            // Its settlement has started (the filter timed out on it and withholds the answer):
+            // too late to release; the ledger notes that nothing was delivered.
+            None if upstream_status == 0 && payment_id.len() == 32 => {
+                self.ledger.queue(vec![Op::Withheld(payment_id.to_owned())]);
+                tracing::warn!(payment_id = %payment_id, "answer withheld while the settlement was under way; noted in the ledger");
+            }
             None => {
                 tracing::debug!(payment_id = %payment_id, "release: unknown or expired payment id")
             }

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use log::warn;
 use prost::Message;
-use tollway_protocol::filter_config::{CompiledL402, LightningPrice};
+use tollway_protocol::filter_config::{CompiledL402, LightningPrice, UnknownSettlement};
 use tollway_protocol::headers::{CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
@@ -850,10 +850,31 @@ impl Stream {
     /// the root sends the Settle again until the verifier hears it.
     fn settle_unknown(&mut self, shared: &Shared) {
         inc(shared.metrics.settle_unknown);
+        let receipt = pending_receipt();
+        let withhold = self
+            .payment
+            .as_ref()
+            .and_then(|p| shared.config.routes.get(p.route))
+            .and_then(|r| r.paid.as_ref())
+            .is_some_and(|paid| paid.on_unknown_settlement == UnknownSettlement::Withhold);
+        if withhold {
+            // Nothing delivered: tell the verifier not to charge (or, if the Settle it may
+            // already be running goes through, to record that the answer was withheld).
+            if let Some(p) = self.payment.as_ref() {
+                let request = ReleaseRequest {
+                    payment_id: p.payment_id.clone(),
+                    upstream_status: 0,
+                };
+                let _ = self.dispatch(shared, METHOD_RELEASE, &request, shared.settle_timeout);
+            }
+            let header = self.receipt_header();
+            self.answered();
+            reply::settlement_withheld(header, &receipt);
+            return;
+        }
         if let Some(p) = self.payment.as_ref() {
             crate::retry::settle_later(&p.payment_id, p.upstream_status);
         }
-        let receipt = pending_receipt();
         if self.sale.is_some() {
             let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
             let paid_by = self

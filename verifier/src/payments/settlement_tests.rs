@@ -312,3 +312,24 @@ async fn an_unwritable_ledger_takes_no_payment() {
     assert!(h.ledger.writable());
     valid(&h, &header_1).await;
 }
+
+#[tokio::test]
+async fn an_answer_withheld_while_settling_is_noted_in_the_ledger() {
+    let fake = FakeFacilitator::start().await;
+    let h = harness(&fake.url);
+    fake.set_settle(Reply::Json(503, json!({"error": "timeout"})));
+    let id = valid(&h, &header(&h, 9, 1)).await;
+    assert_eq!(h.payments.settle(&id, 200).await.outcome, SettleOutcome::Pending);
+    // The route withholds: the caller releases what it could not deliver.
+    h.payments.release(&id, 0).await;
+    h.ledger.flush().await.expect("flush");
+    let row = h.ledger.payment(&id).await.expect("query").expect("row");
+    assert_eq!(row.state, PaymentState::Unknown, "too late to release");
+    assert_eq!(
+        row.event.reason.as_deref(),
+        Some(crate::journal::REASON_WITHHELD)
+    );
+    let last = &h.ledger.recent(1).await.expect("events")[0];
+    assert_eq!(last.event, EventKind::DeliveryWithheld);
+    assert_eq!(last.nonce, row.event.nonce);
+}
