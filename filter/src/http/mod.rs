@@ -815,25 +815,27 @@ impl Stream {
                 inc(shared.metrics.verifier_unavailable);
                 self.settle_unknown(shared);
             }
-            Some(a) if self.sale.is_some() => {
-                inc(shared.metrics.settled);
-                let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
-                let paid_by = self
-                    .payment
-                    .as_ref()
-                    .map(|p| p.payment_id.clone())
-                    .unwrap_or_default();
-                let receipt = (!a.payment_response.is_empty())
-                    .then(|| (self.receipt_header(), a.payment_response.as_str()));
-                self.grant(shared, route, paid_by.as_bytes(), receipt);
-            }
             // SETTLED, or PENDING (the verifier's reconciler decides it).
             Some(a) => self.deliver(shared, &a.payment_response),
         }
     }
 
-    /// Lets the upstream's response through with its receipt.
+    /// Lets the upstream's response through with its receipt (on a lease path: the lease it
+    /// bought).
     fn deliver(&mut self, shared: &Shared, payment_response: &str) {
+        inc(shared.metrics.settled);
+        if self.sale.is_some() {
+            let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
+            let paid_by = self
+                .payment
+                .as_ref()
+                .map(|p| p.payment_id.clone())
+                .unwrap_or_default();
+            let receipt =
+                (!payment_response.is_empty()).then(|| (self.receipt_header(), payment_response));
+            self.grant(shared, route, paid_by.as_bytes(), receipt);
+            return;
+        }
         if !payment_response.is_empty() {
             host::set_response_header(self.receipt_header(), payment_response);
         }
@@ -841,7 +843,6 @@ impl Stream {
             host::add_response_header("cache-control", "private");
         }
         host::add_response_header("access-control-expose-headers", EXPOSE_RECEIPT);
-        inc(shared.metrics.settled);
         host::resume_response();
     }
 
@@ -874,21 +875,6 @@ impl Stream {
         }
         if let Some(p) = self.payment.as_ref() {
             crate::retry::settle_later(&p.payment_id, p.upstream_status);
-        }
-        if self.sale.is_some() {
-            let route = self.payment.as_ref().map_or(usize::MAX, |p| p.route);
-            let paid_by = self
-                .payment
-                .as_ref()
-                .map(|p| p.payment_id.clone())
-                .unwrap_or_default();
-            self.grant(
-                shared,
-                route,
-                paid_by.as_bytes(),
-                Some((self.receipt_header(), receipt.as_str())),
-            );
-            return;
         }
         self.deliver(shared, &receipt);
     }
