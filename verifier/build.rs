@@ -1,7 +1,7 @@
 //! Generates the tonic server and client for `tollway.v1.Payments` from the hand-written prost
 //! messages in `tollway_protocol::rpc` (there is no .proto file: the Rust structs are the contract),
 //! and a server for LND's `lnrpc.Lightning` (two methods, the messages of
-//! `src/lightning/lnrpc.rs`) that only the tests' LND double uses.
+//! `src/rails/lightning/lnrpc.rs`) that only the tests' LND double uses.
 
 use tonic_prost_build::manual::{Builder, Method, Service};
 
@@ -28,8 +28,8 @@ fn lnrpc_method(name: &str, route: &str, input: &str, output: &str) -> Method {
     typed_method(
         name,
         route,
-        format!("crate::lightning::lnrpc::{input}"),
-        format!("crate::lightning::lnrpc::{output}"),
+        format!("crate::rails::lightning::lnrpc::{input}"),
+        format!("crate::rails::lightning::lnrpc::{output}"),
     )
 }
 

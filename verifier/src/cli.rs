@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::envoy_config::Mode;
+use crate::config::envoy::Mode;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,27 +1,14 @@
 //! `tollway`: the Tollway verifier sidecar and CLI.
 
-mod admin;
-mod cdp_jwt;
-mod chain;
+mod api;
 mod cli;
 mod clock;
 mod config;
-mod envoy_config;
-mod ext_authz;
-mod facilitator;
-mod grpc;
-mod http;
-mod journal;
-mod l402;
-mod ledger;
-mod lightning;
 mod metrics;
 mod payments;
-mod rds;
-mod replay;
-mod routes_store;
-mod secret;
+mod rails;
 mod serve;
+mod stores;
 #[cfg(test)]
 mod testkit;
 
@@ -102,7 +89,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if mode == envoy_config::Mode::Filter {
+            if mode == config::envoy::Mode::Filter {
                 let path = wasm
                     .as_deref()
                     .or(c.envoy.as_ref().and_then(|e| e.wasm.as_deref()));
@@ -110,7 +97,7 @@ fn main() -> ExitCode {
                     eprintln!("warning: wasm module {} does not exist (yet)", p.display());
                 }
             }
-            match envoy_config::render(&c, mode, wasm.as_deref(), &config) {
+            match config::envoy::render(&c, mode, wasm.as_deref(), &config) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS

@@ -9,28 +9,28 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::ext_authz::ExtAuthz;
+use crate::api::grpc::{self, PaymentsService};
+use crate::api::http::{self, OpsState};
+use crate::api::rds::Rds;
 use crate::config::{Config, ReplayStoreSettings};
-use crate::ext_authz::ExtAuthz;
-use crate::facilitator::FacilitatorClient;
-use crate::grpc::{self, PaymentsService};
-use crate::http::{self, OpsState};
-use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
-use crate::rds::Rds;
-use crate::replay::{MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
-use crate::routes_store::{self, RouteStore};
+use crate::rails::facilitator::FacilitatorClient;
+use crate::stores::ledger::Ledger;
+use crate::stores::replay::{MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
+use crate::stores::routes_store::{self, RouteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Ledger(#[from] crate::ledger::LedgerError),
+    Ledger(#[from] crate::stores::ledger::LedgerError),
     #[error(transparent)]
-    Facilitator(#[from] crate::facilitator::FacilitatorError),
+    Facilitator(#[from] crate::rails::facilitator::FacilitatorError),
     #[error(transparent)]
     Payments(#[from] crate::payments::PaymentsError),
     #[error(transparent)]
-    Routes(#[from] crate::routes_store::StoreError),
+    Routes(#[from] crate::stores::routes_store::StoreError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -42,7 +42,7 @@ pub enum ServeError {
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
-    ReplayStore(#[from] crate::replay::redis::RedisStoreError),
+    ReplayStore(#[from] crate::stores::replay::redis::RedisStoreError),
     #[error("start-up task failed: {0}")]
     Task(String),
 }

@@ -11,11 +11,11 @@ use tollway_protocol::evm::{
 use tollway_protocol::x402::Offer;
 
 use crate::config::{Config, Secrets};
-use crate::facilitator::FacilitatorClient;
-use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
-use crate::replay::MemoryReplayGuard;
+use crate::rails::facilitator::FacilitatorClient;
+use crate::stores::ledger::Ledger;
+use crate::stores::replay::MemoryReplayGuard;
 
 pub const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
 pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
@@ -150,7 +150,7 @@ pub fn leased_harness(facilitator_url: &str) -> Harness {
 pub struct Harness {
     pub payments: Arc<Payments>,
     /// The live route table over `payments` (change log in the harness's ledger database).
-    pub store: Arc<crate::routes_store::RouteStore>,
+    pub store: Arc<crate::stores::routes_store::RouteStore>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
     pub config: Config,
@@ -161,8 +161,8 @@ impl Harness {
     /// An admin merge patch of route `name` (as `PATCH /admin/routes/{name}`); the new version.
     pub fn patch_route(&self, name: &str, body: serde_json::Value) -> u64 {
         self.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Patch,
+            .change(crate::stores::routes_store::Change {
+                op: crate::stores::routes_store::Op::Patch,
                 name: name.into(),
                 body: Some(body),
             })
@@ -198,7 +198,7 @@ pub fn lightning_harness_with_clock(
 /// [`lightning_harness`] with the rail on another node (a backend double, a dead node).
 pub fn lightning_harness_on(
     facilitator_url: &str,
-    rail: impl FnOnce(&Config, Arc<Metrics>) -> Arc<crate::l402::LightningRail>,
+    rail: impl FnOnce(&Config, Arc<Metrics>) -> Arc<crate::rails::l402::LightningRail>,
 ) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = lightning_config_text(facilitator_url, &l402_secret_ref(dir.path()));
@@ -223,7 +223,7 @@ fn harness_with(
     dir: tempfile::TempDir,
     clock: crate::payments::Clock,
     metrics: Arc<Metrics>,
-    rail: Option<Arc<crate::l402::LightningRail>>,
+    rail: Option<Arc<crate::rails::l402::LightningRail>>,
 ) -> Harness {
     let ledger =
         Arc::new(Ledger::open(&dir.path().join("ledger.db"), metrics.clone()).expect("ledger"));
@@ -254,7 +254,7 @@ fn harness_with(
         None => payments,
     };
     let store = Arc::new(
-        crate::routes_store::RouteStore::open(
+        crate::stores::routes_store::RouteStore::open(
             Arc::new(config.clone()),
             payments.clone(),
             &dir.path().join("ledger.db"),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::facilitator::fake::{FakeFacilitator, Reply};
-use crate::replay::MemoryReplayGuard;
+use crate::rails::facilitator::fake::{FakeFacilitator, Reply};
+use crate::stores::replay::MemoryReplayGuard;
 use crate::testkit::{harness, harness_with_clock, offer, Harness, Payer};
 
 const URL: &str = "http://api.test/api/quote";
@@ -301,7 +301,7 @@ async fn an_unwritable_ledger_takes_no_payment() {
     // one included (its nonce was given back).
     rusqlite::Connection::open(h.dir.path().join("ledger.db"))
         .expect("conn")
-        .execute_batch(crate::journal::SCHEMA)
+        .execute_batch(crate::payments::journal::SCHEMA)
         .expect("schema");
     for _ in 0..50 {
         if h.ledger.writable() {
@@ -319,7 +319,10 @@ async fn an_answer_withheld_while_settling_is_noted_in_the_ledger() {
     let h = harness(&fake.url);
     fake.set_settle(Reply::Json(503, json!({"error": "timeout"})));
     let id = valid(&h, &header(&h, 9, 1)).await;
-    assert_eq!(h.payments.settle(&id, 200).await.outcome, SettleOutcome::Pending);
+    assert_eq!(
+        h.payments.settle(&id, 200).await.outcome,
+        SettleOutcome::Pending
+    );
     // The route withholds: the caller releases what it could not deliver.
     h.payments.release(&id, 0).await;
     h.ledger.flush().await.expect("flush");
@@ -327,7 +330,7 @@ async fn an_answer_withheld_while_settling_is_noted_in_the_ledger() {
     assert_eq!(row.state, PaymentState::Unknown, "too late to release");
     assert_eq!(
         row.event.reason.as_deref(),
-        Some(crate::journal::REASON_WITHHELD)
+        Some(crate::payments::journal::REASON_WITHHELD)
     );
     let last = &h.ledger.recent(1).await.expect("events")[0];
     assert_eq!(last.event, EventKind::DeliveryWithheld);

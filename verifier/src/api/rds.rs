@@ -34,10 +34,12 @@ use tokio_stream::Stream;
 use tollway_protocol::filter_config::{Bypass, NOT_ANSWERED_WITH};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::envoy::{
+    ROUTE_CONFIG_NAME, ROUTE_IDLE_TIMEOUT_S, UPSTREAM_CLUSTER, WASM_FILTER,
+};
 use crate::config::SYNC_INTERVAL_MS;
-use crate::envoy_config::{ROUTE_CONFIG_NAME, ROUTE_IDLE_TIMEOUT_S, UPSTREAM_CLUSTER, WASM_FILTER};
-use crate::routes_store::RouteStore;
 use crate::serve::wait_for;
+use crate::stores::routes_store::RouteStore;
 
 pub const ROUTE_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const FILTER_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";

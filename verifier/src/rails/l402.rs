@@ -17,12 +17,12 @@ use tollway_protocol::lightning::LightningNetwork;
 use tollway_protocol::x402::lightning_offer_v2;
 
 use crate::config::{L402Settings, LightningSettings, NodeSettings};
-use crate::lightning::cln::ClnNode;
-use crate::lightning::dev::DevNode;
-use crate::lightning::lnbits::LnbitsNode;
-use crate::lightning::lnd::LndNode;
-use crate::lightning::{Invoice, LightningNode, Node, NodeError};
 use crate::metrics::Metrics;
+use crate::rails::lightning::cln::ClnNode;
+use crate::rails::lightning::dev::DevNode;
+use crate::rails::lightning::lnbits::LnbitsNode;
+use crate::rails::lightning::lnd::LndNode;
+use crate::rails::lightning::{Invoice, LightningNode, Node, NodeError};
 
 /// Replay-guard key prefix of a single-use L402 token (`l402:<payment hash hex>`).
 pub const CLAIM_PREFIX_L402: &str = "l402:";
@@ -314,7 +314,7 @@ pub fn l402_claim_key(payment_hash: &[u8; 32]) -> String {
 mod tests {
     use super::*;
     use crate::clock::unix_now;
-    use crate::lightning::{bolt11, Backend};
+    use crate::rails::lightning::{bolt11, Backend};
     use tollway_protocol::l402::{parse_authorization, verify_credential};
 
     pub(crate) fn settings() -> L402Settings {

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tollway_protocol::rpc::RoutesResponse;
 
 use crate::config::{parse_routes, Config, ConfigErrors, Problem, RawRoute, ValidRoutes};
-use crate::ledger::{RouteChangeLog, RouteLogError, StoredRouteChange};
 use crate::payments::{Payments, PaymentsError};
+use crate::stores::ledger::{RouteChangeLog, RouteLogError, StoredRouteChange};
 
 /// How often `tollway.yaml` is checked for changes.
 pub const FILE_POLL: Duration = Duration::from_secs(1);
@@ -510,7 +510,7 @@ pub async fn watch_file(store: Arc<RouteStore>, path: PathBuf, mut stop: watch::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facilitator::fake::dead_url;
+    use crate::rails::facilitator::fake::dead_url;
     use crate::testkit::{config_text, leased_harness, Harness};
     use serde_json::json;
 

@@ -55,10 +55,10 @@ use tollway_protocol::x402::{
     HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE,
 };
 
-use crate::l402::l402_claim_key;
-use crate::ledger::{EventKind, LedgerEvent};
 use crate::metrics::Metrics;
 use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified, CLAIM_PREFIX_LEASE};
+use crate::rails::l402::l402_claim_key;
+use crate::stores::ledger::{EventKind, LedgerEvent};
 
 /// gRPC codes carried in `CheckResponse.status`.
 const GRPC_OK: i32 = 0;
@@ -706,7 +706,7 @@ impl Authorization for ExtAuthz {
 pub(crate) mod tests {
     use super::*;
     use crate::clock::unix_now;
-    use crate::facilitator::fake::{dead_url, FakeFacilitator, Reply};
+    use crate::rails::facilitator::fake::{dead_url, FakeFacilitator, Reply};
     use crate::testkit::{harness, offer, Harness, Payer};
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
@@ -980,7 +980,7 @@ pub(crate) mod tests {
 
     mod lightning {
         use super::*;
-        use crate::lightning::doubles::{Double, LndDouble, Mode};
+        use crate::rails::lightning::doubles::{Double, LndDouble, Mode};
         use crate::testkit::{lightning_harness, lightning_harness_on};
         use sha2::{Digest, Sha256};
         use tollway_protocol::lightning::LightningNetwork;
@@ -1448,8 +1448,8 @@ pub(crate) mod tests {
 
     fn put_route(h: &Harness, name: &str, body: Value) {
         h.store
-            .change(crate::routes_store::Change {
-                op: crate::routes_store::Op::Put,
+            .change(crate::stores::routes_store::Change {
+                op: crate::stores::routes_store::Op::Put,
                 name: name.into(),
                 body: Some(body),
             })

@@ -5,6 +5,9 @@
 //! addresses, networks, secrets, paths) are read loosely and checked afterwards, where every
 //! problem is collected and reported as `path: message (hint: ...)`.
 
+pub mod envoy;
+pub mod secret;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -29,11 +32,11 @@ use tollway_protocol::network::Network;
 use tollway_protocol::routes::{RouteError, RouteSpec, RouteTable};
 use tollway_protocol::x402::Offer;
 
-use crate::cdp_jwt::CdpCredentials;
-use crate::facilitator::{FacilitatorAuth, FacilitatorSettings};
-use crate::lightning::tls::load_certs;
-use crate::lightning::{Backend, NODE_TIMEOUT};
-use crate::secret::{Secret, SecretRef, MIN_SECRET_BYTES};
+use crate::config::secret::{Secret, SecretRef, MIN_SECRET_BYTES};
+use crate::rails::cdp_jwt::CdpCredentials;
+use crate::rails::facilitator::{FacilitatorAuth, FacilitatorSettings};
+use crate::rails::lightning::tls::load_certs;
+use crate::rails::lightning::{Backend, NODE_TIMEOUT};
 
 /// Envoy cluster name of the verifier in rendered bootstraps.
 pub const VERIFIER_CLUSTER: &str = "tollway_verifier";
@@ -921,7 +924,7 @@ fn resolve(
     path: &str,
     r: &SecretRef,
     min: usize,
-) -> Option<crate::secret::Secret> {
+) -> Option<crate::config::secret::Secret> {
     match r.resolve(min) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -3183,7 +3186,7 @@ routes:
     #[test]
     fn lnd_backend() {
         let ln = Ln::new();
-        let (pem, _) = crate::lightning::tls::tests::lnd_like_cert();
+        let (pem, _) = crate::rails::lightning::tls::tests::lnd_like_cert();
         let cert = ln.file("tls.cert", pem.as_bytes());
         let macaroon = ln.file("invoice.macaroon", &[0x02, 0x01, 0x04, 0x6c, 0x6e, 0x64]);
         let block = |grpc: &str, cert: &str, mac: &str| {
@@ -3274,7 +3277,7 @@ routes:
     fn cln_and_lnbits_backends() {
         let ln = Ln::new();
         let rune = ln.file("rune", b"rune-value\n");
-        let (pem, _) = crate::lightning::tls::tests::lnd_like_cert();
+        let (pem, _) = crate::rails::lightning::tls::tests::lnd_like_cert();
         let ca = ln.file("ca.pem", pem.as_bytes());
         let c = Config::parse(
             &ln.text(&format!("lightning:\n  backend: cln\n  network: signet\n  cln: {{ url: \"https://127.0.0.1:3010\", rune: \"{rune}\", tls_cert: \"{ca}\" }}\n")),

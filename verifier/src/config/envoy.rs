@@ -21,7 +21,7 @@ use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 pub const UPSTREAM_CLUSTER: &str = "upstream";
 /// The wasm filter's name in the connection manager (per-route configs refer to it).
 pub const WASM_FILTER: &str = "envoy.filters.http.wasm";
-/// The route configuration the verifier serves over RDS in filter mode (see `rds.rs`).
+/// The route configuration the verifier serves over RDS in filter mode (see `api/rds.rs`).
 pub const ROUTE_CONFIG_NAME: &str = "tollway";
 /// Upstream route timeout (`RouteAction.timeout`): disabled, streams and WebSockets last as long
 /// as they last.
@@ -255,7 +255,7 @@ fn routes_key(mode: Mode) -> &'static str {
     }
 }
 
-/// Filter mode: the verifier's RDS (free routes bypass the filter, see `rds.rs`); Envoy waits
+/// Filter mode: the verifier's RDS (free routes bypass the filter, see `api/rds.rs`); Envoy waits
 /// for the first answer before it listens, so nothing is routed before the table is known.
 /// ext_authz-only mode: one static catch-all route (its filter must see every request).
 fn routes(mode: Mode) -> Value {
@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(hcm["merge_slashes"], true);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         assert_eq!(early_removals(hcm), [CONTEXT_PREFIX]);
-        // Routes come from the verifier's RDS (their shape is tested in rds.rs), and Envoy
+        // Routes come from the verifier's RDS (their shape is tested in api/rds.rs), and Envoy
         // routes nothing until the first answer.
         assert!(hcm["route_config"].is_null());
         let rds = &hcm["rds"];

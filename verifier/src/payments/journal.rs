@@ -14,7 +14,7 @@
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::LedgerEvent;
+use crate::stores::ledger::LedgerEvent;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -201,7 +201,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalRow> {
             nonce: r.get(7)?,
             transaction: r.get(8)?,
             reason: r.get(9)?,
-            ..LedgerEvent::new(crate::ledger::EventKind::Verified, &r.get::<_, String>(2)?)
+            ..LedgerEvent::new(
+                crate::stores::ledger::EventKind::Verified,
+                &r.get::<_, String>(2)?,
+            )
         },
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         created_at,

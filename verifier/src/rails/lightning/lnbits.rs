@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::rest::{self, snippet};
 use super::{hash_from_hex, InvoiceState, LightningNode, NewInvoice, NodeError};
-use crate::secret::Secret;
+use crate::config::secret::Secret;
 
 pub const HEADER_API_KEY: &str = "X-Api-Key";
 
@@ -177,9 +177,9 @@ impl LightningNode for LnbitsNode {
 mod tests {
     use super::*;
     use crate::clock::unix_now;
-    use crate::lightning::doubles::{Double, LnbitsDouble, Mode};
-    use crate::lightning::{Backend, Node};
     use crate::metrics::Metrics;
+    use crate::rails::lightning::doubles::{Double, LnbitsDouble, Mode};
+    use crate::rails::lightning::{Backend, Node};
     use std::sync::Arc;
     use std::time::Duration;
     use tollway_protocol::lightning::LightningNetwork;

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::rest::{self, snippet};
 use super::{hash_from_hex, InvoiceState, LightningNode, NewInvoice, NodeError};
-use crate::secret::Secret;
+use crate::config::secret::Secret;
 
 pub const HEADER_RUNE: &str = "Rune";
 
@@ -186,10 +186,10 @@ impl LightningNode for ClnNode {
 mod tests {
     use super::*;
     use crate::clock::unix_now;
-    use crate::lightning::doubles::{ClnDouble, Double, Mode};
-    use crate::lightning::tls::load_certs;
-    use crate::lightning::{Backend, Node};
     use crate::metrics::Metrics;
+    use crate::rails::lightning::doubles::{ClnDouble, Double, Mode};
+    use crate::rails::lightning::tls::load_certs;
+    use crate::rails::lightning::{Backend, Node};
     use std::sync::Arc;
     use std::time::Duration;
     use tollway_protocol::lightning::LightningNetwork;
@@ -247,7 +247,7 @@ mod tests {
     #[tokio::test]
     async fn https_with_another_certificate_is_refused() {
         let d = ClnDouble::start(LightningNetwork::Signet, true).await;
-        let (other, _, _) = crate::lightning::doubles::self_signed();
+        let (other, _, _) = crate::rails::lightning::doubles::self_signed();
         let node = client(&d, &d.rune, Some(&other));
         let e = node.create_invoice(1000, "m", 600, unix_now()).await;
         assert!(matches!(e, Err(NodeError::Connect(_))), "{e:?}");

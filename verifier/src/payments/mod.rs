@@ -11,7 +11,9 @@
 //! outcome. A timeout or transport error is *unknown*, never *failed*: the client keeps its
 //! answer with a pending receipt and [`Payments::reconcile`] decides it later (the chain, when
 //! the rail has an `rpc_url`; else retrying the facilitator while the authorization is valid).
-//! States and transitions: [`crate::journal`].
+//! States and transitions: [`crate::payments::journal`].
+
+pub mod journal;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,19 +28,19 @@ use tollway_protocol::x402::{
     PaymentPayload, ReplayKey, SETTLEMENT_PENDING,
 };
 
-use crate::chain::ChainReader;
 use crate::clock::{unix_now, unix_now_millis};
 use crate::config::{Config, Route, ValidRoutes};
-use crate::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
-use crate::journal::{JournalEntry, JournalRow, JournalUpdate, PaymentState};
-use crate::l402::{
+use crate::metrics::Metrics;
+use crate::payments::journal::{JournalEntry, JournalRow, JournalUpdate, PaymentState};
+use crate::rails::chain::ChainReader;
+use crate::rails::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
+use crate::rails::l402::{
     bindable_method, bindable_path, is_l402_claim_key, LightningRail, MintedChallenge, RailError,
     CLAIM_PREFIX_BIP122,
 };
-use crate::ledger::{EventKind, Ledger, LedgerEvent, Op};
-use crate::lightning::{bolt11, InvoiceState, NodeError};
-use crate::metrics::Metrics;
-use crate::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
+use crate::rails::lightning::{bolt11, InvoiceState, NodeError};
+use crate::stores::ledger::{EventKind, Ledger, LedgerEvent, Op};
+use crate::stores::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
 
 /// Reason given when the facilitator (or the replay store) cannot be reached.
 pub const REASON_UNAVAILABLE: &str = "facilitator_unavailable";
@@ -672,9 +674,9 @@ impl Payments {
         &self,
         payment_id: &str,
         pending: &Pending,
-    ) -> Result<(), crate::ledger::LedgerError> {
+    ) -> Result<(), crate::stores::ledger::LedgerError> {
         let settlement = serde_json::to_string(pending)
-            .map_err(|e| crate::ledger::LedgerError::Write(e.to_string()))?;
+            .map_err(|e| crate::stores::ledger::LedgerError::Write(e.to_string()))?;
         let entry = JournalEntry {
             id: payment_id.to_owned(),
             state: PaymentState::Verified,
@@ -914,7 +916,7 @@ impl Payments {
         let lifetime = self.lightning.as_ref().map_or(0, |r| r.valid_seconds());
         let event = LedgerEvent {
             nonce: key
-                .strip_prefix(crate::l402::CLAIM_PREFIX_L402)
+                .strip_prefix(crate::rails::l402::CLAIM_PREFIX_L402)
                 .map(str::to_owned),
             amount: self
                 .routes()
@@ -1612,7 +1614,7 @@ mod settlement_tests;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::facilitator::fake::{dead_url, FakeFacilitator, Reply};
+    use crate::rails::facilitator::fake::{dead_url, FakeFacilitator, Reply};
     use crate::testkit::{harness, offer, Payer};
     use serde_json::json;
 
@@ -2047,11 +2049,11 @@ pub(crate) mod tests {
 
     pub(crate) mod lightning {
         use super::*;
-        use crate::l402::LightningRail;
-        use crate::lightning::doubles::{Double, LndDouble, Mode};
-        use crate::lightning::lnd::LndNode;
-        use crate::lightning::tls::load_certs;
-        use crate::lightning::{Backend, Node};
+        use crate::rails::l402::LightningRail;
+        use crate::rails::lightning::doubles::{Double, LndDouble, Mode};
+        use crate::rails::lightning::lnd::LndNode;
+        use crate::rails::lightning::tls::load_certs;
+        use crate::rails::lightning::{Backend, Node};
         use crate::testkit::{
             lightning_harness, lightning_harness_on, lightning_harness_with_clock, Harness,
         };
@@ -2213,7 +2215,7 @@ pub(crate) mod tests {
             assert_eq!(reason(&v), REASON_INVOICE_AMOUNT, "{v:?}");
 
             // Another node's invoice for the right amount: not ours.
-            let stranger = crate::lightning::dev::DevNode::new(LightningNetwork::Regtest)
+            let stranger = crate::rails::lightning::dev::DevNode::new(LightningNetwork::Regtest)
                 .create_at(10_000, "x", 600, unix_now())
                 .expect("create");
             let mut offer: Value = serde_json::from_str(&quote.x402_offer).expect("json");
@@ -2474,7 +2476,7 @@ pub(crate) mod tests {
         async fn single_use_claims() {
             let fake = FakeFacilitator::start().await;
             let h = lightning_harness(&fake.url);
-            let key = crate::l402::l402_claim_key(&[0xab; 32]);
+            let key = crate::rails::l402::l402_claim_key(&[0xab; 32]);
             let until = unix_now() + 3600;
             assert_eq!(
                 h.payments.claim(&key, "once", until).await,
@@ -2485,7 +2487,7 @@ pub(crate) mod tests {
                 ClaimResult::AlreadyUsed
             );
             // An expiry in the past still holds the claim a while.
-            let other = crate::l402::l402_claim_key(&[0xcd; 32]);
+            let other = crate::rails::l402::l402_claim_key(&[0xcd; 32]);
             assert_eq!(
                 h.payments.claim(&other, "once", 1).await,
                 ClaimResult::Claimed

@@ -1,7 +1,7 @@
 //! Operations HTTP on `verifier.http`: `/healthz` (alive), `/readyz` (config loaded and ledger
 //! open; facilitator and replay store reachability reported, not required: free routes work
 //! without them and paid routes fail closed), `/metrics` (Prometheus), the admin
-//! API (`/admin/routes`, see [`crate::admin`]) and, with the `dev` Lightning backend only,
+//! API (`/admin/routes`, see [`crate::api::admin`]) and, with the `dev` Lightning backend only,
 //! `POST /dev/lightning/pay`: the test wallet.
 
 use std::collections::BTreeMap;
@@ -19,15 +19,15 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::admin::{self, AdminState};
+use crate::api::admin::{self, AdminState};
 use crate::clock::unix_now;
-use crate::facilitator::FacilitatorClient;
-use crate::lightning::dev::PayError;
+use crate::config::secret::Secret;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
-use crate::replay::ReplayGuard;
-use crate::routes_store::RouteStore;
-use crate::secret::Secret;
+use crate::rails::facilitator::FacilitatorClient;
+use crate::rails::lightning::dev::PayError;
+use crate::stores::replay::ReplayGuard;
+use crate::stores::routes_store::RouteStore;
 
 pub struct OpsState {
     pub metrics: Arc<Metrics>,
@@ -176,7 +176,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facilitator::fake::dead_url;
+    use crate::rails::facilitator::fake::dead_url;
     use crate::testkit::{harness, Harness};
 
     /// The ops server over a harness, on a loopback port; `ready` as after start-up checks.
@@ -189,7 +189,7 @@ mod tests {
             store: h.store.clone(),
             admin_token: None,
             ledger: "x.db".into(),
-            replay: Arc::new(crate::replay::MemoryReplayGuard::new()),
+            replay: Arc::new(crate::stores::replay::MemoryReplayGuard::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -259,7 +259,7 @@ mod tests {
         let preimage = hex::decode(body["preimage"].as_str().expect("preimage")).expect("hex");
         assert_eq!(body["payment_hash"], hex::encode(c.invoice.payment_hash));
         assert_eq!(
-            crate::lightning::bolt11::sha256(&preimage),
+            crate::rails::lightning::bolt11::sha256(&preimage),
             c.invoice.payment_hash
         );
         // Idempotent for the same invoice.
@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(again, body);
 
         // Unknown, malformed, amountless or foreign invoices: 400 with a reason.
-        let stranger = crate::lightning::dev::DevNode::new(
+        let stranger = crate::rails::lightning::dev::DevNode::new(
             tollway_protocol::lightning::LightningNetwork::Regtest,
         )
         .create_at(1000, "x", 600, crate::clock::unix_now())

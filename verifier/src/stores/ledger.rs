@@ -1,7 +1,7 @@
 //! Payment ledger: an append-only SQLite table `payment_events` (audit log and reconciliation),
 //! and in the same database the admin API's changes to the route table (`route_changes`).
 //!
-//! The same database holds the settlement journal (table `payments`, see [`crate::journal`]).
+//! The same database holds the settlement journal (table `payments`, see [`crate::payments::journal`]).
 //!
 //! Writes never block the async runtime: rows go through a channel to one writer thread that
 //! owns the connection (WAL mode) and commits in small batches; a caller that must know its row
@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::clock::unix_now_millis;
-use crate::journal::{self, JournalEntry, JournalRow, JournalUpdate};
 use crate::metrics::Metrics;
+use crate::payments::journal::{self, JournalEntry, JournalRow, JournalUpdate};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -918,7 +918,7 @@ mod tests {
         let ledger = Ledger::open(&path, Arc::new(Metrics::new())).expect("open");
         let entry = JournalEntry {
             id: "p1".into(),
-            state: crate::journal::PaymentState::Verified,
+            state: crate::payments::journal::PaymentState::Verified,
             event: event(EventKind::Verified, "0x04"),
             expires_at: 1,
             settlement: "{}".into(),
@@ -943,7 +943,7 @@ mod tests {
             .await
             .expect("write");
         let row = ledger.payment("p1").await.expect("query").expect("row");
-        assert_eq!(row.state, crate::journal::PaymentState::Verified);
+        assert_eq!(row.state, crate::payments::journal::PaymentState::Verified);
         assert_eq!(row.event.nonce.as_deref(), Some("0x04"));
     }
 

@@ -497,8 +497,8 @@ pub(crate) mod server {
 mod tests {
     use super::server::RedisServer;
     use super::*;
-    use crate::replay::behaviour::{self, key};
-    use crate::secret::Secret;
+    use crate::config::secret::Secret;
+    use crate::stores::replay::behaviour::{self, key};
     use std::time::Instant;
 
     fn settings(url: &str, password: Option<&str>) -> RedisSettings {

@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::routes_store::{Change, ChangeError, Op, RouteStore};
-use crate::secret::Secret;
+use crate::config::secret::Secret;
+use crate::stores::routes_store::{Change, ChangeError, Op, RouteStore};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -198,7 +198,7 @@ async fn change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facilitator::fake::dead_url;
+    use crate::rails::facilitator::fake::dead_url;
     use crate::testkit::{leased_harness, Harness, ADMIN_TOKEN};
     use reqwest::{Client, Method};
     use tokio::net::TcpListener;

@@ -189,10 +189,10 @@ impl LightningNode for LndNode {
 mod tests {
     use super::*;
     use crate::clock::unix_now;
-    use crate::lightning::doubles::{Double, LndDouble, Mode};
-    use crate::lightning::tls::load_certs;
-    use crate::lightning::{bolt11, Backend, Node};
     use crate::metrics::Metrics;
+    use crate::rails::lightning::doubles::{Double, LndDouble, Mode};
+    use crate::rails::lightning::tls::load_certs;
+    use crate::rails::lightning::{bolt11, Backend, Node};
     use std::time::Duration;
     use tollway_protocol::lightning::LightningNetwork;
 
@@ -312,7 +312,7 @@ mod tests {
     async fn another_certificate_is_refused() {
         let d = LndDouble::start(LightningNetwork::Regtest).await;
         // Same host, same port, a different self-signed certificate pinned.
-        let (other_pem, _, _) = crate::lightning::doubles::self_signed();
+        let (other_pem, _, _) = crate::rails::lightning::doubles::self_signed();
         let (node, _) = client(&d, &other_pem, &d.macaroon);
         let e = node.create_invoice(1000, "m", 600, unix_now()).await;
         assert!(matches!(e, Err(NodeError::Connect(_))), "{e:?}");
@@ -324,7 +324,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         drop(l);
-        let (pem, _, _) = crate::lightning::doubles::self_signed();
+        let (pem, _, _) = crate::rails::lightning::doubles::self_signed();
         let lnd = LndNode::new(
             "127.0.0.1",
             port,

@@ -14,10 +14,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cdp_jwt::CdpCredentials;
 use crate::clock::unix_now;
+use crate::config::secret::Secret;
 use crate::metrics::Metrics;
-use crate::secret::Secret;
+use crate::rails::cdp_jwt::CdpCredentials;
 
 /// How to authenticate to the facilitator.
 #[derive(Clone)]

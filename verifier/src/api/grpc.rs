@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tollway_protocol::rpc;
 use tonic::transport::server::TcpIncoming;
 
-use crate::ext_authz::ExtAuthz;
+use crate::api::ext_authz::ExtAuthz;
+use crate::api::rds::{Rds, RouteDiscoveryServiceServer};
 use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
-use crate::rds::{Rds, RouteDiscoveryServiceServer};
-use crate::routes_store::RouteStore;
+use crate::stores::routes_store::RouteStore;
 
 /// Generated server and client for `tollway.v1.Payments`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -189,9 +189,9 @@ pub async fn serve(
 mod tests {
     use super::generated::payments_client::PaymentsClient;
     use super::*;
+    use crate::api::ext_authz::tests::check_request;
     use crate::clock::unix_now;
-    use crate::ext_authz::tests::check_request;
-    use crate::facilitator::fake::FakeFacilitator;
+    use crate::rails::facilitator::fake::FakeFacilitator;
     use crate::testkit::{harness, offer, Payer};
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
@@ -248,8 +248,8 @@ mod tests {
         let request = |version: &str, nonce: &str| DiscoveryRequest {
             version_info: version.into(),
             response_nonce: nonce.into(),
-            resource_names: vec![crate::envoy_config::ROUTE_CONFIG_NAME.into()],
-            type_url: crate::rds::ROUTE_TYPE_URL.into(),
+            resource_names: vec![crate::config::envoy::ROUTE_CONFIG_NAME.into()],
+            type_url: crate::api::rds::ROUTE_TYPE_URL.into(),
             ..DiscoveryRequest::default()
         };
         ask.send(request("", "")).await.expect("ask");
@@ -501,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_and_lease_claims_over_the_wire() {
-        let h = crate::testkit::leased_harness(&crate::facilitator::fake::dead_url().await);
+        let h = crate::testkit::leased_harness(&crate::rails::facilitator::fake::dead_url().await);
         let server = Server::start(&h).await;
         let mut client = PaymentsClient::connect(server.url())
             .await
