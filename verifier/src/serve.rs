@@ -52,6 +52,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often unknown settlements due for another attempt are reconciled (each has its own
 /// backoff, 2 s up to 30 s).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often unfinished payments that no replica works on are looked for.
+const ADOPT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Kinds `(x402Version, scheme, network)` a facilitator must list for our rails.
 fn needed_kinds(config: &Config, facilitator: &str) -> Vec<(u32, String, String)> {
@@ -106,7 +108,7 @@ pub async fn wait_for(mut rx: watch::Receiver<bool>) {
 pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     let ledger = Arc::new(Ledger::open(&config.verifier.ledger, metrics.clone())?);
-    tracing::info!(path = %ledger.path().display(), "ledger open");
+    tracing::info!(ledger = %ledger.location(), shared = ledger.shared(), "ledger open");
     for route in &config.routes {
         match (&route.price, &route.lightning) {
             (None, None) => tracing::info!(route = %route.name, "free route"),
@@ -231,10 +233,12 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
             let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+            let mut adopt = tokio::time::interval(ADOPT_INTERVAL);
             loop {
                 tokio::select! {
                     _ = sweep.tick() => { payments.sweep_expired().await; }
                     _ = reconcile.tick() => { payments.reconcile().await; }
+                    _ = adopt.tick() => { payments.adopt_orphans().await; }
                     _ = stop.changed() => return,
                 }
             }
@@ -250,7 +254,7 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         payments: payments.clone(),
         store: store.clone(),
         admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
-        ledger: config.verifier.ledger.display().to_string(),
+        ledger: config.verifier.ledger.to_string(),
         replay,
     });
 

@@ -14,7 +14,12 @@ use crate::config::{Config, Secrets};
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::rails::facilitator::FacilitatorClient;
-use crate::stores::ledger::Ledger;
+use crate::stores::ledger::{Ledger, LedgerLocation};
+
+/// The harness's ledger: `ledger.db` in `dir`.
+pub fn sqlite_at(dir: &std::path::Path) -> LedgerLocation {
+    LedgerLocation::Sqlite(dir.join("ledger.db"))
+}
 use crate::stores::replay::MemoryReplayGuard;
 
 pub const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
@@ -225,8 +230,7 @@ fn harness_with(
     metrics: Arc<Metrics>,
     rail: Option<Arc<crate::rails::l402::LightningRail>>,
 ) -> Harness {
-    let ledger =
-        Arc::new(Ledger::open(&dir.path().join("ledger.db"), metrics.clone()).expect("ledger"));
+    let ledger = Arc::new(Ledger::open(&sqlite_at(dir.path()), metrics.clone()).expect("ledger"));
     let mut clients = HashMap::new();
     for (name, settings) in &config.facilitators {
         clients.insert(
@@ -257,7 +261,7 @@ fn harness_with(
         crate::stores::routes_store::RouteStore::open(
             Arc::new(config.clone()),
             payments.clone(),
-            &dir.path().join("ledger.db"),
+            &sqlite_at(dir.path()),
         )
         .expect("route store"),
     );

@@ -37,6 +37,7 @@ use crate::rails::cdp_jwt::CdpCredentials;
 use crate::rails::facilitator::{FacilitatorAuth, FacilitatorSettings};
 use crate::rails::lightning::tls::load_certs;
 use crate::rails::lightning::{Backend, NODE_TIMEOUT};
+use crate::stores::ledger::LedgerLocation;
 
 /// Envoy cluster name of the verifier in rendered bootstraps.
 pub const VERIFIER_CLUSTER: &str = "tollway_verifier";
@@ -476,7 +477,8 @@ impl RawRoute {
 pub struct VerifierSettings {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
-    pub ledger: PathBuf,
+    /// A SQLite file (one verifier) or a PostgreSQL URL (shared by every replica).
+    pub ledger: LedgerLocation,
 }
 
 /// `host:port`, where host is an IP literal or a DNS name.
@@ -1145,6 +1147,50 @@ fn rail(p: &mut Problems, name: &str, raw: &RawRail, facilitators: &[String]) ->
         v1_name: raw.v1_name.clone(),
         rpc_url,
     })
+}
+
+/// `verifier.ledger`: a SQLite path, or `postgres://user@host:port/db` (the password comes from
+/// the server's own auth, e.g. a client certificate or `trust` on a private network, never from
+/// this file: it is rendered into manifests and logs).
+fn ledger_location(p: &mut Problems, text: &str) -> Option<LedgerLocation> {
+    let path = "verifier.ledger";
+    if text.is_empty() {
+        p.hint(
+            path,
+            "must not be empty",
+            "a SQLite file path, e.g. tollway-ledger.db, or postgres://tollway@db:5432/tollway",
+        );
+        return None;
+    }
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return Some(LedgerLocation::Sqlite(PathBuf::from(text)));
+    }
+    match reqwest::Url::parse(text) {
+        Ok(u) if u.password().is_some() => {
+            // Never echo the URL: it holds a credential.
+            p.hint(
+                path,
+                "a password in the URL is not allowed (it would be in every rendered config)",
+                "authenticate with the server's pg_hba (cert, or trust on a private network)",
+            );
+            None
+        }
+        Ok(u) if u.host_str().is_some() && u.path().len() > 1 => {
+            Some(LedgerLocation::Postgres(text.to_owned()))
+        }
+        Ok(_) => {
+            p.hint(
+                path,
+                "a PostgreSQL URL needs a host and a database",
+                "postgres://tollway@127.0.0.1:5432/tollway",
+            );
+            None
+        }
+        Err(e) => {
+            p.add(path, format!("not a PostgreSQL URL: {e}"));
+            None
+        }
+    }
 }
 
 fn defined(what: &str, names: &[String]) -> String {
@@ -1942,13 +1988,7 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
     // verifier
     let grpc = socket_addr(p, "verifier.grpc", &raw.verifier.grpc);
     let http = socket_addr(p, "verifier.http", &raw.verifier.http);
-    if raw.verifier.ledger.trim().is_empty() {
-        p.hint(
-            "verifier.ledger",
-            "must not be empty",
-            "a SQLite file path, e.g. tollway-ledger.db",
-        );
-    }
+    let ledger = ledger_location(p, raw.verifier.ledger.trim());
     if let (Some(g), Some(h)) = (grpc, http) {
         if g == h {
             p.add(
@@ -2097,7 +2137,7 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         verifier: VerifierSettings {
             grpc: grpc?,
             http: http?,
-            ledger: PathBuf::from(raw.verifier.ledger.trim()),
+            ledger: ledger?,
         },
         envoy,
         facilitators,
@@ -2630,6 +2670,31 @@ routes:
             Ok(_) => Vec::new(),
             Err(e) => e.0.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn the_ledger_is_a_sqlite_file_or_a_postgres_url_without_a_password() {
+        let at = |ledger: &str| good().replace("ledger: ledger.db", &format!("ledger: {ledger}"));
+        let c = Config::parse(&at("postgres://tollway@db:5432/tollway"), Secrets::Resolve)
+            .expect("valid");
+        assert_eq!(
+            c.verifier.ledger,
+            LedgerLocation::Postgres("postgres://tollway@db:5432/tollway".into())
+        );
+        let c = Config::parse(&at("/var/lib/tollway/ledger.db"), Secrets::Resolve).expect("valid");
+        assert_eq!(
+            c.verifier.ledger,
+            LedgerLocation::Sqlite(PathBuf::from("/var/lib/tollway/ledger.db"))
+        );
+        let ps = problems(&at("postgres://tollway:hunter2@db/tollway"));
+        assert_eq!(ps.len(), 1, "{ps:?}");
+        assert!(
+            ps[0].starts_with("verifier.ledger: a password in the URL"),
+            "{ps:?}"
+        );
+        assert!(!ps[0].contains("hunter2"), "the password is never echoed");
+        let ps = problems(&at("postgres://db"));
+        assert!(ps[0].contains("needs a host and a database"), "{ps:?}");
     }
 
     fn assert_problem(text: &str, expected: &str) {

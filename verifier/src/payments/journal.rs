@@ -11,10 +11,9 @@
 //! The row is written (and committed) before Verify answers VALID, and `settling` before the
 //! facilitator is asked: a crash at any point leaves a row that says what may have happened.
 
-use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use crate::stores::ledger::LedgerEvent;
+use crate::stores::ledger::{EventKind, LedgerEvent};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +43,40 @@ impl PaymentState {
             Self::Released => "released",
         }
     }
+
+    /// The states a payment may come from to reach `self`: a change from any other state is
+    /// not applied (a second replica, a late retry or a restart cannot undo a decision).
+    pub fn sources(self) -> &'static [PaymentState] {
+        use PaymentState::*;
+        match self {
+            Verified => &[],
+            Settling => &[Verified],
+            Unknown => &[Settling, Unknown],
+            // A Lightning payment is paid before it is verified: it settles from `verified`.
+            Settled => &[Verified, Settling, Unknown],
+            Failed => &[Settling, Unknown],
+            Released => &[Verified],
+        }
+    }
+
+    /// `sources()` as an SQL list of literals.
+    pub fn sources_sql(self) -> String {
+        let names: Vec<String> = self
+            .sources()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        if names.is_empty() {
+            "NULL".to_owned()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// Not final: resumed at start-up.
+    pub const OPEN_SQL: &'static str = "'verified', 'settling', 'unknown'";
+    /// Its settlement has started (or ended in a charge).
+    pub const STARTED_SQL: &'static str = "'settling', 'unknown', 'settled'";
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -94,137 +127,44 @@ pub struct JournalRow {
     pub settlement: String,
 }
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS payments (
-    id          TEXT    PRIMARY KEY,
-    state       TEXT    NOT NULL,
-    route       TEXT    NOT NULL,
-    network     TEXT,
-    asset       TEXT,
-    payer       TEXT,
-    amount      TEXT,
-    nonce       TEXT,
-    \"transaction\" TEXT,
-    reason      TEXT,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    created_at  INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    settlement  TEXT    NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS payments_open ON payments (state)
-    WHERE state IN ('verified', 'settling', 'unknown');
-";
-
-pub(crate) fn insert(conn: &Connection, e: &JournalEntry, now_ms: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO payments (id, state, route, network, asset, payer, amount, nonce,
-             created_at, updated_at, expires_at, settlement)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        e.id,
-        e.state.as_str(),
-        e.event.route,
-        e.event.network,
-        e.event.asset,
-        e.event.payer,
-        e.event.amount,
-        e.event.nonce,
-        now_ms,
-        i64::try_from(e.expires_at).unwrap_or(i64::MAX),
-        e.settlement,
-    ])?;
-    Ok(())
-}
-
-pub(crate) fn update(conn: &Connection, u: &JournalUpdate, now_ms: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE payments SET state = ?2, \"transaction\" = COALESCE(?3, \"transaction\"),
-             reason = COALESCE(?4, reason), attempts = attempts + ?5, updated_at = ?6
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        u.id,
-        u.state.as_str(),
-        u.transaction,
-        u.reason,
-        i64::from(u.attempt),
-        now_ms
-    ])?;
-    Ok(())
+impl JournalRow {
+    /// A row from its columns: `text` is network, asset, payer, amount, nonce, transaction,
+    /// reason.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_columns(
+        id: String,
+        state: &str,
+        route: &str,
+        text: [Option<String>; 7],
+        attempts: i64,
+        created_at: i64,
+        expires_at: i64,
+        settlement: String,
+    ) -> Result<Self, String> {
+        let state =
+            PaymentState::parse(state).ok_or_else(|| format!("unknown payment state {state:?}"))?;
+        let [network, asset, payer, amount, nonce, transaction, reason] = text;
+        Ok(JournalRow {
+            id,
+            state,
+            event: LedgerEvent {
+                at: created_at,
+                network,
+                asset,
+                payer,
+                amount,
+                nonce,
+                transaction,
+                reason,
+                ..LedgerEvent::new(EventKind::Verified, route)
+            },
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            created_at,
+            expires_at: u64::try_from(expires_at).unwrap_or(0),
+            settlement,
+        })
+    }
 }
 
 /// Reason noted on a payment whose answer was withheld while it was settling.
 pub const REASON_WITHHELD: &str = "answer_withheld_while_settlement_unknown";
-
-pub(crate) fn withheld(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<()> {
-    let started = "state IN ('settling', 'unknown', 'settled')";
-    conn.prepare_cached(&format!(
-        "INSERT INTO payment_events
-             (at, event, route, network, asset, payer, amount, nonce, reason, \"transaction\")
-         SELECT ?2, 'delivery_withheld', route, network, asset, payer, amount, nonce, ?3,
-             \"transaction\" FROM payments WHERE id = ?1 AND {started}"
-    ))?
-    .execute(params![id, now_ms, REASON_WITHHELD])?;
-    conn.prepare_cached(&format!(
-        "UPDATE payments SET reason = ?2, updated_at = ?3 WHERE id = ?1 AND {started}"
-    ))?
-    .execute(params![id, REASON_WITHHELD, now_ms])?;
-    Ok(())
-}
-
-const SELECT: &str = "SELECT id, state, route, network, asset, payer, amount, nonce,
-    \"transaction\", reason, attempts, created_at, expires_at, settlement FROM payments";
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalRow> {
-    let state: String = r.get(1)?;
-    let state = PaymentState::parse(&state).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            1,
-            rusqlite::types::Type::Text,
-            format!("unknown payment state {state:?}").into(),
-        )
-    })?;
-    let created_at: i64 = r.get(11)?;
-    let expires_at: i64 = r.get(12)?;
-    let attempts: i64 = r.get(10)?;
-    Ok(JournalRow {
-        id: r.get(0)?,
-        state,
-        event: LedgerEvent {
-            at: created_at,
-            network: r.get(3)?,
-            asset: r.get(4)?,
-            payer: r.get(5)?,
-            amount: r.get(6)?,
-            nonce: r.get(7)?,
-            transaction: r.get(8)?,
-            reason: r.get(9)?,
-            ..LedgerEvent::new(
-                crate::stores::ledger::EventKind::Verified,
-                &r.get::<_, String>(2)?,
-            )
-        },
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        created_at,
-        expires_at: u64::try_from(expires_at).unwrap_or(0),
-        settlement: r.get(13)?,
-    })
-}
-
-/// Every payment not in a final state, oldest first (resumed at start-up).
-pub(crate) fn open_rows(conn: &Connection) -> rusqlite::Result<Vec<JournalRow>> {
-    let mut stmt = conn.prepare(&format!(
-        "{SELECT} WHERE state IN ('verified', 'settling', 'unknown') ORDER BY created_at"
-    ))?;
-    let rows = stmt.query_map([], row)?;
-    rows.collect()
-}
-
-#[cfg(test)]
-pub(crate) fn by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<JournalRow>> {
-    use rusqlite::OptionalExtension;
-    conn.query_row(&format!("{SELECT} WHERE id = ?1"), params![id], row)
-        .optional()
-}

@@ -63,6 +63,9 @@ pub const CLAIM_PREFIX_LEASE: &str = "lease:";
 const LIGHTNING_PENDING_SECS: u64 = 300;
 /// Longest wait between two attempts to resolve an unknown settlement.
 const RECONCILE_BACKOFF_MAX_SECS: u64 = 30;
+/// A journal row nobody touched for this long has no live owner (owners touch theirs at every
+/// attempt, at most [`RECONCILE_BACKOFF_MAX_SECS`] apart).
+const ORPHAN_AFTER_MS: i64 = 90_000;
 /// Facilitator reasons that name the client's signature. Our own EIP-712 check passed before the
 /// facilitator was asked, so from it they mean the facilitator could not check (its chain RPC
 /// is down): unavailable, not the client's fault.
@@ -691,6 +694,7 @@ impl Payments {
         self.ledger
             .write(vec![Op::Insert(entry), Op::Event(verified)], false)
             .await
+            .map(|_| ())
     }
 
     async fn release_claim(&self, key: &ReplayKey) {
@@ -1106,8 +1110,27 @@ impl Payments {
                     reason: None,
                     attempt: true,
                 };
-                if let Err(e) = self.ledger.write(vec![Op::Update(settling)], true).await {
-                    tracing::error!(payment_id = %payment_id, error = %e, "settle: `settling` not journaled yet (held for retry); settling anyway");
+                match self
+                    .ledger
+                    .write(vec![Op::Transition(settling, None)], true)
+                    .await
+                {
+                    Ok(true) => {}
+                    // Not `verified` any more: decided elsewhere (another replica released it
+                    // at expiry, or is settling it). Moving money now could pay twice.
+                    Ok(false) => {
+                        tracing::warn!(payment_id = %payment_id, "settle: the journal says this payment is no longer waiting; not settling it here");
+                        return Settled {
+                            outcome: SettleOutcome::Pending,
+                            reason: SETTLEMENT_PENDING.into(),
+                            payment_response: receipt(&pending_answer(&p, None)),
+                            transaction: String::new(),
+                            x402_version: p.x402_version,
+                        };
+                    }
+                    Err(e) => {
+                        tracing::error!(payment_id = %payment_id, error = %e, "settle: `settling` not journaled yet (held for retry); settling anyway");
+                    }
                 }
                 self.track(&payment_id, &p, true);
                 let attempt = self.ask_facilitator(&p).await;
@@ -1185,22 +1208,22 @@ impl Payments {
     ) {
         let reason = (!reason.is_empty()).then(|| reason.to_owned());
         let transaction = (!transaction.is_empty()).then(|| transaction.to_owned());
-        self.ledger.queue(vec![
-            Op::Update(JournalUpdate {
+        self.ledger.queue(vec![Op::Transition(
+            JournalUpdate {
                 id: payment_id.to_owned(),
                 state,
                 transaction: transaction.clone(),
                 reason: reason.clone(),
                 attempt: false,
-            }),
-            Op::Event(LedgerEvent {
+            },
+            Some(LedgerEvent {
                 event: kind,
                 reason,
                 transaction,
                 at: unix_now_millis(),
                 ..p.event.clone()
             }),
-        ]);
+        )]);
     }
 
     /// One `/settle` call, classified. Only a definite answer from the facilitator is a failure.
@@ -1311,7 +1334,7 @@ impl Payments {
         let rows = self.ledger.take_open_payments();
         let n = rows.len();
         for row in rows {
-            self.resume_row(row);
+            self.resume_row(row, "verifier_restarted");
         }
         if n > 0 {
             tracing::info!(payments = n, "resumed unfinished payments from the journal");
@@ -1320,7 +1343,36 @@ impl Payments {
         n
     }
 
-    fn resume_row(&self, row: JournalRow) {
+    /// Takes up payments a replica left unfinished (it died, or it is gone for good): rows
+    /// nobody touched for [`ORPHAN_AFTER_MS`]. A replica touches its own unknown rows at every
+    /// attempt, so a live one keeps them; the database hands each row to one replica.
+    pub async fn adopt_orphans(&self) -> usize {
+        let stale_before = unix_now_millis().saturating_sub(ORPHAN_AFTER_MS);
+        let rows = match self.ledger.adopt(stale_before).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for unfinished payments of other replicas");
+                return 0;
+            }
+        };
+        let mut adopted = 0;
+        for row in rows {
+            let ours = self.pending.lock().is_ok_and(|p| p.contains_key(&row.id))
+                || self
+                    .unresolved
+                    .lock()
+                    .is_ok_and(|u| u.contains_key(&row.id));
+            if !ours {
+                tracing::warn!(payment_id = %row.id, state = row.state.as_str(), "adopting an unfinished payment nobody is working on");
+                self.resume_row(row, "owner_gone");
+                adopted += 1;
+            }
+        }
+        self.publish_backlog();
+        adopted
+    }
+
+    fn resume_row(&self, row: JournalRow, why: &str) {
         let pending: Pending = match serde_json::from_str(&row.settlement) {
             Ok(p) => p,
             Err(e) => {
@@ -1355,7 +1407,7 @@ impl Payments {
                         &pending,
                         PaymentState::Unknown,
                         EventKind::SettlementUnknown,
-                        "verifier_restarted",
+                        why,
                         "",
                     );
                 }
@@ -1411,7 +1463,20 @@ impl Payments {
                     tracing::info!(payment_id = %id, outcome = ?o, "unknown settlement resolved");
                     self.finish(&id, &p, o, a);
                 }
-                None => self.metrics.reconciled("unknown"),
+                None => {
+                    self.metrics.reconciled("unknown");
+                    // Still ours: other replicas leave a row that was touched lately.
+                    self.ledger.queue(vec![Op::Transition(
+                        JournalUpdate {
+                            id: id.clone(),
+                            state: PaymentState::Unknown,
+                            transaction: None,
+                            reason: None,
+                            attempt: true,
+                        },
+                        None,
+                    )]);
+                }
             }
         }
         decided

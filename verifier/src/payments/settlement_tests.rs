@@ -48,8 +48,9 @@ fn settles(fake: &FakeFacilitator) -> usize {
 /// A second verifier on the same ledger file, as after the first was killed and restarted.
 fn restarted(h: &Harness) -> (Arc<Payments>, Arc<Ledger>) {
     let metrics = Arc::new(Metrics::new());
-    let ledger =
-        Arc::new(Ledger::open(&h.dir.path().join("ledger.db"), metrics.clone()).expect("ledger"));
+    let ledger = Arc::new(
+        Ledger::open(&crate::testkit::sqlite_at(h.dir.path()), metrics.clone()).expect("ledger"),
+    );
     let clients = h
         .config
         .facilitators
@@ -224,13 +225,16 @@ async fn a_settlement_cut_short_by_a_crash_is_reconciled_after_restart() {
     // The crash came after `settling` was journaled, before the answer.
     h.ledger
         .write(
-            vec![Op::Update(JournalUpdate {
-                id: id.clone(),
-                state: PaymentState::Settling,
-                transaction: None,
-                reason: None,
-                attempt: true,
-            })],
+            vec![Op::Transition(
+                JournalUpdate {
+                    id: id.clone(),
+                    state: PaymentState::Settling,
+                    transaction: None,
+                    reason: None,
+                    attempt: true,
+                },
+                None,
+            )],
             true,
         )
         .await
@@ -301,7 +305,7 @@ async fn an_unwritable_ledger_takes_no_payment() {
     // one included (its nonce was given back).
     rusqlite::Connection::open(h.dir.path().join("ledger.db"))
         .expect("conn")
-        .execute_batch(crate::payments::journal::SCHEMA)
+        .execute_batch(crate::stores::ledger::JOURNAL_SCHEMA)
         .expect("schema");
     for _ in 0..50 {
         if h.ledger.writable() {

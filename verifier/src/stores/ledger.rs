@@ -1,17 +1,22 @@
-//! Payment ledger: an append-only SQLite table `payment_events` (audit log and reconciliation),
-//! and in the same database the admin API's changes to the route table (`route_changes`).
-//!
-//! The same database holds the settlement journal (table `payments`, see [`crate::payments::journal`]).
+//! Payment ledger: an append-only table `payment_events` (audit log), the settlement journal
+//! (table `payments`, see [`crate::payments::journal`]) and the admin API's changes to the route
+//! table (`route_changes`), in one database: a SQLite file for one verifier (`sqlite.rs`) or
+//! PostgreSQL shared by many replicas (`postgres.rs`).
 //!
 //! Writes never block the async runtime: rows go through a channel to one writer thread that
-//! owns the connection (WAL mode) and commits in small batches; a caller that must know its row
-//! is durable (Verify, before answering VALID) waits for the commit. A write that fails (full
+//! owns the connection and commits in small batches; a caller that must know its row is durable
+//! (Verify, before answering VALID) waits for the commit. Journal changes are guarded by the
+//! state they come from, so a late retry or another replica cannot undo a decision, and their
+//! event row is written only with them. A write that fails (full
 //! disk) is counted in `tollway_ledger_write_errors_total`, logged with its rows, held and
 //! retried until the database takes it again; meanwhile the ledger is not writable, `/readyz`
 //! says so and paid routes answer 503.
 
+mod postgres;
+mod sqlite;
+
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -20,11 +25,14 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+pub(crate) use self::sqlite::JOURNAL_SCHEMA;
 use tokio::sync::oneshot;
 
 use crate::clock::unix_now_millis;
 use crate::metrics::Metrics;
-use crate::payments::journal::{self, JournalEntry, JournalRow, JournalUpdate};
+use crate::payments::journal::{JournalEntry, JournalRow, JournalUpdate};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,6 +132,44 @@ impl LedgerEvent {
     }
 }
 
+/// Where the ledger lives (`verifier.ledger`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerLocation {
+    /// A SQLite file: one verifier.
+    Sqlite(PathBuf),
+    /// `postgres://user@host:port/db`: shared by every replica (no password in it).
+    Postgres(String),
+}
+
+impl std::fmt::Display for LedgerLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "{}", p.display()),
+            Self::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
+/// A database error, as text (the writer logs it and reports it on `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoreError(pub String);
+
+/// What the writer thread needs of a database.
+trait Store: Send {
+    /// Applies every group in one transaction; per group, whether all its journal transitions
+    /// applied.
+    fn commit(&mut self, groups: &[&Group], now_ms: i64) -> Result<Vec<bool>, StoreError>;
+    /// Payments not in a final state.
+    fn open_rows(&mut self) -> Result<Vec<JournalRow>, StoreError>;
+    /// Unfinished payments nobody has touched since `stale_before_ms` (a replica that died, or
+    /// verified ones past expiry), touched now so other replicas leave them.
+    fn adopt(&mut self, stale_before_ms: i64, now_ms: i64) -> Result<Vec<JournalRow>, StoreError>;
+    #[cfg(test)]
+    fn recent(&mut self, limit: usize) -> Result<Vec<LedgerEvent>, StoreError>;
+    #[cfg(test)]
+    fn payment(&mut self, id: &str) -> Result<Option<JournalRow>, StoreError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("cannot open ledger {path}: {reason}")]
@@ -132,48 +178,14 @@ pub enum LedgerError {
     Stopped,
     #[error("ledger write failed: {0}")]
     Write(String),
-    #[cfg(test)]
-    #[error("ledger query failed: {0}")]
-    Query(String),
 }
 
-// `id` is the rowid: append-only, so it only grows (no AUTOINCREMENT, which costs a
-// `sqlite_sequence` write per insert; ledgers created with it keep it). The only index is `at`,
-// which new rows append to: an index on (payer, nonce) took random pages on every insert, 12% of
-// the sidecar's CPU per payment under `make bench` (ledgers created with it keep it; docs/internals
-// shows how to add it back).
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS payment_events (
-    id          INTEGER PRIMARY KEY,
-    at          INTEGER NOT NULL,
-    event       TEXT    NOT NULL,
-    route       TEXT    NOT NULL,
-    network     TEXT,
-    asset       TEXT,
-    payer       TEXT,
-    amount      TEXT,
-    nonce       TEXT,
-    reason      TEXT,
-    \"transaction\" TEXT
-);
-CREATE INDEX IF NOT EXISTS payment_events_at ON payment_events (at);
-CREATE TABLE IF NOT EXISTS ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
-";
-
-const INSERT: &str = "INSERT INTO payment_events
-    (at, event, route, network, asset, payer, amount, nonce, reason, \"transaction\")
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
-
 const BATCH: usize = 256;
-/// WAL pages (4 KiB) before the writer copies them into the database (SQLite's default is 1000):
-/// fewer checkpoints write each hot page once instead of many times, about 8% of the sidecar's
-/// CPU per payment under `make bench`, for a WAL file of up to ~40 MiB.
-const CHECKPOINT_PAGES: i64 = 10_000;
 /// How long the writer keeps collecting after an event arrives, so a busy gateway commits many
 /// events per transaction (one commit each was a quarter of the sidecar's CPU under load).
 /// A flush, shutdown or a caller waiting for its write cuts it short.
 const LINGER: Duration = Duration::from_millis(2);
-/// How often writes that failed (full disk, I/O error) are tried again.
+/// How often writes that failed (full disk, database down) are tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Failed writes kept for retry at most; past it the oldest are logged and dropped (paid routes
 /// answer 503 meanwhile, so only rejections and invoices can pile up).
@@ -184,7 +196,9 @@ const MAX_BACKLOG: usize = 100_000;
 pub enum Op {
     Event(LedgerEvent),
     Insert(JournalEntry),
-    Update(JournalUpdate),
+    /// A journal state change, applied only from a state that leads to it; its event row is
+    /// written only if it applied.
+    Transition(JournalUpdate, Option<LedgerEvent>),
     /// The answer of payment `id`, whose settlement had started, was withheld: notes it on
     /// the journal row and appends a `delivery_withheld` event with the row's details.
     Withheld(String),
@@ -197,11 +211,13 @@ pub enum Op {
 struct Group {
     ops: Vec<Op>,
     keep: bool,
-    done: Option<oneshot::Sender<Result<(), LedgerError>>>,
+    /// Answered with whether every transition in the group applied.
+    done: Option<oneshot::Sender<Result<bool, LedgerError>>>,
 }
 
 enum Msg {
     Write(Box<Group>),
+    Adopt(i64, oneshot::Sender<Result<Vec<JournalRow>, LedgerError>>),
     #[cfg(test)]
     Recent(
         usize,
@@ -225,7 +241,7 @@ pub struct Health {
 }
 
 pub struct Ledger {
-    path: PathBuf,
+    location: LedgerLocation,
     tx: mpsc::Sender<Msg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
@@ -236,38 +252,58 @@ pub struct Ledger {
 
 impl Ledger {
     /// Opens (creating if needed) the database and starts the writer thread.
-    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, LedgerError> {
-        let open_err = |e: rusqlite::Error| LedgerError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+    pub fn open(location: &LedgerLocation, metrics: Arc<Metrics>) -> Result<Self, LedgerError> {
+        let open_err = |e: StoreError| LedgerError::Open {
+            path: location.to_string(),
+            reason: e.0,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        // A commit survives the process being killed (WAL, no fsync per commit): what a crash of
-        // the verifier needs. A power cut may lose the last commits.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)
-            .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
-        conn.execute_batch(journal::SCHEMA).map_err(open_err)?;
-        let open_payments = journal::open_rows(&conn).map_err(open_err)?;
+        // The store is opened on the writer thread: PostgreSQL's synchronous client runs its
+        // own runtime, which must not start on an async worker. Open waits for it (start-up).
+        let (opened_tx, opened) = mpsc::channel();
         let (tx, rx) = mpsc::channel();
         let m = metrics.clone();
         let health = Arc::new(Health::default());
         let h = health.clone();
+        let at = location.clone();
         let writer = std::thread::Builder::new()
             .name("tollway-ledger".into())
-            .spawn(move || writer_loop(conn, rx, m, h))
+            .spawn(move || {
+                let store: Result<Box<dyn Store>, StoreError> = match &at {
+                    LedgerLocation::Sqlite(path) => {
+                        sqlite::Sqlite::open(path).map(|s| Box::new(s) as Box<dyn Store>)
+                    }
+                    LedgerLocation::Postgres(url) => {
+                        postgres::Postgres::open(url).map(|s| Box::new(s) as Box<dyn Store>)
+                    }
+                };
+                let mut store = match store {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                match store.open_rows() {
+                    Ok(rows) => {
+                        let _ = opened_tx.send(Ok(rows));
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                }
+                writer_loop(store, rx, m, h)
+            })
             .map_err(|e| LedgerError::Open {
-                path: path.display().to_string(),
+                path: location.to_string(),
                 reason: e.to_string(),
             })?;
+        let open_payments = opened
+            .recv()
+            .map_err(|_| open_err(StoreError("ledger writer stopped".into())))?
+            .map_err(open_err)?;
         Ok(Self {
-            path: path.to_owned(),
+            location: location.clone(),
             tx,
             writer: Mutex::new(Some(writer)),
             metrics,
@@ -276,8 +312,13 @@ impl Ledger {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &LedgerLocation {
+        &self.location
+    }
+
+    /// Whether other replicas may share this ledger.
+    pub fn shared(&self) -> bool {
+        matches!(self.location, LedgerLocation::Postgres(_))
     }
 
     /// Queues an event; never blocks. Kept and retried if the database refuses it.
@@ -299,10 +340,11 @@ impl Ledger {
         }
     }
 
-    /// Writes rows together and waits until they are committed. `keep: false`: if the database
-    /// refuses them they are dropped and the caller must act on the error (answer 503);
-    /// `keep: true`: they are also kept and retried.
-    pub async fn write(&self, ops: Vec<Op>, keep: bool) -> Result<(), LedgerError> {
+    /// Writes rows together and waits until they are committed; answers whether every journal
+    /// transition among them applied. `keep: false`: if the database refuses them they are
+    /// dropped and the caller must act on the error (answer 503); `keep: true`: they are also
+    /// kept and retried.
+    pub async fn write(&self, ops: Vec<Op>, keep: bool) -> Result<bool, LedgerError> {
         let (done, rx) = oneshot::channel();
         let group = Box::new(Group {
             ops,
@@ -315,7 +357,16 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    /// False while writes fail (full disk, I/O errors); paid routes answer 503 meanwhile.
+    /// Unfinished payments nobody touched since `stale_before_ms` (see [`Store::adopt`]).
+    pub async fn adopt(&self, stale_before_ms: i64) -> Result<Vec<JournalRow>, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Adopt(stale_before_ms, tx))
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// False while writes fail (full disk, database down); paid routes answer 503 meanwhile.
     pub fn writable(&self) -> bool {
         !self.health.unwritable.load(Ordering::Acquire)
     }
@@ -399,50 +450,7 @@ fn ops_json(ops: &[Op]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-fn insert_event(conn: &Connection, ev: &LedgerEvent) -> rusqlite::Result<()> {
-    conn.prepare_cached(INSERT)?.execute(params![
-        ev.at,
-        ev.event.as_str(),
-        ev.route,
-        ev.network,
-        ev.asset,
-        ev.payer,
-        ev.amount,
-        ev.nonce,
-        ev.reason,
-        ev.transaction
-    ])?;
-    Ok(())
-}
-
-fn apply(conn: &Connection, op: &Op, now_ms: i64) -> rusqlite::Result<()> {
-    match op {
-        Op::Event(ev) => insert_event(conn, ev),
-        Op::Insert(e) => journal::insert(conn, e, now_ms),
-        Op::Update(u) => journal::update(conn, u, now_ms),
-        Op::Withheld(id) => journal::withheld(conn, id, now_ms),
-        Op::Probe => conn
-            .prepare_cached("INSERT OR REPLACE INTO ledger_probe (id, at) VALUES (1, ?1)")?
-            .execute(params![now_ms])
-            .map(|_| ()),
-    }
-}
-
-fn commit<'a>(
-    conn: &mut Connection,
-    groups: impl IntoIterator<Item = &'a Group>,
-) -> rusqlite::Result<()> {
-    let now = unix_now_millis();
-    let tx = conn.transaction()?;
-    for g in groups {
-        for op in &g.ops {
-            apply(&tx, op, now)?;
-        }
-    }
-    tx.commit()
-}
-
-fn reply(group: &mut Group, result: Result<(), LedgerError>) {
+fn reply(group: &mut Group, result: Result<bool, LedgerError>) {
     if let Some(done) = group.done.take() {
         let _ = done.send(result);
     }
@@ -450,9 +458,10 @@ fn reply(group: &mut Group, result: Result<(), LedgerError>) {
 
 /// Writes the backlog (first, in order) and `new` in one transaction; if that fails, group by
 /// group. A group the database refuses while it takes others is bad in itself: logged and
-/// dropped. Otherwise the database is down (full disk): kept groups wait in the backlog.
+/// dropped. Otherwise the database is down (full disk, unreachable): kept groups wait in the
+/// backlog.
 fn write_round(
-    conn: &mut Connection,
+    store: &mut dyn Store,
     backlog: &mut VecDeque<Group>,
     new: Vec<Group>,
     metrics: &Metrics,
@@ -463,17 +472,18 @@ fn write_round(
     }
     let retried = backlog.len();
     let mut all: Vec<Group> = backlog.drain(..).chain(new).collect();
+    let now = unix_now_millis();
     // Health is published before anyone is answered: a caller told "refused" sees it.
-    let error = match commit(conn, all.iter()) {
-        Ok(()) => {
+    let error = match store.commit(&all.iter().collect::<Vec<_>>(), now) {
+        Ok(applied) => {
             health.unwritable.store(false, Ordering::Release);
             health.backlog.store(0, Ordering::Release);
             metrics.set_ledger_health(true, 0);
             if retried > 0 {
                 tracing::info!(groups = retried, "ledger writable again: held rows written");
             }
-            for g in &mut all {
-                reply(g, Ok(()));
+            for (g, ok) in all.iter_mut().zip(applied) {
+                reply(g, Ok(ok));
             }
             return;
         }
@@ -483,45 +493,51 @@ fn write_round(
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for (i, g) in all.into_iter().enumerate() {
-        match commit(conn, std::iter::once(&g)) {
-            Ok(()) => {
+        match store.commit(&[&g], now) {
+            Ok(applied) => {
                 any_ok = true;
-                written.push(g);
+                written.push((g, applied.first().copied().unwrap_or(true)));
             }
             Err(e) => failed.push((i < retried, g, e)),
         }
     }
     let mut refused = Vec::new();
     for (was_held, mut g, e) in failed {
-        let message = e.to_string();
         if !g.keep {
-            refused.push((g, message));
+            refused.push((g, e.0));
             continue;
         }
         if any_ok || backlog.len() >= MAX_BACKLOG {
             metrics.ledger_write_error();
-            tracing::error!(error = %e, rows = %ops_json(&g.ops), "ledger rows refused; dropped");
-            refused.push((g, message));
+            tracing::error!(error = %e.0, rows = %ops_json(&g.ops), "ledger rows refused; dropped");
+            refused.push((g, e.0));
             continue;
         }
         if !was_held {
             metrics.ledger_write_error();
-            tracing::error!(error = %e, rows = %ops_json(&g.ops), "ledger write failed; held and retried");
+            tracing::error!(error = %e.0, rows = %ops_json(&g.ops), "ledger write failed; held and retried");
         }
-        reply(&mut g, Err(LedgerError::Write(message)));
+        refused.push((
+            Group {
+                ops: Vec::new(),
+                keep: false,
+                done: g.done.take(),
+            },
+            e.0,
+        ));
         backlog.push_back(g);
     }
     let down = !backlog.is_empty() || !any_ok;
     if down {
         if let Ok(mut last) = health.last_error.lock() {
-            *last = Some(error.to_string());
+            *last = Some(error.0.clone());
         }
     }
     health.unwritable.store(down, Ordering::Release);
     health.backlog.store(backlog.len(), Ordering::Release);
     metrics.set_ledger_health(!down, backlog.len());
-    for mut g in written {
-        reply(&mut g, Ok(()));
+    for (mut g, applied) in written {
+        reply(&mut g, Ok(applied));
     }
     for (mut g, message) in refused {
         reply(&mut g, Err(LedgerError::Write(message)));
@@ -529,7 +545,7 @@ fn write_round(
 }
 
 fn writer_loop(
-    mut conn: Connection,
+    mut store: Box<dyn Store>,
     rx: mpsc::Receiver<Msg>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -585,26 +601,29 @@ fn writer_loop(
             }
         }
         write_round(
-            &mut conn,
+            store.as_mut(),
             &mut backlog,
             std::mem::take(&mut batch),
             &metrics,
             &health,
         );
         for msg in waiting.drain(..) {
+            let read_err = |e: StoreError| LedgerError::Write(e.0);
             match msg {
                 Msg::Flush(done) => {
                     let _ = done.send(());
                 }
+                Msg::Adopt(stale_before, reply) => {
+                    let now = unix_now_millis();
+                    let _ = reply.send(store.adopt(stale_before, now).map_err(read_err));
+                }
                 #[cfg(test)]
                 Msg::Recent(limit, reply) => {
-                    let _ = reply.send(query_recent(&conn, limit));
+                    let _ = reply.send(store.recent(limit).map_err(read_err));
                 }
                 #[cfg(test)]
                 Msg::Payment(id, reply) => {
-                    let _ = reply.send(
-                        journal::by_id(&conn, &id).map_err(|e| LedgerError::Query(e.to_string())),
-                    );
+                    let _ = reply.send(store.payment(&id).map_err(read_err));
                 }
                 Msg::Write(_) | Msg::Shutdown => {}
             }
@@ -617,7 +636,7 @@ fn writer_loop(
                 }
             }
             write_round(
-                &mut conn,
+                store.as_mut(),
                 &mut backlog,
                 std::mem::take(&mut batch),
                 &metrics,
@@ -633,17 +652,6 @@ fn writer_loop(
 
 // ------------------------------------------------------------------------------------------
 // Route changes (admin API), in the same database
-
-const ROUTE_CHANGES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS route_changes (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    op         TEXT    NOT NULL,
-    name       TEXT    NOT NULL,
-    body_json  TEXT,
-    at         INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS route_changes_name ON route_changes (name);
-";
 
 /// One stored admin change to the route table: `op` is `put`, `patch` or `delete`, `body_json`
 /// the request's JSON body (none for `delete`).
@@ -664,44 +672,58 @@ pub struct RouteLogError {
     reason: String,
 }
 
+enum LogConnection {
+    Sqlite(Connection),
+    /// Synchronous client: the log is only used from blocking contexts (`spawn_blocking`).
+    Postgres(::postgres::Client),
+}
+
 /// The admin changes to the route table, in order (table `route_changes` of the ledger
 /// database; its own connection, written synchronously: changes are rare and must be durable
 /// before they are answered).
 pub struct RouteChangeLog {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    location: LedgerLocation,
+    conn: Mutex<LogConnection>,
 }
 
 impl RouteChangeLog {
-    pub fn open(path: &Path) -> Result<Self, RouteLogError> {
-        let err = |e: rusqlite::Error| RouteLogError {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+    pub fn open(location: &LedgerLocation) -> Result<Self, RouteLogError> {
+        let err = |reason: String| RouteLogError {
+            path: location.to_string(),
+            reason,
         };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(ROUTE_CHANGES_SCHEMA).map_err(err)?;
+        let conn = match location {
+            LedgerLocation::Sqlite(path) => {
+                LogConnection::Sqlite(sqlite::route_log(path).map_err(|e| err(e.to_string()))?)
+            }
+            LedgerLocation::Postgres(url) => {
+                let config = postgres::config(url).map_err(|e| err(e.0))?;
+                LogConnection::Postgres(postgres::Postgres::schema(&config).map_err(|e| err(e.0))?)
+            }
+        };
         Ok(Self {
-            path: path.to_owned(),
+            location: location.clone(),
             conn: Mutex::new(conn),
         })
     }
 
     fn err(&self, reason: impl ToString) -> RouteLogError {
         RouteLogError {
-            path: self.path.display().to_string(),
+            path: self.location.to_string(),
             reason: reason.to_string(),
         }
     }
 
     fn with<T>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        sqlite: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        pg: impl FnOnce(&mut ::postgres::Client) -> Result<T, ::postgres::Error>,
     ) -> Result<T, RouteLogError> {
-        let conn = self.conn.lock().map_err(|_| self.err("lock poisoned"))?;
-        f(&conn).map_err(|e| self.err(e))
+        let mut conn = self.conn.lock().map_err(|_| self.err("lock poisoned"))?;
+        match &mut *conn {
+            LogConnection::Sqlite(c) => sqlite(c).map_err(|e| self.err(e)),
+            LogConnection::Postgres(c) => pg(c).map_err(|e| self.err(e)),
+        }
     }
 
     /// Appends a change; answers its sequence number.
@@ -711,89 +733,92 @@ impl RouteChangeLog {
         name: &str,
         body_json: Option<&str>,
     ) -> Result<i64, RouteLogError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO route_changes (op, name, body_json, at) VALUES (?1, ?2, ?3, ?4)",
-                params![op, name, body_json, unix_now_millis()],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+        let at = unix_now_millis();
+        self.with(
+            |c| {
+                c.execute(
+                    "INSERT INTO route_changes (op, name, body_json, at) VALUES (?1, ?2, ?3, ?4)",
+                    params![op, name, body_json, at],
+                )?;
+                Ok(c.last_insert_rowid())
+            },
+            |c| {
+                c.query_one(
+                    "INSERT INTO route_changes (op, name, body_json, at) VALUES ($1, $2, $3, $4)
+                     RETURNING seq",
+                    &[&op, &name, &body_json, &at],
+                )?
+                .try_get(0)
+            },
+        )
     }
 
     /// Forgets one change (it could not be served after all).
     pub fn remove(&self, seq: i64) -> Result<(), RouteLogError> {
-        self.with(|c| {
-            c.execute("DELETE FROM route_changes WHERE seq = ?1", params![seq])
-                .map(|_| ())
-        })
+        self.with(
+            |c| {
+                c.execute("DELETE FROM route_changes WHERE seq = ?1", params![seq])
+                    .map(|_| ())
+            },
+            |c| {
+                c.execute("DELETE FROM route_changes WHERE seq = $1", &[&seq])
+                    .map(|_| ())
+            },
+        )
     }
 
     /// Forgets the changes of `name` before `seq` (a replace or delete makes them moot).
     pub fn forget_before(&self, name: &str, seq: i64) -> Result<usize, RouteLogError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM route_changes WHERE name = ?1 AND seq < ?2",
-                params![name, seq],
-            )
-        })
+        self.with(
+            |c| {
+                c.execute(
+                    "DELETE FROM route_changes WHERE name = ?1 AND seq < ?2",
+                    params![name, seq],
+                )
+            },
+            |c| {
+                c.execute(
+                    "DELETE FROM route_changes WHERE name = $1 AND seq < $2",
+                    &[&name, &seq],
+                )
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            },
+        )
     }
 
     /// Every change, oldest first.
     pub fn all(&self) -> Result<Vec<StoredRouteChange>, RouteLogError> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT seq, op, name, body_json, at FROM route_changes ORDER BY seq")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(StoredRouteChange {
-                    seq: r.get(0)?,
-                    op: r.get(1)?,
-                    name: r.get(2)?,
-                    body_json: r.get(3)?,
-                    at: r.get(4)?,
-                })
-            })?;
-            rows.collect()
-        })
-    }
-}
-
-#[cfg(test)]
-fn query_recent(conn: &Connection, limit: usize) -> Result<Vec<LedgerEvent>, LedgerError> {
-    let q = |e: rusqlite::Error| LedgerError::Query(e.to_string());
-    let mut stmt = conn
-        .prepare(
-            "SELECT at, event, route, network, asset, payer, amount, nonce, reason, \"transaction\"
-             FROM payment_events ORDER BY id DESC LIMIT ?1",
+        const ALL: &str = "SELECT seq, op, name, body_json, at FROM route_changes ORDER BY seq";
+        self.with(
+            |c| {
+                let mut stmt = c.prepare(ALL)?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(StoredRouteChange {
+                        seq: r.get(0)?,
+                        op: r.get(1)?,
+                        name: r.get(2)?,
+                        body_json: r.get(3)?,
+                        at: r.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            },
+            |c| {
+                c.query(ALL, &[])?
+                    .iter()
+                    .map(|r| {
+                        Ok(StoredRouteChange {
+                            seq: r.try_get(0)?,
+                            op: r.try_get(1)?,
+                            name: r.try_get(2)?,
+                            body_json: r.try_get(3)?,
+                            at: r.try_get(4)?,
+                        })
+                    })
+                    .collect()
+            },
         )
-        .map_err(q)?;
-    let rows = stmt
-        .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            let kind: String = r.get(1)?;
-            Ok((
-                kind,
-                LedgerEvent {
-                    at: r.get(0)?,
-                    event: EventKind::Rejected,
-                    route: r.get(2)?,
-                    network: r.get(3)?,
-                    asset: r.get(4)?,
-                    payer: r.get(5)?,
-                    amount: r.get(6)?,
-                    nonce: r.get(7)?,
-                    reason: r.get(8)?,
-                    transaction: r.get(9)?,
-                },
-            ))
-        })
-        .map_err(q)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (kind, mut ev) = row.map_err(q)?;
-        ev.event = EventKind::parse(&kind)
-            .ok_or_else(|| LedgerError::Query(format!("unknown event kind {kind:?}")))?;
-        out.push(ev);
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -816,7 +841,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger.db");
         let metrics = Arc::new(Metrics::new());
-        let ledger = Ledger::open(&path, metrics.clone()).expect("open");
+        let ledger =
+            Ledger::open(&LedgerLocation::Sqlite(path.clone()), metrics.clone()).expect("open");
         ledger.record(event(EventKind::Verified, "0x01"));
         ledger.record(LedgerEvent {
             transaction: Some("0xtx".into()),
@@ -845,7 +871,8 @@ mod tests {
 
         // Survives a reopen; the file is in WAL mode.
         drop(ledger);
-        let ledger = Ledger::open(&path, metrics.clone()).expect("reopen");
+        let ledger =
+            Ledger::open(&LedgerLocation::Sqlite(path.clone()), metrics.clone()).expect("reopen");
         assert_eq!(ledger.recent(10).await.expect("rows").len(), 3);
         let conn = Connection::open(&path).expect("conn");
         let mode: String = conn
@@ -859,7 +886,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger.db");
         let metrics = Arc::new(Metrics::new());
-        let ledger = Ledger::open(&path, metrics.clone()).expect("open");
+        let ledger =
+            Ledger::open(&LedgerLocation::Sqlite(path.clone()), metrics.clone()).expect("open");
         // Break the table behind the writer's back.
         Connection::open(&path)
             .expect("conn")
@@ -885,7 +913,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger.db");
         let metrics = Arc::new(Metrics::new());
-        let ledger = Ledger::open(&path, metrics.clone()).expect("open");
+        let ledger =
+            Ledger::open(&LedgerLocation::Sqlite(path.clone()), metrics.clone()).expect("open");
         // The database refuses every event (as with a full disk).
         Connection::open(&path)
             .expect("conn")
@@ -901,7 +930,7 @@ mod tests {
         // Space is back: the held row is written, counted as one error, not one per retry.
         Connection::open(&path)
             .expect("conn")
-            .execute_batch(SCHEMA)
+            .execute_batch(sqlite::SCHEMA)
             .expect("schema");
         assert!(until_writable(&ledger).await);
         assert_eq!(ledger.backlog(), 0);
@@ -915,7 +944,11 @@ mod tests {
     async fn a_write_its_caller_can_refuse_is_not_held() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger.db");
-        let ledger = Ledger::open(&path, Arc::new(Metrics::new())).expect("open");
+        let ledger = Ledger::open(
+            &LedgerLocation::Sqlite(path.clone()),
+            Arc::new(Metrics::new()),
+        )
+        .expect("open");
         let entry = JournalEntry {
             id: "p1".into(),
             state: crate::payments::journal::PaymentState::Verified,
@@ -933,7 +966,7 @@ mod tests {
         assert!(!ledger.writable());
         Connection::open(&path)
             .expect("conn")
-            .execute_batch(journal::SCHEMA)
+            .execute_batch(JOURNAL_SCHEMA)
             .expect("schema");
         // Nothing held: the writer's probe finds the database writable again.
         assert!(until_writable(&ledger).await);
@@ -950,9 +983,12 @@ mod tests {
     #[test]
     fn bad_path_is_an_open_error() {
         let metrics = Arc::new(Metrics::new());
-        let err = Ledger::open(Path::new("/nonexistent-dir/x/ledger.db"), metrics)
-            .err()
-            .expect("error");
+        let err = Ledger::open(
+            &LedgerLocation::Sqlite(PathBuf::from("/nonexistent-dir/x/ledger.db")),
+            metrics,
+        )
+        .err()
+        .expect("error");
         assert!(matches!(err, LedgerError::Open { .. }), "{err}");
     }
 

@@ -11,7 +11,7 @@
 //! filter holding version X after a verifier restart is up to date exactly when the table is
 //! the same.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use tollway_protocol::rpc::RoutesResponse;
 
 use crate::config::{parse_routes, Config, ConfigErrors, Problem, RawRoute, ValidRoutes};
 use crate::payments::{Payments, PaymentsError};
-use crate::stores::ledger::{RouteChangeLog, RouteLogError, StoredRouteChange};
+use crate::stores::ledger::{LedgerLocation, RouteChangeLog, RouteLogError, StoredRouteChange};
 
 /// How often `tollway.yaml` is checked for changes.
 pub const FILE_POLL: Duration = Duration::from_secs(1);
@@ -300,7 +300,7 @@ impl RouteStore {
     pub fn open(
         config: Arc<Config>,
         payments: Arc<Payments>,
-        db: &Path,
+        db: &LedgerLocation,
     ) -> Result<RouteStore, StoreError> {
         let log = RouteChangeLog::open(db)?;
         let changes = log.all()?;
@@ -748,7 +748,7 @@ mod tests {
         let other = RouteStore::open(
             Arc::new(h.config.clone()),
             h.payments.clone(),
-            &dir.path().join("other.db"),
+            &LedgerLocation::Sqlite(dir.path().join("other.db")),
         )
         .expect("store");
         assert_eq!(other.current().version, v0);
@@ -758,7 +758,7 @@ mod tests {
     #[tokio::test]
     async fn changes_survive_a_restart() {
         let h = leased_harness(&dead_url().await);
-        let db = h.dir.path().join("ledger.db");
+        let db = crate::testkit::sqlite_at(h.dir.path());
         h.store
             .change(put("new", json!({"path": "/api/new", "price": "0.003"})))
             .expect("put");
