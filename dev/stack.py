@@ -2,14 +2,18 @@
 x402 facilitator, a demo upstream, the verifier sidecar (with its in-process `dev` Lightning node)
 and a real Envoy with the wasm filter (or with Envoy's native ext_authz filter in `ext-authz` mode).
 For many replicas: `RedisServer` (a throwaway redis-server), `Stack(replay_store=redis.url)` and
-`stack.replica(dir)`, a second verifier + Envoy pair for the same API sharing that Redis.
+`stack.replica(dir)`, a second verifier + Envoy pair for the same API sharing that Redis; with
+`PostgresServer` (a throwaway PostgreSQL cluster) and `Stack(ledger_url=postgres.url)` they share
+the ledger too.
 
 `make demo` and the end-to-end tests both use this module, so the demo is exactly what is tested.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import os
 import secrets
@@ -18,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -327,6 +332,246 @@ class RedisServer:
         self.stop()
 
 
+def postgres_bin_dir() -> Path:
+    """The bin directory of the installed PostgreSQL server (Debian: /usr/lib/postgresql/<version>/bin,
+    the newest if several; `$POSTGRES_BIN_DIR` overrides, else `initdb` on the PATH)."""
+    wanted = ("initdb", "postgres", "psql")
+    override = os.environ.get("POSTGRES_BIN_DIR")
+    candidates = [Path(override)] if override else []
+
+    def version(d: str) -> tuple:
+        v = Path(d).parent.name
+        return tuple(int(x) if x.isdigit() else 0 for x in v.split("."))
+
+    candidates += [Path(d) for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)]
+    if (initdb := shutil.which("initdb")) is not None:
+        candidates.append(Path(initdb).resolve().parent)
+    for d in candidates:
+        if all((d / name).is_file() for name in wanted):
+            return d
+    raise RuntimeError(
+        "PostgreSQL not found (no initdb, postgres and psql under /usr/lib/postgresql/*/bin"
+        + (f" or {override}" if override else "")
+        + "): run `make deps` (installs the Debian package postgresql)"
+    )
+
+
+def postgres_binary(name: str) -> str:
+    """`initdb`, `postgres`, `psql`, `pg_isready`... from the installed PostgreSQL's bin directory."""
+    return str(postgres_bin_dir() / name)
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces or parentheses, so split after the last ')'
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a loopback port: the shared ledger of
+    `Stack(ledger_url=...)` replicas. `url` is `postgres://tollway@127.0.0.1:<port>/tollway` (role
+    and database `tollway`, trust auth on loopback, no password). Logs go to `run_dir`/postgres.log;
+    the cluster itself (data and socket directories) lives in a short-named temporary directory
+    that the server's user can reach (`run_dir`/postgres-cluster links to it), removed by `close()`
+    or when the context manager exits.
+
+    PostgreSQL refuses to run as root: as root, initdb, postgres and the superuser's psql run as
+    the `postgres` user (Popen's `user=`/`group=`, so the server is a direct child and signals
+    reach it, unlike through `runuser`'s watching parent); otherwise as the current user.
+    `stop()` is a fast shutdown, `kill()` a SIGKILL of the server and all its backends (a crash);
+    `start()` again brings the same data back on the same port. Use as a context manager or call
+    `start()` / `stop()` / `close()`."""
+
+    USER = "tollway"
+    DATABASE = "tollway"
+
+    def __init__(self, run_dir: Path, port: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or Ports.free().envoy
+        self.bin = postgres_bin_dir()  # fails now, with the fix, if PostgreSQL is not installed
+        self.os_user = "postgres" if os.geteuid() == 0 else None  # None: the current user
+        # How every initdb / postgres / superuser psql is started.
+        self._owner = dict(user=self.os_user, group=self.os_user, extra_groups=[]) if self.os_user else {}
+        # Short path: the socket's path must fit in sockaddr_un (~107 bytes).
+        self.base = Path(tempfile.mkdtemp(prefix="tollway-pg-"))
+        self.data_dir = self.base / "data"
+        self.socket_dir = self.base / "sockets"
+        self.socket_dir.mkdir()
+        if self.os_user is not None:
+            for d in (self.base, self.socket_dir):
+                shutil.chown(d, self.os_user, self.os_user)
+        link = self.run_dir / "postgres-cluster"
+        with contextlib.suppress(OSError):
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(self.base)
+        self.log = self.run_dir / "postgres.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://{self.USER}@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def _run(self, argv: list, what: str, timeout: float = 60):
+        with open(self.log, "ab") as out:
+            done = subprocess.run(
+                [str(a) for a in argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.base,
+                timeout=timeout,
+                **self._owner,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} exited with {done.returncode}\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def psql(self, sql: str, superuser: bool = False, timeout: float = 10) -> str:
+        """Runs `sql` with psql (`-At`: unaligned, tuples only) in the `tollway` database as
+        `tollway` over TCP, or with `superuser` in `postgres` over the unix socket as the server's
+        user; answers stdout, raises RuntimeError with psql's error otherwise."""
+        argv = [self.bin / "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", self.socket_dir, "-p", self.port, "-U", "postgres", "-d", "postgres"] if superuser else [self.url]
+        done = subprocess.run(
+            [str(a) for a in argv],
+            input=sql,
+            capture_output=True,
+            text=True,
+            cwd=self.base,
+            timeout=timeout,
+            env={**os.environ, "PGCONNECT_TIMEOUT": "3"},
+            **(self._owner if superuser else {}),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip() or f"psql exited with {done.returncode}")
+        return done.stdout
+
+    def ready(self) -> bool:
+        """The server accepts connections on its TCP port."""
+        done = subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-t", "2"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        )
+        return done.returncode == 0
+
+    def start(self) -> "PostgresServer":
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        if fresh:
+            self._run(
+                [self.bin / "initdb", "-D", self.data_dir, "--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"],
+                "initdb",
+            )
+        out = open(self.log, "ab")
+        argv = [
+            self.bin / "postgres",
+            "-D",
+            self.data_dir,
+            "-p",
+            self.port,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-k",
+            self.socket_dir,
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=on",
+        ]
+        self.proc = subprocess.Popen(
+            [str(a) for a in argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.base,
+            start_new_session=True,
+            **self._owner,
+        )
+        out.close()
+        try:
+            wait_until("postgres", self.ready, timeout=30, proc=self.proc, log=self.log)
+            if fresh:
+                self.psql(
+                    f"CREATE ROLE {self.USER} LOGIN;\nCREATE DATABASE {self.DATABASE} OWNER {self.USER};\n", superuser=True
+                )
+            wait_until("postgres (tollway)", lambda: self.psql("SELECT 1").strip() == "1", timeout=15, log=self.log)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self):
+        """Fast shutdown (SIGINT to the postmaster: clients are disconnected, data is kept)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc = proc
+            self.kill()
+
+    def kill(self):
+        """SIGKILL to the postmaster and every backend (like a crash; `start()` recovers). Each
+        backend has a session of its own (PostgreSQL calls setsid in every child), so they are
+        found by parent pid while the postmaster is stopped (it cannot fork meanwhile)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        victims = []
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGSTOP)
+                victims = _children(proc.pid)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self):
+        """Stops the server and removes the cluster's directory."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 STACK_TOKEN = "<the stack's admin token>"  # Stack.admin's default (a sentinel, compared by identity)
 
 
@@ -346,6 +591,7 @@ class Stack:
         ledger_path: Path | None = None,
         extra_routes: tuple[Route, ...] | list[Route] = (),
         facilitator_rpc_url: str | None = None,
+        ledger_url: str | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -362,6 +608,9 @@ class Stack:
         self.rail_rpc_url = rail_rpc_url
         # Where the verifier keeps its ledger (None: `ledger.db` in the run dir).
         self._ledger_path = Path(ledger_path) if ledger_path is not None else None
+        # A shared ledger (e.g. a PostgresServer's postgres:// url); when set, the config's
+        # `verifier.ledger` is this URL instead of the SQLite path, and replicas share it.
+        self.ledger_url = ledger_url
         # Routes sold in addition to ROUTES (e.g. SLOW_ROUTE).
         self.extra_routes = tuple(extra_routes)
         # The chain URL the facilitator uses (None: anvil's own, `rpc_url`), e.g. a proxy a
@@ -459,7 +708,8 @@ class Stack:
 
     def replica(self, run_dir: Path) -> "Stack":
         """Another verifier + Envoy pair in front of the same API: the same chain, facilitator,
-        upstream, secrets and replay store, its own ports, config file and ledger. `start()`
+        upstream, secrets, replay store and shared ledger (`ledger_url`), its own ports, config
+        file and (without a `ledger_url`) its own SQLite ledger. `start()`
         starts only its verifier and Envoy; `stop()` stops only those."""
         fresh = Ports.free()
         r = Stack(
@@ -474,6 +724,7 @@ class Stack:
             facilitator_timeout_ms=self.facilitator_timeout_ms,
             rail_rpc_url=self.rail_rpc_url,
             extra_routes=self.extra_routes,
+            ledger_url=self.ledger_url,
         )
         r.primary = self
         r.token = self.token
@@ -735,7 +986,8 @@ def render_config(stack) -> str:
     (a Stack always has one) it also sells leases (streams and WebSockets, docs/leases.md), sets
     header policies and serves the admin API with the token in `stack.admin_token_path`.
 
-    `stack` needs `ports`, `ledger_path` and `token`; `lightning`, `l402_secret_path`,
+    `stack` needs `ports`, `ledger_path` and `token`; `ledger_url` (a shared ledger, e.g.
+    postgres://..., written instead of the SQLite path), `lightning`, `l402_secret_path`,
     `lease_secret_path`, `admin_token_path` and `replay_store` (`stores: { replay: ... }`, e.g. a
     redis:// URL; absent or None: in memory) are read only if present (`bench/run.py` passes a
     plain record and gets the x402-only config with the routes it measures), and so are
@@ -750,7 +1002,7 @@ def render_config(stack) -> str:
         "verifier:",
         f"  grpc: 127.0.0.1:{p.grpc}",
         f"  http: 127.0.0.1:{p.http}",
-        f"  ledger: {stack.ledger_path}",
+        f"  ledger: {getattr(stack, 'ledger_url', None) or stack.ledger_path}",
         # The URL clients use: 402s name it, so Envoy answers unpaid x402-only requests itself.
         f"public_url: http://127.0.0.1:{p.envoy}",
         "envoy:",

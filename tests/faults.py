@@ -5,7 +5,12 @@ can be stopped or killed while one is in flight), and the money invariant checke
 - the chain: `AuthorizationUsed(authorizer, nonce)` logs of the token, one per transfer;
 - the upstream: its hit counters;
 - the client: status, body and the decoded `PAYMENT-RESPONSE` receipt;
-- the ledger: the verifier's SQLite file, opened read-only (`payments` and `payment_events`).
+- the ledger: the verifier's SQLite file, opened read-only, or the shared PostgreSQL ledger read
+  with psql (`payments` and `payment_events`, the same rows with the same Python types either way).
+
+Two ledgers (`LEDGERS`, `fault_stack(ledger=...)`): `sqlite`, one stack with its own SQLite file,
+and `postgres-replicas`, a throwaway PostgreSQL cluster and redis-server shared by two replicas
+(`stack`, replica A, and `stack.replica_b`: each its own verifier and Envoy).
 
 design.md, "The money invariant": nothing delivered without a settled payment; nothing charged
 without delivery; no payment accepted twice; every payment in the ledger.
@@ -26,11 +31,23 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import requests
 from eth_utils import keccak
 
-from dev.stack import PAYER_KEY, SLOW_ROUTE, SLOW_WITHHELD_ROUTE, Ports, Stack, http_get, rpc
+from dev.stack import (
+    PAYER_KEY,
+    SLOW_ROUTE,
+    SLOW_WITHHELD_ROUTE,
+    Ports,
+    PostgresServer,
+    RedisServer,
+    Stack,
+    http_get,
+    postgres_binary,
+    rpc,
+)
 from payments import challenge, decode_b64json, sign_payment
 
 # keccak256("AuthorizationUsed(address,bytes32)"), the EIP-3009 event the token emits once per
@@ -43,6 +60,11 @@ AUTHORIZATION_STATE = "0x" + keccak(text="authorizationState(address,bytes32)")[
 FINAL_EVENTS = ("settled", "settlement_failed", "released")
 UNCHARGED_STATES = ("failed", "released")
 INVARIANT_TIMEOUT = 40.0  # seconds a payment may take to reach its final state after the fault
+
+# The ledgers the suite runs on (see `fault_stack`).
+SQLITE = "sqlite"
+POSTGRES_REPLICAS = "postgres-replicas"
+LEDGERS = (SQLITE, POSTGRES_REPLICAS)
 
 
 def unique(prefix: str) -> str:
@@ -132,25 +154,43 @@ class ChainGate:
 
 
 @contextlib.contextmanager
-def fault_stack(run_dir: Path, chain_gate: bool = False, **options):
+def fault_stack(run_dir: Path, chain_gate: bool = False, ledger: str = SQLITE, **options):
     """A whole stack of the test's own (free ports), x402 only, selling SLOW_ROUTE as well as the
     demo routes; `options` go to `Stack` (facilitator_timeout_ms, rail_rpc_url, ledger_path...).
     With `chain_gate`, the facilitator reaches the chain through `stack.chain_gate` (a
-    ChainGate). Paused processes are resumed before it stops."""
+    ChainGate). Paused processes are resumed before it stops.
+
+    `ledger`: `sqlite` (the stack's own SQLite file; `stack.replica_b` is None) or
+    `postgres-replicas`: a PostgresServer (`stack.postgres`, the ledger: `ledger_url`) and a
+    RedisServer (`stack.redis`, the replay store), shared by the yielded stack (replica A, in
+    `run_dir`/a) and `stack.replica_b` (another verifier + Envoy, `Stack.replica`, in
+    `run_dir`/b). Both are stopped, then the servers, whatever happens."""
+    if ledger not in LEDGERS:
+        raise ValueError(f"ledger {ledger!r}: one of {LEDGERS}")
     options.setdefault("lightning", False)
     options.setdefault("extra_routes", [SLOW_ROUTE, SLOW_WITHHELD_ROUTE])
-    gate = None
-    if chain_gate:
-        options["ports"] = options.get("ports") or Ports.free()
-        gate = ChainGate(options["ports"].anvil)
-        options["facilitator_rpc_url"] = gate.url
-    try:
-        with Stack(run_dir, **options) as stack:
-            stack.chain_gate = gate
-            yield stack
-    finally:
-        if gate is not None:
-            gate.close()
+    with contextlib.ExitStack() as cleanup:
+        gate = None
+        if chain_gate:
+            options["ports"] = options.get("ports") or Ports.free()
+            gate = ChainGate(options["ports"].anvil)
+            cleanup.callback(gate.close)
+            options["facilitator_rpc_url"] = gate.url
+        postgres = redis = None
+        if ledger == POSTGRES_REPLICAS:
+            postgres = cleanup.enter_context(PostgresServer(run_dir / "postgres"))
+            redis = cleanup.enter_context(RedisServer(run_dir / "redis"))
+            options["ledger_url"] = postgres.url
+            options["replay_store"] = redis.url
+            run_dir = run_dir / "a"
+        stack = cleanup.enter_context(Stack(run_dir, **options))
+        stack.chain_gate = gate
+        stack.postgres, stack.redis, stack.replica_b = postgres, redis, None
+        if ledger == POSTGRES_REPLICAS:
+            b = cleanup.enter_context(stack.replica(run_dir.parent / "b"))
+            b.chain_gate, b.postgres, b.redis, b.replica_b = gate, postgres, redis, None
+            stack.replica_b = b
+        yield stack
 
 
 def filter_timeout_s(stack) -> float:
@@ -259,6 +299,27 @@ def send(stack, path: str, payment: Payment, timeout: float = 30) -> Answer:
     return Answer(status=r.status_code, body=r.content, headers={k.lower(): v for k, v in r.headers.items()})
 
 
+def race(*calls: Callable):
+    """Runs the calls at once (a barrier releases them together); answers their results in order
+    (an exception a call raised is its result)."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(i, call):
+        try:
+            barrier.wait(timeout=10)
+            results[i] = call()
+        except BaseException as e:  # shown by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
 class InFlight:
     """A paid request sent from a thread; `answer()` waits for what the client got."""
 
@@ -334,33 +395,151 @@ class NoJournal(Exception):
     """The ledger has no `payments` table."""
 
 
-def _ledger(stack) -> sqlite3.Connection:
+class LedgerError(Exception):
+    """The ledger could not be read (a SQLite error, or psql failed: server down, no table...)."""
+
+
+# The Python type of each column (SQLite's INTEGER and TEXT columns), so both ledgers give the
+# same rows: psql's JSON makes a BIGINT a number and a TEXT a string, and a NUMERIC amount or a
+# JSON settlement column would come back as a number or an object otherwise.
+COLUMN_TYPES = {
+    "payment_events": {
+        "id": int,
+        "at": int,
+        "event": str,
+        "route": str,
+        "network": str,
+        "asset": str,
+        "payer": str,
+        "amount": str,
+        "nonce": str,
+        "reason": str,
+        "transaction": str,
+    },
+    "payments": {
+        "id": str,
+        "state": str,
+        "route": str,
+        "network": str,
+        "asset": str,
+        "payer": str,
+        "amount": str,
+        "nonce": str,
+        "transaction": str,
+        "reason": str,
+        "attempts": int,
+        "created_at": int,
+        "updated_at": int,
+        "expires_at": int,
+        "settlement": str,
+    },
+}
+
+
+def _normalise(table: str, row: dict) -> dict:
+    """`row` with each known column as its SQLite type (None stays None; unknown columns as read)."""
+    types = COLUMN_TYPES[table]
+    out = {}
+    for name, value in row.items():
+        kind = types.get(name)
+        if value is None or kind is None:
+            out[name] = value
+        elif kind is int:
+            try:  # a BIGINT (a number), or digits in a string; anything else is shown as read
+                out[name] = int(value)
+            except (TypeError, ValueError):
+                out[name] = value
+        elif isinstance(value, (dict, list)):
+            out[name] = json.dumps(value, separators=(",", ":"))
+        elif isinstance(value, float) and value.is_integer():
+            out[name] = str(int(value))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def uses_postgres(stack) -> bool:
+    return bool(getattr(stack, "ledger_url", None))
+
+
+def _sqlite(stack) -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(str(stack.ledger_path)) + "?mode=ro"
     db = sqlite3.connect(uri, uri=True, timeout=5)
     db.row_factory = sqlite3.Row
     return db
 
 
-def ledger_events(stack, nonce: str) -> list[dict]:
-    """`payment_events` rows for `nonce`, in order."""
-    db = _ledger(stack)
+def _sqlite_rows(stack, sql: str, *args) -> list[dict]:
     try:
-        rows = db.execute("SELECT * FROM payment_events WHERE lower(nonce) = ? ORDER BY id", (nonce.lower(),))
-        return [dict(r) for r in rows]
-    finally:
-        db.close()
+        db = _sqlite(stack)
+        try:
+            return [dict(r) for r in db.execute(sql, args)]
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise LedgerError(f"sqlite: {e}") from e
+
+
+def psql(url: str, sql: str, timeout: float = 15, **variables: str) -> str:
+    """Runs `sql` (read from stdin, so `:'name'` interpolates `variables` as SQL literals) with
+    `psql -At` against `url`; answers its output. LedgerError when psql fails (its message)."""
+    argv = [postgres_binary("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
+    for name, value in variables.items():
+        argv += ["-v", f"{name}={value}"]
+    argv.append(url)
+    try:
+        done = subprocess.run(
+            argv,
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PGCONNECT_TIMEOUT": "3"},
+        )
+    except subprocess.TimeoutExpired as e:
+        raise LedgerError(f"psql: no answer after {timeout}s") from e
+    if done.returncode != 0:
+        raise LedgerError(f"postgres: {done.stderr.strip() or f'psql exited with {done.returncode}'}")
+    return done.stdout
+
+
+def _postgres_rows(stack, table: str, nonce: str) -> list[dict]:
+    """`table`'s rows for `nonce` (by id), as one JSON array (no separator or NULL ambiguity)."""
+    out = psql(
+        stack.ledger_url,
+        f"SELECT coalesce(json_agg(row_to_json(t) ORDER BY t.id), '[]') "
+        f"FROM (SELECT * FROM {table} WHERE lower(nonce) = lower(:'nonce')) t;\n",
+        nonce=nonce,
+    )
+    return json.loads(out)
+
+
+def _postgres_has_table(stack, table: str) -> bool:
+    return psql(stack.ledger_url, "SELECT to_regclass(:'table') IS NOT NULL;\n", table=table).strip() == "t"
+
+
+def ledger_events(stack, nonce: str) -> list[dict]:
+    """`payment_events` rows for `nonce`, in order. LedgerError if the ledger cannot be read."""
+    if uses_postgres(stack):
+        rows = _postgres_rows(stack, "payment_events", nonce)
+    else:
+        rows = _sqlite_rows(stack, "SELECT * FROM payment_events WHERE lower(nonce) = ? ORDER BY id", nonce.lower())
+    return [_normalise("payment_events", r) for r in rows]
 
 
 def payment_rows(stack, nonce: str) -> list[dict]:
-    """`payments` rows for `nonce` (one expected); NoJournal if the table does not exist."""
-    db = _ledger(stack)
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    """`payments` rows for `nonce` (one expected); NoJournal if the table does not exist,
+    LedgerError if the ledger cannot be read."""
+    if uses_postgres(stack):
+        if not _postgres_has_table(stack, "payments"):
+            raise NoJournal("the ledger has no `payments` table")
+        rows = _postgres_rows(stack, "payments", nonce)
+    else:
+        tables = {r["name"] for r in _sqlite_rows(stack, "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "payments" not in tables:
             raise NoJournal(f"the ledger has no `payments` table (tables: {sorted(tables)})")
-        return [dict(r) for r in db.execute("SELECT * FROM payments WHERE lower(nonce) = ?", (nonce.lower(),))]
-    finally:
-        db.close()
+        rows = _sqlite_rows(stack, "SELECT * FROM payments WHERE lower(nonce) = ?", nonce.lower())
+    return [_normalise("payments", r) for r in rows]
 
 
 # -- the invariant -----------------------------------------------------------------------------
@@ -392,18 +571,19 @@ class Snapshot:
 
 
 def snapshot(stack, nonce: str) -> Snapshot:
-    n = transfers(stack, nonce)
+    # The ledger first, the chain second: a `settled` row is written after its transfer was
+    # mined, so read in this order a settled row always has its transfer in view.
     try:
         events = ledger_events(stack, nonce)
-    except sqlite3.Error as e:
-        return Snapshot(n, [], [], error=str(e))
+    except LedgerError as e:
+        return Snapshot(transfers(stack, nonce), [], [], error=str(e))
     try:
         rows = payment_rows(stack, nonce)
     except NoJournal:
         rows = None
-    except sqlite3.Error as e:
-        return Snapshot(n, events, [], error=str(e))
-    return Snapshot(n, events, rows)
+    except LedgerError as e:
+        return Snapshot(transfers(stack, nonce), events, [], error=str(e))
+    return Snapshot(transfers(stack, nonce), events, rows)
 
 
 def invariant_problems(s: Snapshot, delivered: bool, quiet: bool) -> list[tuple[str, bool]]:

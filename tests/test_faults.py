@@ -1,8 +1,19 @@
 """Fault injection: a process killed or stopped at the worst moment, a chain slower than any
-timeout, a full disk. Each test boots a stack of its own, breaks it, then checks the money
-invariant from outside (design.md): the chain's AuthorizationUsed logs for the payment's nonce,
-the upstream's hit counters, what the client got, and the verifier's ledger (`payments` and
-`payment_events`), read-only.
+timeout, a full disk, the shared ledger down. Each test boots a stack of its own, breaks it, then
+checks the money invariant from outside (design.md): the chain's AuthorizationUsed logs for the
+payment's nonce, the upstream's hit counters, what the client got, and the verifier's ledger
+(`payments` and `payment_events`), read-only.
+
+Every stack test runs on two ledgers (the `ledger` parameter, tests/faults.py `fault_stack`):
+- `sqlite`: one stack, the verifier's own SQLite file;
+- `postgres-replicas`: two replicas (A: the stack, B: `stack.replica_b`, each its own verifier
+  and Envoy) sharing one PostgreSQL ledger (`verifier.ledger: postgres://tollway@127.0.0.1:<port>/
+  tollway`) and one Redis replay store. The paid request under test goes through A; where it is
+  cheap, a normal payment through B must still end settled. Tests that exercise nothing a shared
+  ledger changes are skipped there (SQLITE_ONLY) to keep the suite short; the full disk has no
+  Postgres analogue, the shared ledger going down replaces it; and two replicas racing one
+  payment is a Postgres-only test.
+  Run one variant with `-k sqlite` or `-k postgres`.
 
 The contract asserted (settlement journal):
 - a settle whose outcome is unknown (facilitator timeout, verifier stalled past the filter's
@@ -17,13 +28,21 @@ The contract asserted (settlement journal):
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from dev.stack import PostgresServer
 from faults import (
+    LEDGERS,
+    POSTGRES_REPLICAS,
+    SQLITE,
     Checks,
     InFlight,
+    LedgerError,
+    NoJournal,
     authorization_used,
     expect_pending_receipt,
     expect_unavailable,
@@ -32,8 +51,11 @@ from faults import (
     filter_timeout_s,
     hits,
     invariant_problems,
+    ledger_events,
     new_payment,
     paused,
+    payment_rows,
+    race,
     release_gate,
     send,
     Snapshot,
@@ -45,6 +67,21 @@ from faults import (
 
 SHORT_TIMEOUT_MS = 3000  # facilitator timeout of the tests that outlast it (filter timeouts: 4 s)
 SHORT_VALIDITY = 12  # seconds: refused payments expire soon, so "no transfer, ever" is provable
+RECOVERY_VALIDITY = 20  # seconds: payments sent while the shared ledger comes back (either outcome)
+LEDGER_RECOVERY_S = 15.0  # the shared ledger back: a paid request succeeds within this
+
+# The `ledger` parameter: both ledgers, or sqlite only (the postgres variant shown as skipped).
+BOTH = pytest.mark.parametrize("ledger", LEDGERS)
+SQLITE_ONLY = pytest.mark.parametrize(
+    "ledger",
+    [
+        SQLITE,
+        pytest.param(
+            POSTGRES_REPLICAS,
+            marks=pytest.mark.skip(reason="nothing here depends on a shared ledger; not repeated on Postgres to keep the suite short"),
+        ),
+    ],
+)
 
 
 def delivered(answer) -> bool:
@@ -59,6 +96,27 @@ def expect_settled_receipt(checks: Checks, answer, what: str):
         receipt is not None and receipt.get("success") is True and str(receipt.get("transaction", "")).startswith("0x"),
         f"{what}: PAYMENT-RESPONSE {receipt}, wanted a successful settlement with its transaction",
     )
+
+
+def other_replica_serves(checks: Checks, stack, what: str):
+    """postgres-replicas: a normal payment through replica B (`stack.replica_b`) ends settled
+    (200 with a successful receipt, one transfer, `settled` in the shared ledger). No-op for a
+    single stack."""
+    b = getattr(stack, "replica_b", None)
+    if b is None:
+        return
+    payment = new_payment(b, "/api/quote")
+    answer = send(b, "/api/quote", payment)
+    expect_settled_receipt(checks, answer, f"replica B, {what}")
+    checks.invariant(b, payment, delivered=delivered(answer))
+
+
+def readyz_until(stack, ok, timeout: float) -> tuple[int, dict]:
+    """/readyz of `stack`'s verifier once `ok(status, body)`, or its last answer after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not ok(*(ready := verifier_ready(stack))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ready
 
 
 def start_gated(stack, payment, gate: str) -> InFlight:
@@ -107,13 +165,99 @@ def test_invariant_checker_accepts_the_contract_and_rejects_violations():
         assert verdict(s, delivered_, quiet) == expected, (s, delivered_, invariant_problems(s, delivered_, quiet))
 
 
+# The SQLite ledger's tables as the verifier creates them (verifier/src/stores/ledger.rs,
+# verifier/src/payments/journal.rs), and the Postgres tables with the same names and columns in
+# the types we expect there (BIGINT for INTEGER): the harness check below fills both alike.
+SQLITE_TABLES = {
+    "payment_events": """CREATE TABLE payment_events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+        event TEXT NOT NULL, route TEXT NOT NULL, network TEXT, asset TEXT, payer TEXT, amount TEXT,
+        nonce TEXT, reason TEXT, "transaction" TEXT)""",
+    "payments": """CREATE TABLE payments (id TEXT PRIMARY KEY, state TEXT NOT NULL, route TEXT NOT NULL,
+        network TEXT, asset TEXT, payer TEXT, amount TEXT, nonce TEXT, "transaction" TEXT, reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL, settlement TEXT NOT NULL) WITHOUT ROWID""",
+}
+POSTGRES_TABLES = {
+    "payment_events": """CREATE TABLE payment_events (id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL,
+        event TEXT NOT NULL, route TEXT NOT NULL, network TEXT, asset TEXT, payer TEXT, amount TEXT,
+        nonce TEXT, reason TEXT, "transaction" TEXT)""",
+    "payments": """CREATE TABLE payments (id TEXT PRIMARY KEY, state TEXT NOT NULL, route TEXT NOT NULL,
+        network TEXT, asset TEXT, payer TEXT, amount TEXT, nonce TEXT, "transaction" TEXT, reason TEXT,
+        attempts BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL, settlement TEXT NOT NULL)""",
+}
+
+
+def test_harness_postgres_ledger_reads_like_sqlite(tmp_path):
+    """The ledger readers give the same rows, with the same Python types, from a SQLite file and
+    from a PostgresServer holding the same rows; a killed server is a LedgerError (not a hang),
+    and `start()` brings back the committed rows. Needs no verifier."""
+    nonce = "0x" + "ab" * 32
+    other = "0x" + "cd" * 32
+    events = [
+        (1, 1700000000000, "verified", "quote", "eip155:84532", "0xToken", "0xPayer", "1000", nonce.upper().replace("0X", "0x"), None, None),
+        (2, 1700000000100, "rejected", "quote", None, None, None, None, other, "nonce_used", None),
+        (3, 1700000000200, "settled", "quote", "eip155:84532", "0xToken", "0xPayer", "1000", nonce, None, "0x" + "12" * 32),
+    ]
+    payment = ("p-1", "settled", "quote", "eip155:84532", "0xToken", "0xPayer", "1000", nonce, "0x" + "12" * 32, None, 1,
+               1700000000000, 1700000000200, 1700000300000, '{"kind":"x402","payload":"e30="}')
+
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute(SQLITE_TABLES["payment_events"])
+    sq = SimpleNamespace(ledger_path=tmp_path / "ledger.db", ledger_url=None)
+
+    def literal(v):
+        return "NULL" if v is None else str(v) if isinstance(v, int) else "'" + v.replace("'", "''") + "'"
+
+    def values(row):
+        return "(" + ", ".join(literal(v) for v in row) + ")"
+
+    with PostgresServer(tmp_path / "postgres") as server:
+        pg = SimpleNamespace(ledger_url=server.url)
+        server.psql(POSTGRES_TABLES["payment_events"] + ";")
+        db.commit()
+        for stack in (sq, pg):  # no journal table yet
+            with pytest.raises(NoJournal):
+                payment_rows(stack, nonce)
+        db.execute(SQLITE_TABLES["payments"])
+        db.executemany(f"INSERT INTO payment_events VALUES ({', '.join('?' * 11)})", events)
+        db.execute(f"INSERT INTO payments VALUES ({', '.join('?' * 15)})", payment)
+        db.commit()
+        db.close()
+        server.psql(
+            POSTGRES_TABLES["payments"] + ";\n"
+            + 'INSERT INTO payment_events (id, at, event, route, network, asset, payer, amount, nonce, reason, "transaction") VALUES '
+            + ", ".join(values(e) for e in events) + ";\n"
+            + f"INSERT INTO payments VALUES {values(payment)};\n"
+        )
+        got = {name: (ledger_events(stack, nonce), payment_rows(stack, nonce)) for name, stack in (("sqlite", sq), ("postgres", pg))}
+        assert got["sqlite"] == got["postgres"]
+        events_read, payments_read = got["postgres"]
+        assert [e["event"] for e in events_read] == ["verified", "settled"]  # by id, nonce case-insensitive
+        assert all(type(e["id"]) is int and type(e["at"]) is int for e in events_read)
+        assert events_read[0]["reason"] is None and events_read[1]["transaction"] == "0x" + "12" * 32
+        [row] = payments_read
+        assert row["state"] == "settled" and type(row["attempts"]) is int and type(row["expires_at"]) is int
+        assert row["settlement"] == payment[-1] and row["amount"] == "1000"
+
+        server.kill()  # a crash: readers fail fast with LedgerError
+        started = time.monotonic()
+        with pytest.raises(LedgerError):
+            ledger_events(pg, nonce)
+        assert time.monotonic() - started < 10
+        server.start()
+        assert ledger_events(pg, nonce) == events_read and payment_rows(pg, nonce) == payments_read
+
+
 # -- control: the harness sees a normal payment as the contract describes it ----------------------
 
 
-def test_control_normal_payments_keep_the_invariant(tmp_path):
+@BOTH
+def test_control_normal_payments_keep_the_invariant(tmp_path, ledger):
     """No fault: paid requests (a fast route and the slow one) are settled, with one transfer,
-    one `verified` and one `settled` row, and `payments.state == 'settled'`."""
-    with fault_stack(tmp_path) as stack:
+    one `verified` and one `settled` row, and `payments.state == 'settled'` (through A and B on
+    the shared ledger)."""
+    with fault_stack(tmp_path, ledger=ledger) as stack:
         checks = Checks()
         for path, query in (("/api/quote", ""), ("/api/slow", "?ms=200")):
             payment = new_payment(stack, path)
@@ -121,14 +265,16 @@ def test_control_normal_payments_keep_the_invariant(tmp_path):
             expect_settled_receipt(checks, answer, path)
             checks.that(authorization_used(stack, payment.payer, payment.nonce), f"{path}: authorization not used on chain")
             checks.invariant(stack, payment, delivered=delivered(answer))
+        other_replica_serves(checks, stack, "no fault")
         checks.done()
 
 
 # -- 1. Envoy killed while Settle is in flight ------------------------------------------------------
 
 
-def test_envoy_killed_during_settle_the_verifier_still_settles(tmp_path):
-    with fault_stack(tmp_path) as stack:
+@BOTH
+def test_envoy_killed_during_settle_the_verifier_still_settles(tmp_path, ledger):
+    with fault_stack(tmp_path, ledger=ledger) as stack:
         payment = new_payment(stack, "/api/slow")
         gate = unique("envoy")
         request = start_gated(stack, payment, gate)
@@ -143,14 +289,16 @@ def test_envoy_killed_during_settle_the_verifier_still_settles(tmp_path):
         # The upstream answered and the gateway asked to settle before it died: the verifier
         # finishes the Settle though its caller is gone (one transfer, `settled`).
         checks.invariant(stack, payment, delivered=True)
+        other_replica_serves(checks, stack, "after A's Envoy was killed")
         checks.done()
 
 
 # -- 2. verifier stopped during Settle, past the filter's settle timeout --------------------------
 
 
-def test_verifier_stalled_during_settle_gives_pending_receipt_then_settles(tmp_path):
-    with fault_stack(tmp_path, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
+@SQLITE_ONLY
+def test_verifier_stalled_during_settle_gives_pending_receipt_then_settles(tmp_path, ledger):
+    with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
         payment = new_payment(stack, "/api/slow")
         gate = unique("stall")
         request = start_gated(stack, payment, gate)
@@ -163,11 +311,12 @@ def test_verifier_stalled_during_settle_gives_pending_receipt_then_settles(tmp_p
         checks.done()
 
 
-def test_withholding_route_answers_503_while_the_settlement_is_unknown_and_charges_nothing(tmp_path):
+@SQLITE_ONLY
+def test_withholding_route_answers_503_while_the_settlement_is_unknown_and_charges_nothing(tmp_path, ledger):
     """`on_unknown_settlement: withhold`: the Settle times out on a stalled verifier; the client
     gets 503 + Retry-After with the pending receipt and no body, and the filter's Release makes
     sure the payment is not charged."""
-    with fault_stack(tmp_path, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
+    with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
         path = "/api/slow-withheld"
         payment = new_payment(stack, path)
         gate = unique("withheld")
@@ -192,8 +341,9 @@ def test_withholding_route_answers_503_while_the_settlement_is_unknown_and_charg
 # -- 3. verifier stopped during Verify, past the filter's verify timeout --------------------------
 
 
-def test_verifier_stalled_during_verify_fails_closed_and_never_charges(tmp_path):
-    with fault_stack(tmp_path, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
+@SQLITE_ONLY
+def test_verifier_stalled_during_verify_fails_closed_and_never_charges(tmp_path, ledger):
+    with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
         payment = new_payment(stack, "/api/quote", valid_seconds=SHORT_VALIDITY)
         before = hits(stack, "/api/quote")
         try:
@@ -218,8 +368,9 @@ def test_verifier_stalled_during_verify_fails_closed_and_never_charges(tmp_path)
 # -- 4. the chain stalls longer than the facilitator timeout during Settle ------------------------
 
 
-def test_chain_stalled_during_settle_gives_pending_receipt_then_settles(tmp_path):
-    with fault_stack(tmp_path, facilitator_timeout_ms=SHORT_TIMEOUT_MS, rail_rpc_url=True) as stack:
+@BOTH
+def test_chain_stalled_during_settle_gives_pending_receipt_then_settles(tmp_path, ledger):
+    with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS, rail_rpc_url=True) as stack:
         payment = new_payment(stack, "/api/slow")
         gate = unique("chain")
         request = start_gated(stack, payment, gate)
@@ -231,22 +382,27 @@ def test_chain_stalled_during_settle_gives_pending_receipt_then_settles(tmp_path
         checks = Checks()
         expect_pending_receipt(checks, answer, "chain stalled during Settle")
         checks.invariant(stack, payment, delivered=delivered(answer))
+        other_replica_serves(checks, stack, "after the chain stalled")
         checks.done()
 
 
 # -- 5. verifier killed between Verify and Settle, restarted on the same ledger --------------------
 
 
-def test_verifier_killed_between_verify_and_settle_resumes_from_the_journal(tmp_path):
-    with fault_stack(tmp_path) as stack:
+@BOTH
+def test_verifier_killed_between_verify_and_settle_resumes_from_the_journal(tmp_path, ledger):
+    with fault_stack(tmp_path, ledger=ledger) as stack:
         payment = new_payment(stack, "/api/slow")
         gate = unique("crash")
         request = start_gated(stack, payment, gate)  # verified; the upstream is busy
         stack.kill9("verifier")
+        checks = Checks()
+        # postgres-replicas: B serves while A's verifier is dead (and leaves A's open payment
+        # in the shared journal alone, or settles it: either way, exactly once).
+        other_replica_serves(checks, stack, "while A's verifier is dead")
         stack.start_verifier()  # same config, same ledger
         release_gate(stack, gate)  # the filter's Settle reaches the new verifier
         answer = request.answer(timeout=20)
-        checks = Checks()
         expect_settled_receipt(checks, answer, "verifier restarted before Settle")
         checks.that(b'"slow": true' in answer.body, f"not the upstream's body: {answer}")
         checks.invariant(stack, payment, delivered=delivered(answer))
@@ -256,9 +412,10 @@ def test_verifier_killed_between_verify_and_settle_resumes_from_the_journal(tmp_
 # -- 6. the ledger's filesystem is full ------------------------------------------------------------
 
 
-def test_ledger_on_full_filesystem_fails_closed_and_recovers(tmp_path):
+@pytest.mark.parametrize("ledger", [SQLITE])
+def test_ledger_on_full_filesystem_fails_closed_and_recovers(tmp_path, ledger):
     with small_tmpfs(tmp_path / "ledger-fs") as fs:
-        with fault_stack(tmp_path / "stack", ledger_path=fs / "ledger.db") as stack:
+        with fault_stack(tmp_path / "stack", ledger=ledger, ledger_path=fs / "ledger.db") as stack:
             checks = Checks()
             refused = new_payment(stack, "/api/quote", valid_seconds=SHORT_VALIDITY)
             before = hits(stack, "/api/quote")
@@ -292,9 +449,10 @@ def test_ledger_on_full_filesystem_fails_closed_and_recovers(tmp_path):
 # -- 7. the chain's RPC is refused (or stalls) at Verify ------------------------------------------
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("how", ["refused", "stalled"])
-def test_chain_unavailable_at_verify_is_503_not_402(tmp_path, how):
-    with fault_stack(tmp_path, facilitator_timeout_ms=SHORT_TIMEOUT_MS, chain_gate=True) as stack:
+def test_chain_unavailable_at_verify_is_503_not_402(tmp_path, how, ledger):
+    with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS, chain_gate=True) as stack:
         # A gateway in service: one payment first, so the facilitator has cached that the asset
         # is a contract (a cold facilitator dies on a refused eth_getCode: an unhandled
         # rejection in @x402/evm's AssetContractCheck, which would test the facilitator instead).
@@ -315,4 +473,84 @@ def test_chain_unavailable_at_verify_is_503_not_402(tmp_path, how):
         expect_unavailable(checks, answer, f"chain RPC {how} at Verify")
         checks.that(hits(stack, "/api/quote") == before, f"the upstream was reached ({answer})")
         checks.invariant(stack, payment, delivered=delivered(answer))
+        checks.done()
+
+
+# -- 8. the shared ledger is down (postgres-replicas: the analogue of the full disk) ---------------
+
+
+@pytest.mark.parametrize("ledger", [POSTGRES_REPLICAS])
+def test_shared_ledger_down_fails_closed_and_recovers(tmp_path, ledger):
+    """PostgreSQL killed (SIGKILL, like a crash): a paid request is 503 + Retry-After, nothing is
+    transferred, the upstream is not reached and both replicas' /readyz are 503 naming the
+    ledger. Once it is started again, the verifiers reconnect by themselves: within
+    LEDGER_RECOVERY_S a paid request through A succeeds and its rows are in the ledger, and B
+    serves too."""
+    with fault_stack(tmp_path, ledger=ledger) as stack:
+        a, b, postgres = stack, stack.replica_b, stack.postgres
+        checks = Checks()
+        refused = new_payment(a, "/api/quote", valid_seconds=SHORT_VALIDITY)
+        before = hits(a, "/api/quote")
+        postgres.kill()
+        try:
+            answer = send(a, "/api/quote", refused)
+            expect_unavailable(checks, answer, "shared ledger down at Verify")
+            checks.that(hits(a, "/api/quote") == before, f"the upstream was reached ({answer})")
+            for name, s in (("A", a), ("B", b)):
+                status, body = readyz_until(s, lambda st, body: st == 503 and "ledger" in json.dumps(body), timeout=10)
+                checks.that(
+                    status == 503 and "ledger" in json.dumps(body),
+                    f"replica {name}: /readyz with the ledger down: {status} {body}, wanted 503 naming the ledger",
+                )
+        finally:
+            postgres.start()
+        # Back: paid requests through A until one succeeds (each refused one must not be charged).
+        deadline = time.monotonic() + LEDGER_RECOVERY_S
+        attempts = []
+        while True:
+            payment = new_payment(a, "/api/quote", valid_seconds=RECOVERY_VALIDITY)
+            ok = send(a, "/api/quote", payment, timeout=LEDGER_RECOVERY_S)
+            attempts.append((payment, ok))
+            if ok.status == 200 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        payment, ok = attempts[-1]
+        expect_settled_receipt(
+            checks, ok, f"within {LEDGER_RECOVERY_S:.0f} s of the shared ledger coming back ({len(attempts)} attempts)"
+        )
+        checks.invariant(a, payment, delivered=delivered(ok))  # its rows exist, settled
+        for earlier, refused_answer in attempts[:-1]:
+            checks.invariant(a, earlier, delivered=delivered(refused_answer))
+        checks.invariant(a, refused, delivered=delivered(answer))
+        for name, s in (("A", a), ("B", b)):
+            status, body = readyz_until(s, lambda st, body: st == 200, timeout=5)
+            checks.that(status == 200, f"replica {name}: /readyz after the ledger came back: {status} {body}")
+        other_replica_serves(checks, stack, "after the shared ledger came back")
+        checks.done()
+
+
+# -- 9. two replicas, one payment ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ledger", [POSTGRES_REPLICAS])
+def test_two_replicas_one_payment_is_settled_once(tmp_path, ledger):
+    """The same PAYMENT-SIGNATURE sent through A and B at once: exactly one 200, one transfer,
+    one `payments` row and one `settled` row in the shared ledger; the upstream is reached once."""
+    with fault_stack(tmp_path, ledger=ledger) as stack:
+        a, b = stack, stack.replica_b
+        payment = new_payment(a, "/api/quote")
+        before = hits(a, "/api/quote")
+        answers = race(lambda: send(a, "/api/quote", payment), lambda: send(b, "/api/quote", payment))
+        checks = Checks()
+        shown = "; ".join(f"{name}: {x}" for name, x in zip("AB", answers))
+        checks.that(not any(isinstance(x, BaseException) for x in answers), f"a request raised: {shown}")
+        statuses = [getattr(x, "status", None) for x in answers]
+        checks.that(statuses.count(200) == 1, f"wanted exactly one 200: {shown}")
+        checks.that(sum(1 for st in statuses if st is not None and st < 400) == 1, f"wanted one delivery: {shown}")
+        checks.that(hits(a, "/api/quote") == before + 1, f"the upstream saw {hits(a, '/api/quote') - before} requests, wanted 1")
+        snap = checks.invariant(a, payment, delivered=True)
+        if snap is not None:
+            checks.that(snap.transfers == 1, f"{snap.transfers} transfers, wanted 1: {snap}")
+            checks.that(snap.payments is not None and len(snap.payments) == 1, f"wanted one `payments` row: {snap}")
+            checks.that(snap.count("settled") == 1, f"wanted one `settled` row: {snap}")
         checks.done()

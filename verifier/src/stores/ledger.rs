@@ -164,6 +164,11 @@ trait Store: Send {
     /// Unfinished payments nobody has touched since `stale_before_ms` (a replica that died, or
     /// verified ones past expiry), touched now so other replicas leave them.
     fn adopt(&mut self, stale_before_ms: i64, now_ms: i64) -> Result<Vec<JournalRow>, StoreError>;
+    /// A server that can go away while this replica is idle: probed when nothing is written,
+    /// so every replica reports it down (and answers 503) at once.
+    fn probed_when_idle(&self) -> bool {
+        false
+    }
     #[cfg(test)]
     fn recent(&mut self, limit: usize) -> Result<Vec<LedgerEvent>, StoreError>;
     #[cfg(test)]
@@ -187,6 +192,8 @@ const BATCH: usize = 256;
 const LINGER: Duration = Duration::from_millis(2);
 /// How often writes that failed (full disk, database down) are tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How often an idle writer probes a database server (see [`Store::probed_when_idle`]).
+const IDLE_PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Failed writes kept for retry at most; past it the oldest are logged and dropped (paid routes
 /// answer 503 meanwhile, so only rejections and invoices can pile up).
 const MAX_BACKLOG: usize = 100_000;
@@ -529,6 +536,9 @@ fn write_round(
     }
     let down = !backlog.is_empty() || !any_ok;
     if down {
+        if !health.unwritable.load(Ordering::Acquire) {
+            tracing::error!(error = %error.0, "ledger not writable: paid routes answer 503 until it is");
+        }
         if let Ok(mut last) = health.last_error.lock() {
             *last = Some(error.0.clone());
         }
@@ -553,19 +563,26 @@ fn writer_loop(
     let mut batch: Vec<Group> = Vec::with_capacity(BATCH);
     let mut backlog: VecDeque<Group> = VecDeque::new();
     let mut waiting: Vec<Msg> = Vec::new();
+    let probe = || {
+        Some(Msg::Write(Box::new(Group {
+            ops: vec![Op::Probe],
+            keep: false,
+            done: None,
+        })))
+    };
     loop {
         let down = !backlog.is_empty() || health.unwritable.load(Ordering::Acquire);
-        let first = if down {
+        let first = if !down && store.probed_when_idle() {
+            match rx.recv_timeout(IDLE_PROBE_EVERY) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => probe(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else if down {
             match rx.recv_timeout(RETRY_EVERY) {
                 Ok(m) => Some(m),
                 // Nothing held to retry: probe, so the ledger is seen writable again.
-                Err(mpsc::RecvTimeoutError::Timeout) if backlog.is_empty() => {
-                    Some(Msg::Write(Box::new(Group {
-                        ops: vec![Op::Probe],
-                        keep: false,
-                        done: None,
-                    })))
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) if backlog.is_empty() => probe(),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
@@ -674,8 +691,9 @@ pub struct RouteLogError {
 
 enum LogConnection {
     Sqlite(Connection),
-    /// Synchronous client: the log is only used from blocking contexts (`spawn_blocking`).
-    Postgres(::postgres::Client),
+    /// A connection per change (changes are rare), made and dropped in the blocking context
+    /// the log is used from: the synchronous client must never run, or drop, on an async worker.
+    Postgres(::postgres::Config),
 }
 
 /// The admin changes to the route table, in order (table `route_changes` of the ledger
@@ -698,7 +716,9 @@ impl RouteChangeLog {
             }
             LedgerLocation::Postgres(url) => {
                 let config = postgres::config(url).map_err(|e| err(e.0))?;
-                LogConnection::Postgres(postgres::Postgres::schema(&config).map_err(|e| err(e.0))?)
+                // Creates the tables (as the ledger does) and checks the server answers.
+                postgres::Postgres::schema(&config).map_err(|e| err(e.0))?;
+                LogConnection::Postgres(config)
             }
         };
         Ok(Self {
@@ -722,7 +742,10 @@ impl RouteChangeLog {
         let mut conn = self.conn.lock().map_err(|_| self.err("lock poisoned"))?;
         match &mut *conn {
             LogConnection::Sqlite(c) => sqlite(c).map_err(|e| self.err(e)),
-            LogConnection::Postgres(c) => pg(c).map_err(|e| self.err(e)),
+            LogConnection::Postgres(config) => {
+                let mut client = postgres::connect(config).map_err(|e| self.err(e.0))?;
+                pg(&mut client).map_err(|e| self.err(e))
+            }
         }
     }
 

@@ -341,6 +341,10 @@ impl Store for Postgres {
         rows.iter().map(payment_row).collect()
     }
 
+    fn probed_when_idle(&self) -> bool {
+        true
+    }
+
     #[cfg(test)]
     fn recent(&mut self, _limit: usize) -> Result<Vec<LedgerEvent>, StoreError> {
         Err(StoreError("not used in tests".into()))
@@ -647,6 +651,8 @@ mod tests {
         let mut pg = PostgresServer::start();
         let at = LedgerLocation::Postgres(pg.url());
         let ledger = Ledger::open(&at, Arc::new(Metrics::new())).expect("open");
+        // A replica that writes nothing meanwhile must still see it (and answer 503).
+        let idle = Ledger::open(&at, Arc::new(Metrics::new())).expect("idle replica");
         pg.kill();
         let refused = ledger
             .write(vec![Op::Insert(entry("p3", PaymentState::Verified))], false)
@@ -656,6 +662,16 @@ mod tests {
         ledger.flush().await.expect("flush");
         assert!(!ledger.writable());
         assert_eq!(ledger.backlog(), 1);
+        for _ in 0..60 {
+            if !idle.writable() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !idle.writable(),
+            "the idle replica's probe saw the server go"
+        );
         pg.spawn();
         for _ in 0..100 {
             if ledger.writable() {
@@ -664,6 +680,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ledger.writable(), "reconnected");
+        for _ in 0..60 {
+            if idle.writable() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(idle.writable(), "the idle replica reconnected too");
         assert_eq!(
             count(
                 &pg.url(),
