@@ -16,8 +16,9 @@
 //! / `..` segments are resolved, so `/free/../paid` cannot dodge the `/paid` route. Matching is
 //! case-sensitive. A route listing `GET` also matches `HEAD` (an unpaid HEAD would otherwise
 //! reach a paid handler); when both a `GET` and a `HEAD` route fit, the usual order decides.
-//! Matching allocates nothing unless the path has dot segments or the matched route captures
-//! parameters.
+//! Matching reads the path and the authority once, whatever the number of routes (each route
+//! then costs at most its own pattern's length), and allocates nothing unless the path has dot
+//! segments, the matched route captures parameters or a pattern has 16 segments or more.
 //!
 //! This is defence in depth, not a substitute for Envoy's own normalisation: the listener should
 //! set `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action:
@@ -113,10 +114,10 @@ impl HostPattern {
         }
     }
 
-    /// `host` is the request's authority: port and a trailing dot are ignored, case too.
+    /// `host` is the request's authority already read by [`request_host`] (port and trailing
+    /// dot removed); case is ignored. Costs at most the pattern's length, whatever the host's.
     fn matches(&self, host: &str) -> bool {
-        let host = strip_port(host);
-        let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
+        let host = host.as_bytes();
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(h) => host.eq_ignore_ascii_case(h.as_bytes()),
@@ -126,6 +127,12 @@ impl HostPattern {
             }
         }
     }
+}
+
+/// The host of a request's authority as routes compare it: port and a trailing dot removed.
+fn request_host(authority: &str) -> &str {
+    let host = strip_port(authority);
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -161,34 +168,36 @@ impl Route {
             })
     }
 
-    fn path_matches(&self, path: &str) -> bool {
-        let mut request = segments(path);
-        for segment in &self.segments {
+    /// `request` holds the request's first segments: all of them, or (when the path is deeper
+    /// than every pattern) one more than the longest pattern has, which is all any route needs
+    /// to know. Costs at most the pattern's literals, whatever the path's length.
+    fn path_matches(&self, request: &[&str]) -> bool {
+        for (i, segment) in self.segments.iter().enumerate() {
             match segment {
                 Segment::Rest => return true,
-                Segment::Literal(literal) => match request.next() {
+                Segment::Literal(literal) => match request.get(i) {
                     Some(s) if percent_decoded_eq(s, literal) => {}
                     _ => return false,
                 },
                 Segment::Param(_) | Segment::Star => {
-                    if request.next().is_none() {
+                    if request.get(i).is_none() {
                         return false;
                     }
                 }
             }
         }
-        request.next().is_none()
+        request.len() == self.segments.len()
     }
 
     /// Only called after `path_matches`, so every param has its segment.
-    fn capture(&self, path: &str) -> Vec<(String, String)> {
+    fn capture(&self, request: &[&str]) -> Vec<(String, String)> {
         let mut params = Vec::new();
         if !self.captures {
             return params;
         }
-        for (segment, value) in self.segments.iter().zip(segments(path)) {
+        for (segment, value) in self.segments.iter().zip(request) {
             if let Segment::Param(name) = segment {
-                params.push((name.clone(), value.to_owned()));
+                params.push((name.clone(), (*value).to_owned()));
             }
         }
         params
@@ -230,7 +239,13 @@ pub struct RouteTable {
     routes: Vec<Route>,
     /// Some route names a host (known at compile time: asked on every request).
     uses_hosts: bool,
+    /// Request segments matching ever looks at: one more than the longest pattern has.
+    depth: usize,
 }
+
+/// Request segments kept on the stack while matching; a table with deeper patterns uses the
+/// heap.
+const INLINE_SEGMENTS: usize = 16;
 
 impl RouteTable {
     pub fn compile(specs: Vec<RouteSpec>) -> Result<RouteTable, RouteError> {
@@ -253,7 +268,12 @@ impl RouteTable {
         }
         routes.sort_by_cached_key(Route::precedence);
         let uses_hosts = routes.iter().any(|r| r.host != HostPattern::Any);
-        Ok(RouteTable { routes, uses_hosts })
+        let depth = routes.iter().map(|r| r.segments.len()).max().unwrap_or(0) + 1;
+        Ok(RouteTable {
+            routes,
+            uses_hosts,
+            depth,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -298,16 +318,34 @@ impl RouteTable {
 
     /// The most specific route matching the request. `host` is the `:authority` (port
     /// ignored); `path` may carry a query.
+    ///
+    /// The path and the authority are read once, whatever the number of routes: the cost is
+    /// linear in their length plus, per route, the length of its pattern (a 60 KB path of
+    /// slashes costs the same on a 400-route table as on a 2-route one).
     pub fn find(&self, host: &str, method: &str, path: &str) -> Option<RouteMatch> {
         let path = path.split(['?', '#']).next().unwrap_or("");
         let path = resolve_dot_segments(path);
-        let route = self
-            .routes
-            .iter()
-            .find(|r| r.method_matches(method) && r.host.matches(host) && r.path_matches(&path))?;
+        let host = request_host(host);
+        let mut inline = [""; INLINE_SEGMENTS];
+        let heap: Vec<&str>;
+        let wanted = segments(&path).take(self.depth);
+        let request: &[&str] = if self.depth <= INLINE_SEGMENTS {
+            let mut n = 0;
+            for (slot, segment) in inline.iter_mut().zip(wanted) {
+                *slot = segment;
+                n += 1;
+            }
+            &inline[..n]
+        } else {
+            heap = wanted.collect();
+            &heap
+        };
+        let route = self.routes.iter().find(|r| {
+            r.method_matches(method) && r.host.matches(host) && r.path_matches(request)
+        })?;
         Some(RouteMatch {
             index: route.index,
-            params: route.capture(&path),
+            params: route.capture(request),
         })
     }
 }
@@ -820,6 +858,70 @@ mod tests {
             spec("c", Some("a.com"), &["GET"], "/x/*"),
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn patterns_deeper_than_the_inline_segments() {
+        let deep = format!("{}/[last]", "/s".repeat(INLINE_SEGMENTS + 3));
+        let specs = [
+            ("deep", deep.as_str()),
+            ("deep-rest", "/s/**"),
+            ("short", "/t"),
+        ];
+        let t = table(&specs);
+        let path = format!("{}/x", "/s".repeat(INLINE_SEGMENTS + 3));
+        let m = t.find("h", "GET", &path).unwrap();
+        assert_eq!(m.index, 0);
+        assert_eq!(m.params, vec![("last".into(), "x".into())]);
+        assert_eq!(t.find("h", "GET", &format!("{path}/y")).unwrap().index, 1);
+        assert_eq!(t.find("h", "GET", "/t").unwrap().index, 2);
+        assert_eq!(t.find("h", "GET", "/t/u"), None);
+    }
+
+    /// Matching used to walk the whole request path (and authority) again for every route, so a
+    /// 60 KB path of slashes on a 25-route table cost 13.5 ms. Now the path is split once: a
+    /// 400-route table costs about what a 1-route table does.
+    #[test]
+    fn lookup_cost_does_not_grow_with_the_route_count() {
+        use std::time::{Duration, Instant};
+        let specs = |n: usize| -> Vec<RouteSpec> {
+            (0..n)
+                .map(|i| {
+                    let host = format!("h{i}.example.com");
+                    let host = (i % 2 == 1).then_some(host.as_str());
+                    spec(&format!("r{i}"), host, &[], &format!("/r{i}/[x]/**"))
+                })
+                .collect()
+        };
+        let many = RouteTable::compile(specs(400)).unwrap();
+        let few = RouteTable::compile(specs(2)).unwrap();
+        let big = 60_000;
+        let cases = [
+            ("h", format!("{}x", "/".repeat(big))),
+            ("h", format!("/{}", "a".repeat(big))),
+            ("h", format!("/r1{}", "/.".repeat(big / 2))),
+            (&*"a".repeat(big), "/r1/x".to_owned()),
+            (&*"a".repeat(big), format!("/r1/{}", "/".repeat(big))),
+        ];
+        for (host, path) in &cases {
+            let time = |t: &RouteTable| {
+                (0..3)
+                    .map(|_| {
+                        let start = Instant::now();
+                        assert_eq!(t.find(host, "GET", path), None);
+                        start.elapsed()
+                    })
+                    .min()
+                    .unwrap()
+            };
+            let (t_few, t_many) = (time(&few), time(&many));
+            assert!(
+                t_many < t_few * 10 + Duration::from_millis(5),
+                "host {} bytes, path {} bytes: 400 routes {t_many:?}, 2 routes {t_few:?}",
+                host.len(),
+                path.len()
+            );
+        }
     }
 
     #[test]
