@@ -539,14 +539,18 @@ impl FilterConfig {
                 .collect();
             match RouteTable::compile(all) {
                 Ok(table) => break table,
-                // The upstream path is also a configured route: that route decides.
-                Err(RouteError::Shadowed { route, other })
-                    if route.ends_with("~upstream") || other.ends_with("~upstream") =>
-                {
-                    let drop = if route.ends_with("~upstream") {
-                        route
-                    } else {
-                        other
+                // The upstream path is also a configured route: that route decides. Each pass
+                // drops one internal entry or fails, so this ends. A configured route merely
+                // named `…~upstream` (hand-written configs) is not an internal entry: its
+                // shadowing is an error like any other.
+                Err(RouteError::Shadowed { route, other }) => {
+                    let is_internal = |name: &str| internal.iter().any(|(s, _)| s.name == name);
+                    let drop = [&route, &other]
+                        .into_iter()
+                        .find(|name| is_internal(name))
+                        .cloned();
+                    let Some(drop) = drop else {
+                        return Err(RouteError::Shadowed { route, other }.into());
                     };
                     internal.retain(|(s, _)| s.name != drop);
                 }
@@ -981,6 +985,58 @@ mod tests {
             c.compile().unwrap_err(),
             ConfigError::Route(RouteError::PathNotAbsolute { .. })
         ));
+    }
+
+    /// Runs `f` on another thread and gives up after 10 s: a test of something that used to hang.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("did not finish within 10 s")
+    }
+
+    /// A hand-written route named like an internal entry (`<route>~upstream`) and shadowed by
+    /// another route made compile drop "its" internal entry, find none, and try again forever.
+    #[test]
+    fn compile_terminates_when_a_route_named_like_an_internal_entry_is_shadowed() {
+        for (first, second) in [("b~upstream", "other"), ("other", "b~upstream")] {
+            let mut c = config();
+            c.routes = serde_json::from_value(json!([
+                {"name": first, "path": "/x"},
+                {"name": second, "path": "/x/"}
+            ]))
+            .unwrap();
+            let result = within_10s(move || c.compile());
+            assert_eq!(
+                result.unwrap_err(),
+                ConfigError::Route(RouteError::Shadowed {
+                    route: second.into(),
+                    other: first.into()
+                }),
+                "{first} then {second}"
+            );
+        }
+        // The same with real internal entries around: those are still dropped when a
+        // configured route claims their path.
+        let mut c = config();
+        c.routes = serde_json::from_value(json!([
+            {"name": "b", "path": "/b", "upstream_path": "/x"},
+            {"name": "b~upstream", "path": "/y"},
+            {"name": "other", "path": "/y"}
+        ]))
+        .unwrap();
+        assert!(matches!(
+            within_10s(move || c.compile()).unwrap_err(),
+            ConfigError::Route(RouteError::Shadowed { .. })
+        ));
+        let mut c = config();
+        c.routes = serde_json::from_value(json!([
+            {"name": "b", "path": "/b", "upstream_path": "/x"},
+            {"name": "x", "path": "/x"}
+        ]))
+        .unwrap();
+        let compiled = within_10s(move || c.compile()).unwrap();
+        assert_eq!(compiled.routes.len(), 2);
     }
 
     fn lightning_config() -> FilterConfig {
