@@ -21,8 +21,14 @@ pub const HEADER_LEASE: &str = "x-x402-lease";
 /// Query parameter carrying a lease where headers cannot be set (`EventSource`, browsers'
 /// `WebSocket`).
 pub const QUERY_LEASE: &str = "t";
-/// Longest token accepted, checked before any decoding.
+/// Longest token accepted, checked before any decoding; [`Lease::try_mint`] refuses to make a
+/// longer one. The one limit both sides share: see [`token_len`] and [`mintable`].
 pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Bytes of a payload besides its three strings: version, id, expiry, flags, three lengths.
+const PAYLOAD_FIXED_LEN: usize = 1 + 16 + 8 + 1 + 3 * 2;
+/// `"." base64url(32-byte MAC)`.
+const MAC_PART_LEN: usize = 1 + 43;
 
 const VERSION: u8 = 1;
 const KEY_LABEL: &[u8] = b"tollway/lease/v1/key";
@@ -35,6 +41,8 @@ pub const REASON_EXPIRED: &str = "lease_expired";
 pub const REASON_ALREADY_USED: &str = "lease_already_used";
 pub const REASON_NOT_RENEWABLE: &str = "lease_not_renewable";
 pub const REASON_OUTSIDE_WINDOW: &str = "lease_renewal_outside_window";
+/// A lease on this path cannot be sold: its token would exceed [`MAX_TOKEN_LEN`].
+pub const REASON_TOO_LONG: &str = "lease_path_too_long";
 
 /// `HMAC-SHA256(secret, "tollway/lease/v1/key")`: mints and checks every lease; never logged.
 #[derive(Clone, PartialEq, Eq)]
@@ -85,6 +93,10 @@ pub enum LeaseError {
     WrongBinding,
     #[error("the lease has expired")]
     Expired,
+    /// Refused when minting: its token would be longer than [`MAX_TOKEN_LEN`], which
+    /// [`Lease::open`] refuses. Ask [`mintable`] before selling such a lease.
+    #[error("the lease token would be {len} bytes, more than {max}")]
+    TooLong { len: usize, max: usize },
 }
 
 impl LeaseError {
@@ -92,6 +104,7 @@ impl LeaseError {
     pub fn reason(self) -> &'static str {
         match self {
             LeaseError::Expired => REASON_EXPIRED,
+            LeaseError::TooLong { .. } => REASON_TOO_LONG,
             _ => REASON_INVALID,
         }
     }
@@ -103,7 +116,23 @@ impl Lease {
         hex::encode(self.id)
     }
 
+    /// The token, or [`LeaseError::TooLong`] when [`Lease::open`] would refuse it (the route,
+    /// method and path are too long together: see [`mintable`], which says so before a sale).
+    pub fn try_mint(&self, key: &LeaseKey) -> Result<String, LeaseError> {
+        mintable(&self.route, &self.method, &self.path)?;
+        Ok(self.mint_unchecked(key))
+    }
+
+    /// The token, whatever its length: one longer than [`MAX_TOKEN_LEN`] is refused by
+    /// [`Lease::open`] (`lease_invalid`), so a buyer would have paid for nothing.
+    #[deprecated(
+        note = "use `Lease::try_mint` (and `lease::mintable` before the sale): `mint` returns tokens `Lease::open` refuses"
+    )]
     pub fn mint(&self, key: &LeaseKey) -> String {
+        self.mint_unchecked(key)
+    }
+
+    fn mint_unchecked(&self, key: &LeaseKey) -> String {
         let payload = self.payload();
         let mac = hmac_sha256(&key.0, &[MAC_LABEL, &payload]);
         let mut token = URL_SAFE_NO_PAD.encode(&payload);
@@ -113,8 +142,9 @@ impl Lease {
     }
 
     fn payload(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(26 + 6 + self.route.len() + self.method.len() + self.path.len());
+        let mut out = Vec::with_capacity(
+            PAYLOAD_FIXED_LEN + self.route.len() + self.method.len() + self.path.len(),
+        );
         out.push(VERSION);
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.expires_at.to_be_bytes());
@@ -204,6 +234,34 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Length of the token of a lease on `route`, `method`, `path` (expiry, id and flags do not
+/// change it).
+pub fn token_len(route: &str, method: &str, path: &str) -> usize {
+    let payload = PAYLOAD_FIXED_LEN
+        .saturating_add(route.len())
+        .saturating_add(method.len())
+        .saturating_add(path.len());
+    // Unpadded base64: 4 characters per 3 bytes, 2 or 3 for a final 1 or 2.
+    (payload / 3)
+        .saturating_mul(4)
+        .saturating_add([0, 2, 3][payload % 3])
+        .saturating_add(MAC_PART_LEN)
+}
+
+/// Whether a lease on `route`, `method`, `path` (canonical) can be minted: ask before selling
+/// it, so nobody pays for a token [`Lease::open`] would refuse. `Err` is
+/// [`LeaseError::TooLong`]; answer it with 414 (the path is what grows).
+pub fn mintable(route: &str, method: &str, path: &str) -> Result<(), LeaseError> {
+    let len = token_len(route, method, path);
+    if len > MAX_TOKEN_LEN {
+        return Err(LeaseError::TooLong {
+            len,
+            max: MAX_TOKEN_LEN,
+        });
+    }
+    Ok(())
+}
+
 /// The JSON answer to a lease purchase (see `docs/leases.md`).
 pub fn grant_json(lease: &Lease, token: &str, url: &str, renewable: bool, now: u64) -> String {
     serde_json::json!({
@@ -275,7 +333,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_binds() {
-        let token = lease().mint(&key());
+        let token = lease().try_mint(&key()).unwrap();
         assert!(token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
@@ -305,12 +363,16 @@ mod tests {
         );
         let mut once = lease();
         once.single_use = true;
-        assert!(Lease::open(&key(), &once.mint(&key())).unwrap().single_use);
+        assert!(
+            Lease::open(&key(), &once.try_mint(&key()).unwrap())
+                .unwrap()
+                .single_use
+        );
     }
 
     #[test]
     fn refuses_forgeries() {
-        let token = lease().mint(&key());
+        let token = lease().try_mint(&key()).unwrap();
         assert_eq!(
             Lease::open(&LeaseKey::derive(&[8u8; 32]), &token),
             Err(LeaseError::BadSignature)
@@ -345,6 +407,57 @@ mod tests {
         assert_eq!(format!("{:?}", key()), "LeaseKey(..)");
         assert_eq!(LeaseKey::from_hex(&key().to_hex()), Some(key()));
         assert_eq!(LeaseKey::from_hex("zz"), None);
+    }
+
+    /// `open` refuses tokens over MAX_TOKEN_LEN but `mint` made them: a lease sold on a ~3 KB
+    /// path was paid for, then refused as `lease_invalid`.
+    #[test]
+    fn mint_refuses_what_open_would_refuse() {
+        let mut fits = 0;
+        for len in 2_900..3_100 {
+            let mut l = lease();
+            l.path = format!("/{}", "p".repeat(len));
+            let expected = token_len(&l.route, &l.method, &l.path);
+            match l.try_mint(&key()) {
+                Ok(token) => {
+                    fits = len;
+                    assert_eq!(token.len(), expected);
+                    assert!(token.len() <= MAX_TOKEN_LEN);
+                    assert_eq!(mintable(&l.route, &l.method, &l.path), Ok(()));
+                    assert_eq!(Lease::open(&key(), &token), Ok(l));
+                }
+                Err(e) => {
+                    let too_long = LeaseError::TooLong {
+                        len: expected,
+                        max: MAX_TOKEN_LEN,
+                    };
+                    assert_eq!(e, too_long);
+                    assert_eq!(mintable(&l.route, &l.method, &l.path), Err(too_long));
+                    assert!(expected > MAX_TOKEN_LEN);
+                    // What the old `mint` made of it: a token `open` refuses.
+                    #[allow(deprecated)]
+                    let token = l.mint(&key());
+                    assert_eq!(token.len(), expected);
+                    assert_eq!(Lease::open(&key(), &token), Err(LeaseError::Malformed));
+                }
+            }
+        }
+        // The limit falls inside the range and is exact: the longest path that fits makes a
+        // token within 2 bytes of MAX_TOKEN_LEN (base64 grows by 1 or 2 characters a byte).
+        assert!((2_900..3_099).contains(&fits), "{fits}");
+        let last = format!("/{}", "p".repeat(fits));
+        assert!(token_len("ticker", "GET", &last) > MAX_TOKEN_LEN - 2);
+        assert_eq!(
+            LeaseError::TooLong { len: 1, max: 0 }.reason(),
+            REASON_TOO_LONG
+        );
+        // Route and method count too.
+        let mut l = lease();
+        l.route = "r".repeat(MAX_TOKEN_LEN);
+        assert!(matches!(
+            l.try_mint(&key()),
+            Err(LeaseError::TooLong { .. })
+        ));
     }
 
     #[test]
