@@ -187,9 +187,65 @@ impl Challenge {
     }
 }
 
-/// A cheap guard before splicing JSON from elsewhere into a challenge: one JSON object.
+/// A cheap guard before splicing JSON from elsewhere into a challenge: one JSON object that
+/// serde_json accepts as a `Value` (so every string decodes: no lone UTF-16 surrogate escape,
+/// which `IgnoredAny` would skip unchecked). Builds nothing.
 pub fn is_json_object(s: &str) -> bool {
-    s.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+    s.starts_with('{') && serde_json::from_str::<Checked>(s).is_ok()
+}
+
+/// Any JSON value, read the way `Value` reads it (strings decoded, so their escapes are
+/// checked) but kept nowhere.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 fn to_map<T: Serialize>(value: &T) -> Map<String, Value> {
@@ -425,6 +481,33 @@ mod tests {
         for bad in ["", "[]", "{", "{}}", "{},{}", "{\"a\":1} x", " {}", "null"] {
             assert!(!is_json_object(bad), "{bad}");
         }
+    }
+
+    /// The guard used to skip strings without decoding their escapes, so a lone UTF-16
+    /// surrogate passed it and the spliced challenge then failed in serde_json (and in every
+    /// client built on it).
+    #[test]
+    fn json_object_guard_agrees_with_serde_json() {
+        let cases = [
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\ud800\ud800"}"#,
+            r#"{"\udfff":1}"#,
+            r#"{"a":["\ud83d"]}"#,
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"{"a":"\u00e9\n","b":[1,2.5e3,-0,true,null,{}]}"#,
+            r#"{"a":"\x"}"#,
+            r#"{"a":1e999}"#,
+            "{\"a\":\"\u{0}\"}",
+            "{} ",
+        ];
+        for s in cases {
+            let serde = serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_object());
+            assert_eq!(is_json_object(s), serde, "{s}");
+        }
+        assert!(!is_json_object(r#"{"a":"\ud800"}"#));
+        assert!(is_json_object(r#"{"a":"\ud83d\ude00"}"#));
     }
 
     #[test]
