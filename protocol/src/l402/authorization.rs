@@ -8,6 +8,9 @@
 //!
 //! A credential is the scheme keyword (case-insensitive, at the start or after a blank or `,`),
 //! blanks, then one token up to the next `,` or blank: base64 and hex never contain either.
+//! A blank is a space or any ASCII control character ([`is_blank`]): one definition for finding
+//! credentials and for trimming what [`without_l402`] leaves, so nothing an upstream trims down
+//! to `L402 …` (after a form feed, CR, LF, NUL…) can slip past the scan unchecked.
 //! The spec's multi-macaroon form `L402 M1,M2:R` is therefore refused (Aperture does not
 //! support it either).
 
@@ -99,10 +102,33 @@ pub fn without_l402(value: &[u8]) -> Option<Cow<'_, [u8]>> {
     rest.extend_from_slice(&value[from..]);
     let parts: Vec<&[u8]> = rest
         .split(|&b| b == b',')
-        .map(|p| p.trim_ascii())
+        .map(trim_blanks)
         .filter(|p| !p.is_empty())
         .collect();
     (!parts.is_empty()).then(|| Cow::Owned(parts.join(&b", "[..])))
+}
+
+/// What separates words in an `Authorization` value: a space or an ASCII control character
+/// (tab, CR, LF, form feed, vertical tab, NUL, DEL…), a superset of what HTTP stacks trim
+/// (`trim_ascii`, OWS). The scanner and [`without_l402`]'s trimming both use it (with `,`).
+pub fn is_blank(b: u8) -> bool {
+    b == b' ' || b.is_ascii_control()
+}
+
+fn trim_blanks(mut part: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = part {
+        if !is_blank(*first) {
+            break;
+        }
+        part = rest;
+    }
+    while let [rest @ .., last] = part {
+        if !is_blank(*last) {
+            break;
+        }
+        part = rest;
+    }
+    part
 }
 
 fn credentials(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -122,7 +148,7 @@ struct Span {
 /// overlap (`L402 L402 x` is one span whose token is `L402`, then plain text) and a long token
 /// is read once.
 fn spans(value: &[u8]) -> impl Iterator<Item = Span> + '_ {
-    let blank = |b: u8| b == b' ' || b == b'\t';
+    let blank = is_blank;
     let mut at = 0;
     std::iter::from_fn(move || {
         while at < value.len() {

@@ -685,6 +685,41 @@ fn stripping_keeps_other_schemes() {
     );
 }
 
+/// Stripping used to trim parts with `trim_ascii` (CR, LF, form feed too) while the scanner only
+/// took space, tab and `,` as boundaries: `L402 tok:pre,\x0cL402 x` forwarded `L402 x` unchecked.
+#[test]
+fn stripping_and_scanning_share_one_boundary() {
+    let std = minted().encode_std();
+    let p = preimage_hex();
+    for blank in (0u8..=0x20).chain([0x7f]) {
+        let blank = char::from(blank);
+        // (value, carries a second credential `x` that must be found and refused)
+        for (value, refused) in [
+            (format!("L402 {std}:{p},{blank}L402 x"), true),
+            (
+                format!("L402 {std}:{p}, Bearer a,{blank}LSAT x{blank}"),
+                true,
+            ),
+            (format!("Bearer a{blank}L402 {std}:{p}"), false),
+            (format!("L402{blank}{std}:{p}{blank},Bearer a"), false),
+        ] {
+            let name = format!("{value:?}");
+            // Whatever is left for the upstream carries no credential, however it trims.
+            if let Some(rest) = without_l402(value.as_bytes()) {
+                assert!(!carries_l402(&rest), "{name}");
+                for part in rest.split(|&b| b == b',') {
+                    assert!(!carries_l402(part.trim_ascii()), "{name}");
+                    assert!(!carries_l402(part.trim_ascii_start()), "{name}");
+                }
+            }
+            // And every credential that was found is checked: `L402 x` is one of them.
+            if refused {
+                assert!(parse_authorization([value.as_bytes()]).is_err(), "{name}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_scheme_word_as_the_token_is_one_credential_not_two() {
     // The token `L402` is not a second keyword: stripping the one credential leaves the rest.
