@@ -457,6 +457,71 @@ def test_single_use_token_is_accepted_once(stack):
     assert stack.upstream_hits()["/api/once"] == before + 1
 
 
+# -- one Lightning payment, one purchase, whichever rail presents it -------------------------
+
+
+def both_rails(stack, path: str) -> tuple[dict, dict]:
+    """One 402 on `path` and its invoice paid once: the L402 header and the x402 `bip122` header
+    presenting that same payment."""
+    r = challenged(stack, path)
+    c = l402_challenge(r)
+    [offer] = offers(r, "bip122")
+    assert offer["extra"]["invoice"] == c.invoice
+    paid = stack.lightning_pay(c.invoice)
+    return {"Authorization": authorization(c.macaroon, paid["preimage"])}, {"PAYMENT-SIGNATURE": bip122_payment(offer)}
+
+
+@pytest.mark.parametrize("first", ["l402", "bip122"])
+def test_a_single_use_payment_buys_one_request_on_either_rail(stack, first):
+    l402, x402 = both_rails(stack, "/api/once")
+    spend, again = (l402, x402) if first == "l402" else (x402, l402)
+    before = stack.upstream_hits().get("/api/once", 0)
+    assert get(stack, "/api/once", headers=spend).status_code == 200
+    second = get(stack, "/api/once", headers=again)
+    assert second.status_code == 402, second.text
+    assert stack.upstream_hits()["/api/once"] == before + 1
+
+
+def test_a_reusable_tokens_payment_buys_nothing_over_bip122(stack):
+    l402, x402 = both_rails(stack, "/api/quote")
+    before = stack.upstream_hits().get("/api/quote", 0)
+    for _ in range(3):  # reusable: every request until it expires
+        assert get(stack, "/api/quote", headers=l402).status_code == 200
+    r = get(stack, "/api/quote", headers=x402)
+    assert r.status_code == 402, r.text
+    assert payment_required(r)["error"] == "invoice_already_used"
+    assert stack.upstream_hits()["/api/quote"] == before + 3
+
+
+def test_an_invoice_spent_over_bip122_makes_its_l402_token_worthless(stack):
+    l402, x402 = both_rails(stack, "/api/quote")
+    before = stack.upstream_hits().get("/api/quote", 0)
+    assert get(stack, "/api/quote", headers=x402).status_code == 200
+    r = get(stack, "/api/quote", headers=l402)
+    assert_refused(r, "l402_token_already_used")
+    assert stack.upstream_hits()["/api/quote"] == before + 1
+
+
+def test_one_payment_buys_one_lease_on_either_rail(stack):
+    l402, x402 = both_rails(stack, "/lease/ticker/ETH")
+    first = get(stack, "/lease/ticker/ETH", headers=l402)
+    assert first.status_code == 200, first.text
+    second = get(stack, "/lease/ticker/ETH", headers=x402)
+    assert second.status_code == 402, second.text
+
+
+def test_an_invoice_buys_the_path_it_was_sold_for_only(stack):
+    r = challenged(stack, "/lease/ticker/ETH")
+    [offer] = offers(r, "bip122")
+    stack.lightning_pay(offer["extra"]["invoice"])
+    other = get(stack, "/lease/ticker/BTC", headers={"PAYMENT-SIGNATURE": bip122_payment(offer)})
+    assert other.status_code == 402, other.text
+    assert payment_required(other)["error"] == "invoice_other_path"
+    # Still good where it was sold.
+    own = get(stack, "/lease/ticker/ETH", headers={"PAYMENT-SIGNATURE": bip122_payment(offer)})
+    assert own.status_code == 200, own.text
+
+
 # -- x402 over Lightning (bip122), with our own client ------------------------------------
 
 

@@ -33,6 +33,9 @@ pub struct Shared {
     pub l402_cache: RefCell<VerifiedCache>,
     /// Lease tokens whose signature this VM checked (a lease used again skips the HMAC).
     pub lease_cache: RefCell<Memo<String, Lease>>,
+    /// Payment hashes of reusable L402 tokens this VM has held for the L402 rail (the first use
+    /// per VM asks the verifier; later uses make no call).
+    pub l402_held: RefCell<Memo<[u8; 32], ()>>,
 }
 
 pub struct Root {
@@ -106,6 +109,7 @@ impl Root {
             metrics: self.metrics()?,
             l402_cache: RefCell::default(),
             lease_cache: RefCell::default(),
+            l402_held: RefCell::default(),
         })
     }
 

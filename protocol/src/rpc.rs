@@ -146,6 +146,11 @@ pub struct ClaimRequest {
     /// Unix seconds after which the claim may be forgotten (the credential's own expiry).
     #[prost(uint64, tag = "3")]
     pub expires_at: u64,
+    /// A reusable L402 token's first use (per filter VM): claims its payment for the L402 rail,
+    /// so the same invoice cannot also buy an x402 `bip122` request; CLAIMED again for the
+    /// same token, ALREADY_USED when another rail spent the payment.
+    #[prost(bool, tag = "4")]
+    pub reusable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]

@@ -129,6 +129,7 @@ impl Stream {
             key: format!("lease:{id_hex}"),
             route: route.name.clone(),
             expires_at,
+            reusable: false,
         };
         let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
             return self.unavailable(shared);

@@ -145,6 +145,8 @@ pub struct Stream {
     lease_url: Option<String>,
     /// The L402 claim key of a lease sale (seeds the lease id).
     claim_key: Option<String>,
+    /// The payment hash of a reusable L402 token being held for this VM.
+    held: Option<[u8; 32]>,
 }
 
 impl Stream {
@@ -161,6 +163,7 @@ impl Stream {
             sale: None,
             lease_url: None,
             claim_key: None,
+            held: None,
         }
     }
 
@@ -617,8 +620,17 @@ impl Stream {
                 format!("{} msat", request.price.amount_msat),
             ));
         }
-        // A lease is bought once per token: always claimed.
-        if !request.price.single_use && self.sale.is_none() {
+        // A reusable token holds its payment for the L402 rail, asked once per VM (so the same
+        // invoice cannot buy an x402 `bip122` request too); later uses make no call. A single-use
+        // token, or one buying a lease, is claimed every time.
+        let reusable = !request.price.single_use && self.sale.is_none();
+        if reusable
+            && shared
+                .l402_held
+                .borrow()
+                .get(&token.payment_hash.0)
+                .is_some()
+        {
             inc(shared.metrics.l402_accepted);
             return self.forward_now(shared);
         }
@@ -629,11 +641,20 @@ impl Stream {
             key: format!("l402:{}", token.payment_hash.to_hex()),
             route: compiled.name.clone(),
             expires_at: token.valid_until,
+            reusable,
         };
+        if reusable {
+            self.held = Some(token.payment_hash.0);
+        }
         if self.sale.is_some() {
             self.claim_key = Some(claim.key.clone());
         }
         let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
+            if self.held.take().is_some() {
+                // As when the Claim fails: see `claim_answer`.
+                inc(shared.metrics.l402_accepted);
+                return self.forward_now(shared);
+            }
             return self.unavailable(shared);
         };
         self.state = State::Claiming(call);
@@ -655,6 +676,9 @@ impl Stream {
         match answer.map(|a| a.outcome()) {
             Some(ClaimOutcome::Claimed) => {
                 inc(shared.metrics.l402_accepted);
+                if let Some(hash) = self.held.take() {
+                    shared.l402_held.borrow_mut().insert(hash, ());
+                }
                 if self.sale.is_some() {
                     let claim_key = self.claim_key.take().unwrap_or_default();
                     self.grant(shared, pending.route, claim_key.as_bytes(), None);
@@ -663,9 +687,17 @@ impl Stream {
                 self.resume(shared);
             }
             Some(ClaimOutcome::AlreadyUsed) => {
+                self.held = None;
                 inc(shared.metrics.l402_rejected);
                 pending.error = Some(REASON_TOKEN_ALREADY_USED.into());
                 self.reject(shared, *pending);
+            }
+            // A reusable token is paid and verified here: it keeps working while the verifier
+            // is down (nothing else can spend its invoice meanwhile: that needs the verifier);
+            // not held, so the next use asks again.
+            _ if self.held.take().is_some() => {
+                inc(shared.metrics.l402_accepted);
+                self.resume(shared);
             }
             _ => {
                 self.unavailable(shared);

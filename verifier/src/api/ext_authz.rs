@@ -366,22 +366,28 @@ impl ExtAuthz {
                 return self.challenge(r, Some(e.reason()), 402).await;
             }
         };
-        if price.single_use {
-            let key = l402_claim_key(&token.payment_hash.0);
-            match self.payments.claim(&key, r.route, token.valid_until).await {
-                ClaimResult::Claimed => {}
-                ClaimResult::AlreadyUsed => {
-                    self.metrics.check("invalid");
-                    return self
-                        .challenge(r, Some(REASON_TOKEN_ALREADY_USED), 402)
-                        .await;
-                }
-                ClaimResult::Unavailable => {
-                    self.metrics.check("unavailable");
-                    return unavailable();
-                }
+        // One payment, one purchase: a single-use token spends it; a reusable one holds it for
+        // the L402 rail (so its invoice buys nothing over x402 `bip122` as well).
+        let key = l402_claim_key(&token.payment_hash.0);
+        let reusable = !price.single_use;
+        match self
+            .payments
+            .claim(&key, r.route, token.valid_until, reusable)
+            .await
+        {
+            ClaimResult::Claimed => {}
+            ClaimResult::AlreadyUsed => {
+                self.metrics.check("invalid");
+                return self
+                    .challenge(r, Some(REASON_TOKEN_ALREADY_USED), 402)
+                    .await;
             }
-        } else {
+            ClaimResult::Unavailable => {
+                self.metrics.check("unavailable");
+                return unavailable();
+            }
+        }
+        if reusable {
             self.payments.record(LedgerEvent {
                 network: Some(rail.network().caip2().to_owned()),
                 amount: Some(price.amount_msat.to_string()),
@@ -483,7 +489,7 @@ impl ExtAuthz {
             let key = format!("{CLAIM_PREFIX_LEASE}{id}");
             match self
                 .payments
-                .claim(&key, &route.name, granted.expires_at)
+                .claim(&key, &route.name, granted.expires_at, false)
                 .await
             {
                 ClaimResult::Claimed => {}

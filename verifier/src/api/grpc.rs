@@ -144,7 +144,11 @@ impl generated::payments_server::Payments for PaymentsService {
         request: tonic::Request<rpc::ClaimRequest>,
     ) -> Result<tonic::Response<rpc::ClaimResponse>, tonic::Status> {
         let r = request.into_inner();
-        let outcome = match self.payments.claim(&r.key, &r.route, r.expires_at).await {
+        let outcome = match self
+            .payments
+            .claim(&r.key, &r.route, r.expires_at, r.reusable)
+            .await
+        {
             ClaimResult::Claimed => rpc::ClaimOutcome::Claimed,
             ClaimResult::AlreadyUsed => rpc::ClaimOutcome::AlreadyUsed,
             ClaimResult::Unavailable => rpc::ClaimOutcome::Unavailable,
@@ -472,6 +476,7 @@ mod tests {
             key,
             route: "quote".into(),
             expires_at: token.valid_until,
+            reusable: false,
         };
         let key = format!("l402:{}", token.payment_hash.to_hex());
         let first = client
@@ -540,6 +545,7 @@ mod tests {
             key: key.into(),
             route: "room".into(),
             expires_at: unix_now() + 30,
+            reusable: false,
         };
         let key = format!("lease:{}", "ab".repeat(16));
         let first = client.claim(claim(&key)).await.expect("claim").into_inner();

@@ -35,8 +35,8 @@ use crate::payments::journal::{JournalEntry, JournalRow, JournalUpdate, PaymentS
 use crate::rails::chain::ChainReader;
 use crate::rails::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
 use crate::rails::l402::{
-    bindable_method, bindable_path, is_l402_claim_key, LightningRail, MintedChallenge, RailError,
-    CLAIM_PREFIX_BIP122,
+    bindable_method, bindable_path, is_l402_claim_key, l402_claim_key, LightningRail,
+    MintedChallenge, RailError, CLAIM_PREFIX_L402_REUSABLE,
 };
 use crate::rails::lightning::{bolt11, InvoiceState, NodeError};
 use crate::stores::ledger::{EventKind, Ledger, LedgerEvent, Op};
@@ -56,6 +56,8 @@ pub const REASON_INVOICE_EXPIRED: &str = "invoice_expired";
 pub const REASON_INVOICE_NOT_PAID: &str = "invoice_not_paid";
 pub const REASON_INVOICE_ALREADY_USED: &str = "invoice_already_used";
 pub const REASON_INVOICE_AMOUNT: &str = "invoice_amount_mismatch";
+/// x402 over Lightning: the invoice was sold for another path of the route.
+pub const REASON_INVOICE_OTHER_PATH: &str = "invoice_other_path";
 pub const REASON_NODE_UNAVAILABLE: &str = "lightning_node_unavailable";
 /// Replay-guard key prefix of a single-use lease (`lease:<lease id hex>`).
 pub const CLAIM_PREFIX_LEASE: &str = "lease:";
@@ -473,7 +475,10 @@ impl Payments {
             Err(reason) => return self.reject(route, reason.as_str(), base_event),
         };
         if PaymentKind::of(&payment) == PaymentKind::Lightning {
-            return self.verify_lightning(route, info, &payment, now).await;
+            let path = url_path(resource_url);
+            return self
+                .verify_lightning(route, path, info, &payment, now)
+                .await;
         }
         let version = payment.x402_version();
         let expected_header = if version == 1 {
@@ -713,6 +718,7 @@ impl Payments {
     async fn verify_lightning(
         &self,
         route: &str,
+        path: &str,
         info: &RouteInfo,
         payment: &PaymentPayload,
         now: u64,
@@ -761,10 +767,16 @@ impl Payments {
             }
             _ => return self.reject(route, REASON_INVOICE_UNKNOWN, event),
         };
+        // Sold for one path (e.g. one lease's symbol): it buys that path only.
+        if minted.path.as_deref().is_some_and(|p| p != path) {
+            return self.reject(route, REASON_INVOICE_OTHER_PATH, event);
+        }
         if decoded.expires_at <= now || minted.expires_at <= now {
             return self.reject(route, REASON_INVOICE_EXPIRED, event);
         }
-        let claim_key = format!("{CLAIM_PREFIX_BIP122}{}", hex::encode(decoded.payment_hash));
+        // Whichever rail presents it, one Lightning payment is one purchase: the same key as
+        // the L402 claims.
+        let claim_key = l402_claim_key(&decoded.payment_hash);
         let claim_until = minted.expires_at.saturating_add(EXPIRY_MARGIN_SECS);
         match self.replay.claim(&claim_key, claim_until, now).await {
             Ok(Claim::Claimed) => self.metrics.replay_claim("claimed"),
@@ -906,7 +918,13 @@ impl Payments {
 
     /// Claims a single-use credential once, until `expires_at`: an L402 token
     /// (`l402:<payment hash>`) or a lease (`lease:<lease id>`).
-    pub async fn claim(&self, key: &str, route: &str, expires_at: u64) -> ClaimResult {
+    pub async fn claim(
+        &self,
+        key: &str,
+        route: &str,
+        expires_at: u64,
+        reusable: bool,
+    ) -> ClaimResult {
         if let Some(id) = key.strip_prefix(CLAIM_PREFIX_LEASE) {
             return self.claim_lease(key, id, route, expires_at).await;
         }
@@ -936,8 +954,70 @@ impl Payments {
             payer: Some(PAY_TO_ANONYMOUS.to_owned()),
             ..LedgerEvent::new(EventKind::L402Claimed, route)
         };
+        if reusable {
+            return self.claim_reusable(key, expires_at, lifetime, event).await;
+        }
         self.claim_once(&L402_CLAIM, key, expires_at, lifetime, event)
             .await
+    }
+
+    /// A reusable L402 token's first use in a filter VM: its payment is held for the L402 rail
+    /// (`l402:<hash>` plus the marker `l402r:<hash>`), so its invoice buys nothing on another
+    /// rail; the same token's first use in another VM finds the marker and is CLAIMED too.
+    async fn claim_reusable(
+        &self,
+        key: &str,
+        expires_at: u64,
+        lifetime: u64,
+        event: LedgerEvent,
+    ) -> ClaimResult {
+        let now = (self.clock)();
+        let until = claim_until(now, expires_at, lifetime);
+        let Some(hash) = key.strip_prefix(crate::rails::l402::CLAIM_PREFIX_L402) else {
+            return ClaimResult::Unavailable;
+        };
+        let marker = format!("{CLAIM_PREFIX_L402_REUSABLE}{hash}");
+        let route = event.route.clone();
+        let outcome = match self.replay.claim(key, until, now).await {
+            Ok(Claim::Claimed) => match self.replay.claim(&marker, until, now).await {
+                Ok(_) => ClaimResult::Claimed,
+                Err(e) => {
+                    self.release_key(key).await;
+                    tracing::error!(error = %e, route = %route, "replay store unavailable");
+                    ClaimResult::Unavailable
+                }
+            },
+            // Spent before: by L402 tokens (the marker is there) or by another rail.
+            Ok(Claim::AlreadyUsed) => match self.replay.claim(&marker, until, now).await {
+                Ok(Claim::AlreadyUsed) => ClaimResult::Claimed,
+                Ok(Claim::Claimed) => {
+                    self.release_key(&marker).await;
+                    ClaimResult::AlreadyUsed
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, route = %route, "replay store unavailable");
+                    ClaimResult::Unavailable
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                ClaimResult::Unavailable
+            }
+        };
+        match outcome {
+            ClaimResult::Claimed => self.metrics.l402_claim("reusable"),
+            ClaimResult::AlreadyUsed => {
+                self.metrics.l402_claim("already_used");
+                self.ledger.record(LedgerEvent {
+                    event: EventKind::Rejected,
+                    reason: Some(L402_CLAIM.reason.to_owned()),
+                    ..event
+                });
+                tracing::info!(route = %route, "L402 token whose payment another rail spent");
+            }
+            ClaimResult::Unavailable => self.metrics.l402_claim("error"),
+        }
+        outcome
     }
 
     /// A single-use lease is used once (one request, one WebSocket session).
@@ -976,8 +1056,7 @@ impl Payments {
         mut event: LedgerEvent,
     ) -> ClaimResult {
         let now = (self.clock)();
-        let max = lifetime.saturating_add(EXPIRY_MARGIN_SECS);
-        let until = expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)));
+        let until = claim_until(now, expires_at, lifetime);
         let count = |result: &str| (kind.metric)(&self.metrics, result);
         match self.replay.claim(key, until, now).await {
             Ok(Claim::Claimed) => {
@@ -1642,6 +1721,20 @@ impl Payments {
         }
         expired.len()
     }
+}
+
+/// The path of an absolute URL (`/` when it has none), without query or fragment.
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
+/// How long a claim is kept: until the credential expires, at least a minute (clock skew) and at
+/// most `lifetime` plus a margin.
+fn claim_until(now: u64, expires_at: u64, lifetime: u64) -> u64 {
+    let max = lifetime.saturating_add(EXPIRY_MARGIN_SECS);
+    expires_at.clamp(now.saturating_add(60), now.saturating_add(max.max(60)))
 }
 
 /// One settle attempt, classified.
@@ -2544,21 +2637,21 @@ pub(crate) mod tests {
             let key = crate::rails::l402::l402_claim_key(&[0xab; 32]);
             let until = unix_now() + 3600;
             assert_eq!(
-                h.payments.claim(&key, "once", until).await,
+                h.payments.claim(&key, "once", until, false).await,
                 ClaimResult::Claimed
             );
             assert_eq!(
-                h.payments.claim(&key, "once", until).await,
+                h.payments.claim(&key, "once", until, false).await,
                 ClaimResult::AlreadyUsed
             );
             // An expiry in the past still holds the claim a while.
             let other = crate::rails::l402::l402_claim_key(&[0xcd; 32]);
             assert_eq!(
-                h.payments.claim(&other, "once", 1).await,
+                h.payments.claim(&other, "once", 1, false).await,
                 ClaimResult::Claimed
             );
             assert_eq!(
-                h.payments.claim(&other, "once", 1).await,
+                h.payments.claim(&other, "once", 1, false).await,
                 ClaimResult::AlreadyUsed
             );
             for bad in [
@@ -2568,7 +2661,7 @@ pub(crate) mod tests {
                 &format!("l402:{}", "AB".repeat(32)),
             ] {
                 assert_eq!(
-                    h.payments.claim(bad, "once", until).await,
+                    h.payments.claim(bad, "once", until, false).await,
                     ClaimResult::Unavailable,
                     "{bad}"
                 );

@@ -27,7 +27,9 @@ use crate::rails::lightning::{Invoice, LightningNode, Node, NodeError};
 /// Replay-guard key prefix of a single-use L402 token (`l402:<payment hash hex>`).
 pub const CLAIM_PREFIX_L402: &str = "l402:";
 /// Replay-guard key prefix of an invoice paid through x402 (`bip122:<payment hash hex>`).
-pub const CLAIM_PREFIX_BIP122: &str = "bip122:";
+/// Replay-guard key prefix marking a payment hash as held by reusable L402 tokens
+/// (`l402r:<hash>`, next to its `l402:<hash>` claim).
+pub const CLAIM_PREFIX_L402_REUSABLE: &str = "l402r:";
 /// Minted invoices remembered at most; past that, minting is refused until some expire.
 const MAX_MINTED: usize = 100_000;
 /// Longest request path bound into a macaroon.
@@ -37,6 +39,9 @@ const MAX_BOUND_PATH: usize = 2048;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Minted {
     pub route: String,
+    /// The request path it was sold for (its macaroon carries the same binding): an x402
+    /// `bip122` payment of it buys that path only.
+    pub path: Option<String>,
     pub amount_msat: u64,
     pub bolt11: String,
     pub expires_at: u64,
@@ -244,6 +249,7 @@ impl LightningRail {
                 invoice.payment_hash,
                 Minted {
                     route: route.to_owned(),
+                    path: path.map(str::to_owned),
                     amount_msat: price.amount_msat,
                     bolt11: invoice.bolt11.clone(),
                     expires_at: invoice.expires_at,
