@@ -9,10 +9,9 @@ Every stack test runs on two ledgers (the `ledger` parameter, tests/faults.py `f
 - `postgres-replicas`: two replicas (A: the stack, B: `stack.replica_b`, each its own verifier
   and Envoy) sharing one PostgreSQL ledger (`verifier.ledger: postgres://tollway@127.0.0.1:<port>/
   tollway`) and one Redis replay store. The paid request under test goes through A; where it is
-  cheap, a normal payment through B must still end settled. Tests that exercise nothing a shared
-  ledger changes are skipped there (SQLITE_ONLY) to keep the suite short; the full disk has no
-  Postgres analogue, the shared ledger going down replaces it; and two replicas racing one
-  payment is a Postgres-only test.
+  cheap, a normal payment through B must still end settled. The full disk has no Postgres
+  analogue: the shared ledger going down replaces it; two replicas racing one payment is a
+  Postgres-only test.
   Run one variant with `-k sqlite` or `-k postgres`.
 
 The contract asserted (settlement journal):
@@ -70,18 +69,8 @@ SHORT_VALIDITY = 12  # seconds: refused payments expire soon, so "no transfer, e
 RECOVERY_VALIDITY = 20  # seconds: payments sent while the shared ledger comes back (either outcome)
 LEDGER_RECOVERY_S = 15.0  # the shared ledger back: a paid request succeeds within this
 
-# The `ledger` parameter: both ledgers, or sqlite only (the postgres variant shown as skipped).
+# The `ledger` parameter: both ledgers.
 BOTH = pytest.mark.parametrize("ledger", LEDGERS)
-SQLITE_ONLY = pytest.mark.parametrize(
-    "ledger",
-    [
-        SQLITE,
-        pytest.param(
-            POSTGRES_REPLICAS,
-            marks=pytest.mark.skip(reason="nothing here depends on a shared ledger; not repeated on Postgres to keep the suite short"),
-        ),
-    ],
-)
 
 
 def delivered(answer) -> bool:
@@ -296,7 +285,7 @@ def test_envoy_killed_during_settle_the_verifier_still_settles(tmp_path, ledger)
 # -- 2. verifier stopped during Settle, past the filter's settle timeout --------------------------
 
 
-@SQLITE_ONLY
+@BOTH
 def test_verifier_stalled_during_settle_gives_pending_receipt_then_settles(tmp_path, ledger):
     with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
         payment = new_payment(stack, "/api/slow")
@@ -311,7 +300,7 @@ def test_verifier_stalled_during_settle_gives_pending_receipt_then_settles(tmp_p
         checks.done()
 
 
-@SQLITE_ONLY
+@BOTH
 def test_withholding_route_answers_503_while_the_settlement_is_unknown_and_charges_nothing(tmp_path, ledger):
     """`on_unknown_settlement: withhold`: the Settle times out on a stalled verifier; the client
     gets 503 + Retry-After with the pending receipt and no body, and the filter's Release makes
@@ -341,7 +330,7 @@ def test_withholding_route_answers_503_while_the_settlement_is_unknown_and_charg
 # -- 3. verifier stopped during Verify, past the filter's verify timeout --------------------------
 
 
-@SQLITE_ONLY
+@BOTH
 def test_verifier_stalled_during_verify_fails_closed_and_never_charges(tmp_path, ledger):
     with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
         payment = new_payment(stack, "/api/quote", valid_seconds=SHORT_VALIDITY)
@@ -449,7 +438,7 @@ def test_ledger_on_full_filesystem_fails_closed_and_recovers(tmp_path, ledger):
 # -- 7. the chain's RPC is refused (or stalls) at Verify ------------------------------------------
 
 
-@SQLITE_ONLY
+@BOTH
 @pytest.mark.parametrize("how", ["refused", "stalled"])
 def test_chain_unavailable_at_verify_is_503_not_402(tmp_path, how, ledger):
     with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS, chain_gate=True) as stack:
