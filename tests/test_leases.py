@@ -233,6 +233,34 @@ def test_single_use_lease_used_twice_concurrently_succeeds_once(stack):
     assert hits(stack, upstream) == 1
 
 
+def test_used_single_use_credentials_stay_used_after_the_verifier_is_killed(stack):
+    """Claims live in the ledger database: a single-use lease and a single-use L402 token used
+    before the verifier was killed (SIGKILL) and started again are still refused after."""
+    symbol = unique("RST")
+    lease = buy_lease(stack, f"/lease/once/{symbol}")
+    first = SSE(stack, lease["path"], lease=lease["lease"])
+    try:
+        assert first.status == 200, first.body
+    finally:
+        first.close()
+    r = httpx.get(stack.url + "/api/once", timeout=30)
+    [line] = [v for v in r.headers.get_list("www-authenticate") if v.startswith("L402 ")]
+    macaroon = line.split('macaroon="', 1)[1].split('"', 1)[0]
+    invoice = line.split('invoice="', 1)[1].split('"', 1)[0]
+    paid = stack.lightning_pay(invoice)
+    token = {"Authorization": authorization(macaroon, paid["preimage"])}
+    assert httpx.get(stack.url + "/api/once", headers=token, timeout=30).status_code == 200
+
+    stack.kill9("verifier")
+    stack.start_verifier()
+
+    stream_refused(stack, lease["path"], f"/lease/once/{symbol}", "lease_already_used", lease=lease["lease"])
+    again = httpx.get(stack.url + "/api/once", headers=token, timeout=30)
+    assert again.status_code == 402, again.text
+    assert again.json()["error"] == "l402_token_already_used"
+    assert hits(stack, f"/v1/ticker/{symbol}") == 1
+
+
 # -- renewal --------------------------------------------------------------------------------
 
 

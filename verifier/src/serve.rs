@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::rails::facilitator::FacilitatorClient;
 use crate::stores::ledger::Ledger;
-use crate::stores::replay::{MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
+use crate::stores::replay::{LedgerReplayGuard, MemoryReplayGuard, RedisReplayGuard, ReplayGuard};
 use crate::stores::routes_store::{self, RouteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,15 +129,24 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         tracing::info!(facilitator = %name, url = %settings.url, timeout_ms = settings.timeout.as_millis() as u64, "facilitator configured");
         clients.insert(name.clone(), client);
     }
-    // Claims: in memory (one verifier) or in a Redis every replica shares. An unreachable Redis
-    // does not stop us: claims answer "unavailable" (paid routes 503) until it is back.
+    // Claims: in the ledger database (durable; shared when the ledger is PostgreSQL), in memory
+    // (this process, forgotten on restart) or in a Redis every replica shares. An unreachable
+    // store does not stop us: claims answer "unavailable" (paid routes 503) until it is back.
+    let mut ledger_claims = None;
     let (replay, redis): (Arc<dyn ReplayGuard>, Option<Arc<RedisReplayGuard>>) = match &config
         .stores
         .replay
     {
+        ReplayStoreSettings::Ledger => {
+            metrics.set_replay_store_up(true);
+            tracing::info!(ledger = %ledger.location(), "replay store: the ledger database (claims survive restarts)");
+            let guard = Arc::new(LedgerReplayGuard::new(ledger.clone()));
+            ledger_claims = Some(guard.clone());
+            (guard, None)
+        }
         ReplayStoreSettings::Memory => {
             metrics.set_replay_store_up(true);
-            tracing::info!("replay store: memory (this verifier only)");
+            tracing::warn!("replay store: memory (this verifier only): used credentials are accepted again after a restart");
             (Arc::new(MemoryReplayGuard::new()), None)
         }
         ReplayStoreSettings::Redis(settings) => {
@@ -236,7 +245,12 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
             let mut adopt = tokio::time::interval(ADOPT_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = sweep.tick() => { payments.sweep_expired().await; }
+                    _ = sweep.tick() => {
+                        payments.sweep_expired().await;
+                        if let Some(claims) = &ledger_claims {
+                            claims.prune(crate::clock::unix_now());
+                        }
+                    }
                     _ = reconcile.tick() => { payments.reconcile().await; }
                     _ = adopt.tick() => { payments.adopt_orphans().await; }
                     _ = stop.changed() => return,

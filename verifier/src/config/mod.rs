@@ -634,8 +634,10 @@ pub struct Stores {
 /// Where claims (x402 nonces, single-use L402 tokens and leases) are held.
 #[derive(Clone, Debug, Default)]
 pub enum ReplayStoreSettings {
-    /// This process only (one verifier).
+    /// The ledger database (durable; shared when the ledger is PostgreSQL).
     #[default]
+    Ledger,
+    /// This process only, forgotten on restart (`stores.replay: memory`).
     Memory,
     /// A Redis shared by every replica.
     Redis(RedisSettings),
@@ -2176,10 +2178,11 @@ fn admin_settings(p: &mut Problems, raw: &RawAdmin, secrets: Secrets) -> Option<
 const REDIS_EXAMPLE: &str =
     "replay: redis://127.0.0.1:6379/0, or replay: { url: rediss://redis.internal:6380/0, password: env:REDIS_PASSWORD }";
 
-/// `stores:`. Only the replay store so far; absent or `memory`: this process only.
+/// `stores:`. Only the replay store so far; absent or `ledger`: the ledger database; `memory`:
+/// this process only.
 fn stores(p: &mut Problems, raw: &RawStores, secrets: Secrets) -> Option<Stores> {
     let replay = match &raw.replay {
-        None | Some(serde_yaml::Value::Null) => ReplayStoreSettings::Memory,
+        None | Some(serde_yaml::Value::Null) => ReplayStoreSettings::Ledger,
         Some(v) => replay_store(p, "stores.replay", v, secrets)?,
     };
     Some(Stores { replay })
@@ -2194,6 +2197,7 @@ fn replay_store(
     use serde_yaml::Value;
     let (url, password) = match value {
         Value::String(s) if s.trim() == "memory" => return Some(ReplayStoreSettings::Memory),
+        Value::String(s) if s.trim() == "ledger" => return Some(ReplayStoreSettings::Ledger),
         Value::String(s) => (s.as_str(), None),
         Value::Mapping(m) => {
             let mut url = None;
@@ -3676,13 +3680,18 @@ routes:
     fn stores_section() {
         let replay = |c: &Config| match &c.stores.replay {
             ReplayStoreSettings::Memory => ("memory".to_owned(), false),
+            ReplayStoreSettings::Ledger => ("ledger".to_owned(), false),
             ReplayStoreSettings::Redis(r) => (r.url.to_string(), r.password.is_some()),
         };
-        // Absent, empty or `memory`: this process only.
-        for extra in ["", "stores: {}\n", "stores:\n  replay: memory\n"] {
+        // Absent, empty or `ledger`: the ledger database (durable).
+        for extra in ["", "stores: {}\n", "stores:\n  replay: ledger\n"] {
             let c = Config::parse(&(good() + extra), Secrets::Resolve).expect("valid");
-            assert_eq!(replay(&c), ("memory".to_owned(), false), "{extra:?}");
+            assert_eq!(replay(&c), ("ledger".to_owned(), false), "{extra:?}");
         }
+        // `memory`: this process only, forgotten on restart.
+        let c = Config::parse(&(good() + "stores:\n  replay: memory\n"), Secrets::Resolve)
+            .expect("valid");
+        assert_eq!(replay(&c), ("memory".to_owned(), false));
         for url in [
             "redis://127.0.0.1:6379",
             "redis://redis.internal:6379/2",

@@ -209,6 +209,17 @@ pub enum Op {
     /// The answer of payment `id`, whose settlement had started, was withheld: notes it on
     /// the journal row and appends a `delivery_withheld` event with the row's details.
     Withheld(String),
+    /// A claim (x402 nonce, single-use token or lease): applied when `key` is free or its
+    /// previous claim ended before `now`; not applied when someone holds it.
+    Claim {
+        key: String,
+        until: i64,
+        now: i64,
+    },
+    /// Gives a claim back.
+    Unclaim(String),
+    /// Forgets claims that ended before this time (unix seconds).
+    PruneClaims(i64),
     /// A write that only tells whether the database takes writes again.
     Probe,
 }

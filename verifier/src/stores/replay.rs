@@ -12,6 +12,10 @@ pub mod redis;
 
 pub use self::redis::RedisReplayGuard;
 
+use std::sync::Arc;
+
+use crate::stores::ledger::{Ledger, Op};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -95,7 +99,74 @@ pub(crate) fn check_key(key: &str) -> Result<(), ReplayStoreError> {
     Ok(())
 }
 
-/// Single-node store: a map of claims, expired entries swept every so often.
+/// Claims in the ledger database (table `claims`): durable, so a used credential stays used
+/// across a restart; shared by every replica when the ledger is PostgreSQL. A claim is
+/// committed before it is answered. The default store.
+pub struct LedgerReplayGuard {
+    ledger: Arc<Ledger>,
+}
+
+impl LedgerReplayGuard {
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger }
+    }
+
+    /// Forgets claims that ended before `now` (unix seconds).
+    pub fn prune(&self, now: u64) {
+        self.ledger.queue(vec![Op::PruneClaims(
+            i64::try_from(now).unwrap_or(i64::MAX),
+        )]);
+    }
+}
+
+fn secs(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+impl ReplayGuard for LedgerReplayGuard {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        expires_at: u64,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Claim, ReplayStoreError>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let op = Op::Claim {
+                key: key.to_owned(),
+                until: secs(expires_at),
+                now: secs(now),
+            };
+            match self.ledger.write(vec![op], false).await {
+                Ok(true) => Ok(Claim::Claimed),
+                Ok(false) => Ok(Claim::AlreadyUsed),
+                Err(e) => Err(ReplayStoreError(e.to_string())),
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplayStoreError>> {
+        Box::pin(async move {
+            self.ledger
+                .write(vec![Op::Unclaim(key.to_owned())], true)
+                .await
+                .map(|_| ())
+                .map_err(|e| ReplayStoreError(e.to_string()))
+        })
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            backend: "ledger",
+            url: None,
+            up: self.ledger.writable(),
+            error: self.ledger.last_error(),
+        }
+    }
+}
+
+/// Single-node store: a map of claims, expired entries swept every so often. Forgets every
+/// claim on restart: only for tests and throwaway setups (`stores.replay: memory`).
 #[derive(Default)]
 pub struct MemoryReplayGuard {
     claims: Mutex<Claims>,
@@ -367,5 +438,73 @@ mod tests {
         // The SWEEP_EVERY-th call sweeps what expired by then.
         g.claim(&key(0xee), 500, 10).await.expect("claim");
         assert_eq!(g.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::behaviour::{key, run_table};
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::stores::ledger::LedgerLocation;
+
+    fn guard_at(path: &std::path::Path) -> LedgerReplayGuard {
+        let ledger = Ledger::open(
+            &LedgerLocation::Sqlite(path.to_owned()),
+            Arc::new(Metrics::new()),
+        )
+        .expect("ledger");
+        LedgerReplayGuard::new(Arc::new(ledger))
+    }
+
+    #[tokio::test]
+    async fn the_behaviour_table_holds_on_the_ledger() {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        run_table(
+            |_| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let g: Arc<dyn ReplayGuard> = Arc::new(guard_at(&dir.path().join("ledger.db")));
+                if let Ok(mut d) = dirs.lock() {
+                    d.push(dir);
+                }
+                g
+            },
+            false,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_used_credential_stays_used_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let now = crate::clock::unix_now();
+        let first = guard_at(&path);
+        assert_eq!(
+            first.claim(&key(1), now + 600, now).await.expect("claim"),
+            Claim::Claimed
+        );
+        drop(first);
+        // The verifier was killed and started again on the same ledger.
+        let again = guard_at(&path);
+        assert_eq!(
+            again.claim(&key(1), now + 600, now).await.expect("claim"),
+            Claim::AlreadyUsed
+        );
+        // Pruned only once it has ended.
+        again.prune(now);
+        assert_eq!(
+            again.claim(&key(1), now + 600, now).await.expect("claim"),
+            Claim::AlreadyUsed
+        );
+        again.prune(now + 601);
+        assert_eq!(
+            again
+                .claim(&key(1), now + 1200, now + 601)
+                .await
+                .expect("claim"),
+            Claim::Claimed
+        );
+        assert_eq!(again.status().backend, "ledger");
     }
 }

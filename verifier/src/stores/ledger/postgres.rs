@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS payment_events (
 );
 CREATE INDEX IF NOT EXISTS payment_events_at ON payment_events (at);
 CREATE TABLE IF NOT EXISTS ledger_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, until BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS payments (
     id          TEXT    PRIMARY KEY,
     state       TEXT    NOT NULL,
@@ -255,6 +256,19 @@ fn apply(
             Ok(applied)
         }
         Op::Withheld(id) => withheld(tx, id, now_ms).map(|()| true),
+        Op::Claim { key, until, now } => tx
+            .execute(
+                "INSERT INTO claims (key, until) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until WHERE claims.until <= $3",
+                &[key, until, now],
+            )
+            .map(|n| n == 1),
+        Op::Unclaim(key) => tx
+            .execute("DELETE FROM claims WHERE key = $1", &[key])
+            .map(|_| true),
+        Op::PruneClaims(before) => tx
+            .execute("DELETE FROM claims WHERE until < $1", &[before])
+            .map(|_| true),
         Op::Probe => tx
             .execute(
                 "INSERT INTO ledger_probe (id, at) VALUES (1, $1)
@@ -696,6 +710,34 @@ mod tests {
             "the held row was written"
         );
         assert_eq!(count(&pg.url(), "SELECT count(*) FROM payments"), 0);
+    }
+
+    #[tokio::test]
+    async fn claims_in_the_shared_ledger_hold_across_replicas() {
+        use crate::stores::replay::{Claim, LedgerReplayGuard, ReplayGuard};
+        let pg = PostgresServer::start();
+        let at = LedgerLocation::Postgres(pg.url());
+        let a = LedgerReplayGuard::new(Arc::new(
+            Ledger::open(&at, Arc::new(Metrics::new())).expect("a"),
+        ));
+        let b = LedgerReplayGuard::new(Arc::new(
+            Ledger::open(&at, Arc::new(Metrics::new())).expect("b"),
+        ));
+        let now = crate::clock::unix_now();
+        let (x, y) = tokio::join!(
+            a.claim("l402:ab", now + 60, now),
+            b.claim("l402:ab", now + 60, now)
+        );
+        let claimed = [x.expect("a"), y.expect("b")]
+            .iter()
+            .filter(|c| **c == Claim::Claimed)
+            .count();
+        assert_eq!(claimed, 1, "one replica wins the claim");
+        a.release("l402:ab").await.expect("release");
+        assert_eq!(
+            b.claim("l402:ab", now + 60, now).await.expect("b"),
+            Claim::Claimed
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS payment_events (
 );
 CREATE INDEX IF NOT EXISTS payment_events_at ON payment_events (at);
 CREATE TABLE IF NOT EXISTS ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 pub(crate) const JOURNAL_SCHEMA: &str = "
@@ -198,6 +199,21 @@ fn apply(conn: &Connection, op: &Op, now_ms: i64) -> rusqlite::Result<bool> {
             Ok(applied)
         }
         Op::Withheld(id) => withheld(conn, id, now_ms).map(|()| true),
+        Op::Claim { key, until, now } => conn
+            .prepare_cached(
+                "INSERT INTO claims (key, until) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE claims.until <= ?3",
+            )?
+            .execute(params![key, until, now])
+            .map(|n| n == 1),
+        Op::Unclaim(key) => conn
+            .prepare_cached("DELETE FROM claims WHERE key = ?1")?
+            .execute(params![key])
+            .map(|_| true),
+        Op::PruneClaims(before) => conn
+            .prepare_cached("DELETE FROM claims WHERE until < ?1")?
+            .execute(params![before])
+            .map(|_| true),
         Op::Probe => conn
             .prepare_cached("INSERT OR REPLACE INTO ledger_probe (id, at) VALUES (1, ?1)")?
             .execute(params![now_ms])
