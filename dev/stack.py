@@ -285,9 +285,9 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A throwaway redis-server on a loopback port (no persistence, data in `run_dir`): the shared
-    replay store of `Stack(replay_store=...)` replicas. `stop()` then `start()` brings it back
-    empty on the same port. Use as a context manager or call `start()` / `stop()`."""
+    """A throwaway redis-server on a loopback port (AOF persistence, data in `run_dir`): the
+    shared replay store of `Stack(replay_store=...)` replicas. `stop()` then `start()` brings it
+    back on the same port with its claims. Use as a context manager or call `start()` / `stop()`."""
 
     def __init__(self, run_dir: Path, port: int | None = None):
         self.run_dir = Path(run_dir)
@@ -308,7 +308,8 @@ class RedisServer:
         log = self.run_dir / "redis.log"
         out = open(log, "ab")
         self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)],
+            # AOF on: the verifier refuses a Redis that would forget claims on restart.
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.run_dir)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -211,3 +211,29 @@ def test_redis_down_fails_paid_routes_closed_and_both_recover(replicas, redis):
     paid = session.get(a.url + "/api/quote", timeout=60)
     assert paid.status_code == 200, paid.text
     assert receipt(client, paid)["success"] is True
+
+
+def test_used_credentials_stay_used_after_redis_restarts(replicas, redis):
+    """Redis runs with AOF (the verifier refuses a Redis without persistence): a single-use lease
+    used before Redis restarted is still refused after, on both replicas."""
+    a, b = replicas
+    symbol = unique("AOF")
+    lease = buy_lease(a, f"/lease/once/{symbol}")
+    with SSE(a, lease["path"], lease=lease["lease"]) as used:
+        assert used.status == 200, (used.status, used.body)
+    redis.stop()
+    redis.start()
+    wait_for_store((a, b), up=True)
+    for s in (a, b):
+        # 503 (fail closed) until the replica's connection is back; then the lease's claim is
+        # still there.
+        deadline = time.monotonic() + 15
+        while True:
+            with SSE(s, lease["path"], lease=lease["lease"]) as again:
+                status, error, body = again.status, again.error, again.body
+            if status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 402 and error == "lease_already_used", (status, body)
+    for s in (a, b):
+        assert readyz(s)["stores"]["replay"]["backend"] == "redis"

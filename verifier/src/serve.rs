@@ -45,6 +45,8 @@ pub enum ServeError {
     ReplayStore(#[from] crate::stores::replay::redis::RedisStoreError),
     #[error("start-up task failed: {0}")]
     Task(String),
+    #[error("replay store {0} has no persistence (appendonly no, save \"\"): a restart of it would let used credentials be accepted again. Turn on AOF (appendonly yes) or RDB snapshots, or accept the loss with stores.allow_volatile_replay: true")]
+    VolatileReplay(String),
 }
 
 /// How often pending payments that were never settled or released are swept.
@@ -159,6 +161,24 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
                     error = status.error.as_deref().unwrap_or(""),
                     "replay store: redis unreachable at start; paid routes answer 503 until it is back (retrying every second)"
                 );
+            }
+            // A Redis that forgets on restart would accept used credentials again.
+            match (
+                guard.persistent().await,
+                config.stores.allow_volatile_replay,
+            ) {
+                (Some(true), _) => {
+                    tracing::info!(url = %guard.url(), "replay store: redis persists its data")
+                }
+                (Some(false), false) => {
+                    return Err(ServeError::VolatileReplay(guard.url().to_owned()))
+                }
+                (Some(false), true) => {
+                    tracing::warn!(url = %guard.url(), "replay store: redis has no persistence (stores.allow_volatile_replay): used credentials are accepted again after it restarts")
+                }
+                (None, _) => {
+                    tracing::warn!(url = %guard.url(), "replay store: cannot tell whether redis persists its data (unreachable, or CONFIG disabled); make sure AOF or RDB snapshots are on")
+                }
             }
             (guard.clone(), Some(guard))
         }

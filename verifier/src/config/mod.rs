@@ -197,6 +197,10 @@ struct RawConfig {
 struct RawStores {
     #[serde(default)]
     replay: Option<serde_yaml::Value>,
+    /// A Redis replay store without persistence (AOF or RDB) forgets every claim on restart:
+    /// the verifier refuses to start on one unless this says the loss is accepted.
+    #[serde(default)]
+    allow_volatile_replay: bool,
 }
 
 /// `leases: { secret: env:NAME }`.
@@ -629,6 +633,8 @@ pub struct AdminSettings {
 #[derive(Clone, Debug, Default)]
 pub struct Stores {
     pub replay: ReplayStoreSettings,
+    /// `stores.allow_volatile_replay`: start on a Redis without persistence.
+    pub allow_volatile_replay: bool,
 }
 
 /// Where claims (x402 nonces, single-use L402 tokens and leases) are held.
@@ -2185,7 +2191,10 @@ fn stores(p: &mut Problems, raw: &RawStores, secrets: Secrets) -> Option<Stores>
         None | Some(serde_yaml::Value::Null) => ReplayStoreSettings::Ledger,
         Some(v) => replay_store(p, "stores.replay", v, secrets)?,
     };
-    Some(Stores { replay })
+    Some(Stores {
+        replay,
+        allow_volatile_replay: raw.allow_volatile_replay,
+    })
 }
 
 fn replay_store(

@@ -251,6 +251,23 @@ impl RedisReplayGuard {
         self.status()
     }
 
+    /// Whether Redis keeps its data across a restart (AOF on, or RDB snapshots configured):
+    /// `None` when it cannot tell (unreachable, or `CONFIG` disabled as on some managed
+    /// services).
+    pub async fn persistent(&self) -> Option<bool> {
+        let conn = self.connection();
+        let get = |name: &'static str| {
+            let mut cmd = ::redis::cmd("CONFIG");
+            cmd.arg("GET").arg(name);
+            let mut conn = conn.clone();
+            async move { cmd.query_async::<Vec<String>>(&mut conn).await }
+        };
+        let aof = self.bounded("config", get("appendonly")).await.ok()?;
+        let save = self.bounded("config", get("save")).await.ok()?;
+        let value = |pair: &[String]| pair.get(1).cloned().unwrap_or_default();
+        Some(value(&aof) == "yes" || !value(&save).trim().is_empty())
+    }
+
     /// Pings every [`PING_INTERVAL`] until `stop` turns true.
     pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(PING_INTERVAL);
@@ -662,6 +679,17 @@ mod tests {
 
         let _ = stop_tx.send(true);
         watcher.await.expect("watch task");
+    }
+
+    #[tokio::test]
+    async fn persistence_is_read_from_redis() {
+        let volatile = RedisServer::start();
+        assert_eq!(guard(&volatile.url()).persistent().await, Some(false));
+        let aof = RedisServer::start_with(&["--appendonly", "yes"]);
+        assert_eq!(guard(&aof.url()).persistent().await, Some(true));
+        let mut gone = RedisServer::start();
+        gone.stop();
+        assert_eq!(guard(&gone.url()).persistent().await, None);
     }
 
     #[tokio::test]
