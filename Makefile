@@ -8,7 +8,7 @@ BUILD  := .build
 WASM   := $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_filter.wasm
 BIN    := $(CARGO_TARGET_DIR)/release/tollway
 
-.PHONY: all deps redis-server postgresql build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps
+.PHONY: all deps redis-server postgresql build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps fuzz fuzz-smoke fuzz-deps
 
 all: build
 
@@ -68,14 +68,30 @@ bench/peer/node_modules/.installed: bench/peer/package.json bench/peer/package-l
 demo: build
 	$(PY) dev/demo.py
 
-## test: unit tests (all crates) then end-to-end tests through the real Envoy
-test: test-unit test-e2e
+## test: unit tests (all crates), a short fuzzing pass, then end-to-end tests through the real Envoy
+test: test-unit fuzz-smoke test-e2e
 
 test-unit: redis-server postgresql
 	cargo test --workspace
 
 test-e2e: build
 	$(PY) -m pytest tests -ra
+
+## fuzz-smoke: every fuzz target of the protocol crate for FUZZ_SMOKE_SECONDS each (15) from its seeds (docs/fuzzing.md)
+FUZZ_SMOKE_SECONDS ?= 15
+fuzz-smoke: fuzz-deps
+	fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)
+
+## fuzz: every fuzz target for FUZZ_SECONDS each (300), growing a kept corpus; FUZZ_TARGETS="a b" picks some
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?=
+fuzz: fuzz-deps
+	fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# cargo-fuzz and a nightly toolchain (libFuzzer needs nightly's sanitizer-coverage flags).
+fuzz-deps:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 
 # The example's secrets (L402 root secret, lease secret, admin token) come from the environment;
 # throwaway ones are made if unset.
