@@ -261,6 +261,16 @@ def test_used_single_use_credentials_stay_used_after_the_verifier_is_killed(stac
     assert hits(stack, f"/v1/ticker/{symbol}") == 1
 
 
+def test_a_lease_whose_token_would_be_refused_is_not_sold(stack):
+    """A lease path so long its token would exceed the lease token limit: refused before any
+    payment (it used to be paid for, then refused as lease_invalid)."""
+    symbol = "X" * 3000
+    r = httpx.get(stack.url + f"/lease/ticker/{symbol}", timeout=30)
+    assert r.status_code == 414, (r.status_code, r.text)
+    assert r.json()["error"] == "lease_path_too_long"
+    assert "payment-required" not in r.headers
+
+
 # -- renewal --------------------------------------------------------------------------------
 
 

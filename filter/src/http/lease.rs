@@ -18,8 +18,8 @@ use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::hmac::sha256;
 use tollway_protocol::lease::{
-    grant_json, renewal_open, strip_query_token, Lease, HEADER_LEASE, REASON_ALREADY_USED,
-    REASON_INVALID, REASON_NOT_RENEWABLE, REASON_REQUIRED,
+    grant_json, mintable, renewal_open, strip_query_token, Lease, HEADER_LEASE,
+    REASON_ALREADY_USED, REASON_INVALID, REASON_NOT_RENEWABLE, REASON_REQUIRED, REASON_TOO_LONG,
 };
 use tollway_protocol::resource_url;
 use tollway_protocol::routes::canonical_path;
@@ -202,6 +202,11 @@ impl Stream {
             return Err(self.unavailable(shared));
         };
         let path = canonical_path(&lease.resource.render(target.params));
+        // A lease whose token `Lease::open` would refuse is not sold: refused before any payment.
+        if mintable(&route.name, &lease.method, &path).is_err() {
+            inc(shared.metrics.leases_rejected);
+            return Err(self.lease_error(414, REASON_TOO_LONG, None));
+        }
         let url = target.url(shared, &path);
         let renew = match target.headers.get(HEADER_LEASE) {
             None => None,
@@ -283,7 +288,11 @@ impl Stream {
             expires_at,
             single_use: terms.single_use,
         };
-        let token = lease.mint(key);
+        // Checked before the sale (`mintable`): cannot fail here; fail closed if it does.
+        let Ok(token) = lease.try_mint(key) else {
+            let _ = self.unavailable(shared);
+            return;
+        };
         let body = grant_json(
             &lease,
             &token,

@@ -1258,7 +1258,9 @@ pub(crate) mod tests {
         let h = crate::testkit::leased_harness(&dead_url().await);
         let a = authz(&h);
         let now = unix_now();
-        let token = lease("ticker", "/stream/ticker/BTC", now + 60, false).mint(&lease_key());
+        let token = lease("ticker", "/stream/ticker/BTC", now + 60, false)
+            .try_mint(&lease_key())
+            .expect("mint");
 
         // In the header: removed before the upstream; context set; allow-list applied.
         let r = a
@@ -1317,7 +1319,9 @@ pub(crate) mod tests {
             assert!(o.query_parameters_to_remove.is_empty());
         }
         // No `upstream_path`: the path as sent, minus `t` (also next to a header token).
-        let room = lease("room", "/ws/lobby", now + 30, false).mint(&lease_key());
+        let room = lease("room", "/ws/lobby", now + 30, false)
+            .try_mint(&lease_key())
+            .expect("mint");
         let r = a
             .ask(
                 "GET",
@@ -1350,25 +1354,34 @@ pub(crate) mod tests {
         let a = authz(&h);
         let now = unix_now();
         let key = lease_key();
-        let good = lease("ticker", "/stream/ticker/BTC", now + 60, false).mint(&key);
+        let good = lease("ticker", "/stream/ticker/BTC", now + 60, false)
+            .try_mint(&key)
+            .expect("mint");
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "lease_required"),
             ("garbage".into(), "lease_invalid"),
             (
                 lease("ticker", "/stream/ticker/BTC", now + 60, false)
-                    .mint(&LeaseKey::derive(&[1u8; 32])),
+                    .try_mint(&LeaseKey::derive(&[1u8; 32]))
+                    .expect("mint"),
                 "lease_invalid",
             ),
             (
-                lease("ticker", "/stream/ticker/ETH", now + 60, false).mint(&key),
+                lease("ticker", "/stream/ticker/ETH", now + 60, false)
+                    .try_mint(&key)
+                    .expect("mint"),
                 "lease_invalid",
             ),
             (
-                lease("room", "/stream/ticker/BTC", now + 60, false).mint(&key),
+                lease("room", "/stream/ticker/BTC", now + 60, false)
+                    .try_mint(&key)
+                    .expect("mint"),
                 "lease_invalid",
             ),
             (
-                lease("ticker", "/stream/ticker/BTC", now - 1, false).mint(&key),
+                lease("ticker", "/stream/ticker/BTC", now - 1, false)
+                    .try_mint(&key)
+                    .expect("mint"),
                 "lease_expired",
             ),
         ];
@@ -1404,7 +1417,9 @@ pub(crate) mod tests {
         );
 
         // Single use: the second use is refused.
-        let once = lease("room", "/ws/lobby", now + 30, true).mint(&key);
+        let once = lease("room", "/ws/lobby", now + 30, true)
+            .try_mint(&key)
+            .expect("mint");
         let r = a.ask("GET", "/ws/lobby", &[("x-x402-lease", &once)]).await;
         ok_of(&r);
         let r = a.ask("GET", "/ws/lobby", &[("x-x402-lease", &once)]).await;
