@@ -59,6 +59,7 @@ from faults import (
     send,
     Snapshot,
     small_tmpfs,
+    transfers,
     unique,
     verifier_ready,
     wait_for_hits,
@@ -351,6 +352,45 @@ def test_verifier_stalled_during_verify_fails_closed_and_never_charges(tmp_path,
         time.sleep(2)
         checks.invariant(stack, payment, delivered=delivered(answer))
         checks.that(hits(stack, "/api/quote") == before, "the upstream was reached after the verifier resumed")
+        checks.done()
+
+
+@BOTH
+def test_a_payment_verified_after_its_caller_gave_up_can_be_presented_again(tmp_path, ledger):
+    """Deadlines travel: the filter's Verify carries its deadline; a Verify the stalled verifier
+    finishes after it gives the nonce back (and releases the payment), so the client's retry
+    with the same header is accepted, once."""
+    with fault_stack(tmp_path, ledger=ledger, facilitator_timeout_ms=SHORT_TIMEOUT_MS) as stack:
+        payment = new_payment(stack, "/api/quote", valid_seconds=60)
+        before = hits(stack, "/api/quote")
+        try:
+            with paused(stack, "anvil"):
+                request = InFlight(stack, "/api/quote", payment)
+                time.sleep(0.7)
+                stack.pause("verifier")
+            answer = request.answer(timeout=filter_timeout_s(stack) + 5)
+        finally:
+            stack.resume("verifier")
+        checks = Checks()
+        expect_unavailable(checks, answer, "verifier stalled during Verify")
+        time.sleep(2)
+        retry = send(stack, "/api/quote", payment)
+        expect_settled_receipt(checks, retry, "the same payment presented again")
+        checks.that(hits(stack, "/api/quote") == before + 1, "one upstream hit for one payment")
+        deadline = time.monotonic() + 20
+        while transfers(stack, payment.nonce) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        checks.that(transfers(stack, payment.nonce) == 1, "one transfer for the nonce")
+        rows = payment_rows(stack, payment.nonce)
+        states = sorted(r["state"] for r in rows)
+        checks.that(
+            states in (["settled"], ["released", "settled"]),
+            f"journal rows for the nonce: {rows} (the abandoned Verify, if it finished, released)",
+        )
+        checks.that(
+            all(r["reason"] == "caller_deadline_passed" for r in rows if r["state"] == "released"),
+            f"a released row says why: {rows}",
+        )
         checks.done()
 
 

@@ -93,6 +93,24 @@ pub fn add_response_header(name: &str, value: &str) {
 }
 
 /// Host wall clock in unix seconds (0 if the host clock is unusable; the verifier re-checks).
+/// Unix milliseconds (0 when the host cannot tell).
+pub fn now_millis() -> u64 {
+    let mut nanos = 0u64;
+    // SAFETY: a pointer to a live u64.
+    match unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) } {
+        OK => nanos / 1_000_000,
+        _ => 0,
+    }
+}
+
+/// The deadline of a call made now with `timeout`, for the verifier (0: unknown).
+pub fn deadline_ms(timeout: std::time::Duration) -> u64 {
+    match now_millis() {
+        0 => 0,
+        now => now.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
 pub fn now_unix() -> u64 {
     let mut nanos = 0u64;
     // SAFETY: a pointer to a live u64.

@@ -26,6 +26,10 @@ pub struct VerifyRequest {
     /// Absolute URL of the resource, as offered in the challenge.
     #[prost(string, tag = "4")]
     pub resource_url: String,
+    /// Unix milliseconds after which the caller has given up (0: none): the verifier starts no
+    /// work past it and gives back what it took for a caller that is gone.
+    #[prost(uint64, tag = "5")]
+    pub deadline_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -151,6 +155,9 @@ pub struct ClaimRequest {
     /// same token, ALREADY_USED when another rail spent the payment.
     #[prost(bool, tag = "4")]
     pub reusable: bool,
+    /// As in [`VerifyRequest::deadline_ms`].
+    #[prost(uint64, tag = "5")]
+    pub deadline_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]

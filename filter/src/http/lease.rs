@@ -130,6 +130,7 @@ impl Stream {
             route: route.name.clone(),
             expires_at,
             reusable: false,
+            deadline_ms: host::deadline_ms(shared.verify_timeout),
         };
         let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
             return self.unavailable(shared);

@@ -522,6 +522,7 @@ impl Stream {
             payment: value,
             header: header.to_owned(),
             resource_url: url,
+            deadline_ms: host::deadline_ms(shared.verify_timeout),
         };
         let Some(token) = self.dispatch(shared, METHOD_VERIFY, &request, shared.verify_timeout)
         else {
@@ -642,6 +643,7 @@ impl Stream {
             route: compiled.name.clone(),
             expires_at: token.valid_until,
             reusable,
+            deadline_ms: host::deadline_ms(shared.verify_timeout),
         };
         if reusable {
             self.held = Some(token.payment_hash.0);

@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::ext_authz::ExtAuthz;
 use crate::api::rds::{Rds, RouteDiscoveryServiceServer};
-use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified};
+use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified, REASON_CALLER_GONE};
 use crate::stores::routes_store::RouteStore;
 
 /// Generated server and client for `tollway.v1.Payments`.
@@ -23,6 +23,21 @@ pub mod generated {
 }
 
 pub use generated::payments_server::PaymentsServer;
+
+/// A caller's deadline (unix ms, 0: none): past it the caller has answered its client already.
+struct Deadline(u64);
+
+impl Deadline {
+    fn passed(&self) -> bool {
+        self.0 != 0 && u64::try_from(crate::clock::unix_now_millis()).unwrap_or(0) >= self.0
+    }
+}
+
+fn gone() -> Verified {
+    Verified::Unavailable {
+        reason: REASON_CALLER_GONE.into(),
+    }
+}
 
 /// Longest payment header accepted over gRPC (base64 of protocol's MAX_PAYMENT_BYTES, rounded up).
 const MAX_PAYMENT_HEADER: usize = 16 * 1024;
@@ -82,10 +97,32 @@ impl generated::payments_server::Payments for PaymentsService {
                 payer: None,
             })));
         }
-        let v = self
-            .payments
-            .verify(&r.route, &r.header, &r.payment, &r.resource_url)
-            .await;
+        let deadline = Deadline(r.deadline_ms);
+        if deadline.passed() {
+            return Ok(tonic::Response::new(verify_response(gone())));
+        }
+        // Detached: a Verify whose caller has gone (the call was reset) still runs to its end,
+        // so whatever it claimed is given back rather than held by a dropped future.
+        let payments = self.payments.clone();
+        let task = tokio::spawn(async move {
+            let v = payments
+                .verify(&r.route, &r.header, &r.payment, &r.resource_url)
+                .await;
+            if deadline.passed() {
+                // The filter answered 503 already: give back what this payment took.
+                if let Verified::Valid { payment_id, .. } = &v {
+                    payments.abandon(payment_id).await;
+                }
+                return gone();
+            }
+            v
+        });
+        let v = task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "verify task failed");
+            Verified::Unavailable {
+                reason: crate::payments::REASON_UNAVAILABLE.into(),
+            }
+        });
         Ok(tonic::Response::new(verify_response(v)))
     }
 
@@ -144,11 +181,35 @@ impl generated::payments_server::Payments for PaymentsService {
         request: tonic::Request<rpc::ClaimRequest>,
     ) -> Result<tonic::Response<rpc::ClaimResponse>, tonic::Status> {
         let r = request.into_inner();
-        let outcome = match self
-            .payments
-            .claim(&r.key, &r.route, r.expires_at, r.reusable)
-            .await
-        {
+        let deadline = Deadline(r.deadline_ms);
+        let unavailable = || {
+            tonic::Response::new(rpc::ClaimResponse {
+                outcome: rpc::ClaimOutcome::Unavailable as i32,
+            })
+        };
+        if deadline.passed() {
+            return Ok(unavailable());
+        }
+        // Detached, like Verify: a claim taken for a caller that is gone is given back.
+        let payments = self.payments.clone();
+        let task = tokio::spawn(async move {
+            let result = payments
+                .claim(&r.key, &r.route, r.expires_at, r.reusable)
+                .await;
+            if deadline.passed() {
+                // Used up for a caller that is gone: give it back (a reusable token's hold is
+                // harmless and may be another worker's).
+                if result == ClaimResult::Claimed && !r.reusable {
+                    payments.unclaim(&r.key).await;
+                }
+                return None;
+            }
+            Some(result)
+        });
+        let Ok(Some(result)) = task.await else {
+            return Ok(unavailable());
+        };
+        let outcome = match result {
             ClaimResult::Claimed => rpc::ClaimOutcome::Claimed,
             ClaimResult::AlreadyUsed => rpc::ClaimOutcome::AlreadyUsed,
             ClaimResult::Unavailable => rpc::ClaimOutcome::Unavailable,
@@ -361,6 +422,7 @@ mod tests {
                 payment: payer.header_v2(&offer, &auth, resource),
                 header: "payment-signature".into(),
                 resource_url: resource.into(),
+                deadline_ms: 0,
             })
             .await
             .expect("verify")
@@ -388,6 +450,7 @@ mod tests {
                 payment: payer.header_v2(&offer, &auth, resource),
                 header: "payment-signature".into(),
                 resource_url: resource.into(),
+                deadline_ms: 0,
             })
             .await
             .expect("verify")
@@ -408,12 +471,37 @@ mod tests {
                 payment: "e30=".into(),
                 header: "payment-signature".into(),
                 resource_url: resource.into(),
+                deadline_ms: 0,
             })
             .await
             .expect("verify")
             .into_inner();
         assert_eq!(v.outcome, rpc::VerifyOutcome::Invalid as i32);
         assert_eq!(v.reason, "invalid_x402_version");
+
+        // A caller whose deadline passed (it answered 503 already): no work, nothing kept; the
+        // same payment goes through for a caller still waiting.
+        let auth = payer.authorization(&offer, unix_now(), 3);
+        let late = rpc::VerifyRequest {
+            route: "quote".into(),
+            payment: payer.header_v2(&offer, &auth, resource),
+            header: "payment-signature".into(),
+            resource_url: resource.into(),
+            deadline_ms: 1,
+        };
+        let v = client
+            .verify(late.clone())
+            .await
+            .expect("verify")
+            .into_inner();
+        assert_eq!(v.outcome, rpc::VerifyOutcome::Unavailable as i32);
+        assert_eq!(v.reason, crate::payments::REASON_CALLER_GONE);
+        let in_time = rpc::VerifyRequest {
+            deadline_ms: u64::try_from(crate::clock::unix_now_millis()).unwrap_or(0) + 60_000,
+            ..late
+        };
+        let v = client.verify(in_time).await.expect("verify").into_inner();
+        assert_eq!(v.outcome, rpc::VerifyOutcome::Valid as i32, "{v:?}");
 
         // ext_authz on the same port.
         let mut authz = AuthorizationClient::connect(url).await.expect("connect");
@@ -477,6 +565,7 @@ mod tests {
             route: "quote".into(),
             expires_at: token.valid_until,
             reusable: false,
+            deadline_ms: 0,
         };
         let key = format!("l402:{}", token.payment_hash.to_hex());
         let first = client
@@ -546,6 +635,7 @@ mod tests {
             route: "room".into(),
             expires_at: unix_now() + 30,
             reusable: false,
+            deadline_ms: 0,
         };
         let key = format!("lease:{}", "ab".repeat(16));
         let first = client.claim(claim(&key)).await.expect("claim").into_inner();

@@ -45,6 +45,8 @@ use crate::stores::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
 /// Reason given when the facilitator (or the replay store) cannot be reached.
 pub const REASON_UNAVAILABLE: &str = "facilitator_unavailable";
 pub const REASON_STORE_UNAVAILABLE: &str = "replay_store_unavailable";
+/// The caller's deadline passed before (or while) the work was done: nothing is kept for it.
+pub const REASON_CALLER_GONE: &str = "caller_deadline_passed";
 /// The ledger cannot be written (full disk): no payment is accepted unrecorded.
 pub const REASON_LEDGER_UNAVAILABLE: &str = "ledger_unavailable";
 pub const REASON_UNKNOWN_PAYMENT: &str = "unknown_payment_id";
@@ -173,6 +175,9 @@ struct Pending {
     wire_network: String,
     event: LedgerEvent,
     expires_at: u64,
+    /// The replay-guard key this payment holds (given back if its caller is gone).
+    #[serde(default)]
+    claim: String,
 }
 
 /// A settlement whose outcome is not known yet (or being asked for right now).
@@ -643,6 +648,7 @@ impl Payments {
             expires_at: now
                 .saturating_add(ttl)
                 .min(checked.authorization.valid_before),
+            claim: key.to_string(),
         };
         if let Err(e) = self.journal_verified(&payment_id, &pending).await {
             self.release_claim(&key).await;
@@ -826,6 +832,7 @@ impl Payments {
             wire_network: network.caip2().to_owned(),
             event: event.clone(),
             expires_at: now.saturating_add(LIGHTNING_PENDING_SECS),
+            claim: claim_key.clone(),
         };
         if let Err(e) = self.journal_verified(&payment_id, &pending).await {
             self.release_key(&claim_key).await;
@@ -1689,6 +1696,28 @@ impl Payments {
                 tracing::debug!(payment_id = %payment_id, "release: unknown or expired payment id")
             }
         }
+    }
+
+    /// A verified payment whose caller gave up before it was answered (its deadline passed):
+    /// released, and its claim given back so the same payment can be presented again.
+    pub async fn abandon(&self, payment_id: &str) {
+        let Some(p) = self.take(payment_id) else {
+            return;
+        };
+        self.record_release(payment_id, &p, REASON_CALLER_GONE);
+        if !p.claim.is_empty() {
+            self.release_key(&p.claim).await;
+        }
+        tracing::warn!(route = %p.route, payment_id = %payment_id, "verified after its caller gave up: released, claim given back");
+    }
+
+    /// Gives back a claim taken for a caller that is gone.
+    pub async fn unclaim(&self, key: &str) {
+        self.release_key(key).await;
+        tracing::warn!(
+            key_len = key.len(),
+            "claim taken after its caller gave up: given back"
+        );
     }
 
     /// Drops pending payments nobody settled or released in time; records them as released.
