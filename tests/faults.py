@@ -169,6 +169,11 @@ def fault_stack(run_dir: Path, chain_gate: bool = False, ledger: str = SQLITE, *
         raise ValueError(f"ledger {ledger!r}: one of {LEDGERS}")
     options.setdefault("lightning", False)
     options.setdefault("extra_routes", [SLOW_ROUTE, SLOW_WITHHELD_ROUTE])
+    # The recommended config: the verifier reads the chain to decide a settlement whose outcome
+    # is unknown. Without it, a settle that timed out (the verifier's own facilitator call can,
+    # when it is stalled) stays `unknown` once the facilitator answers "nonce already used":
+    # that says "used", not "paid to us" (a cancelled authorization says the same).
+    options.setdefault("rail_rpc_url", True)
     with contextlib.ExitStack() as cleanup:
         gate = None
         if chain_gate:

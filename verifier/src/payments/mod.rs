@@ -650,15 +650,8 @@ impl Payments {
                 .min(checked.authorization.valid_before),
             claim: key.to_string(),
         };
-        if let Err(e) = self.journal_verified(&payment_id, &pending).await {
-            self.release_claim(&key).await;
-            tracing::error!(route = %route, error = %e, "verify: the ledger cannot record the payment; refused");
-            return self.ledger_unavailable(route);
-        }
-        self.metrics.verify("valid", "");
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(payment_id.clone(), pending);
-            self.metrics.set_pending(p.len());
+        if let Err(refused) = self.accept(&payment_id, pending).await {
+            return refused;
         }
         tracing::info!(route = %route, payer = %payer, payment_id = %payment_id, version, "payment verified");
         Verified::Valid {
@@ -681,6 +674,23 @@ impl Payments {
         Verified::Unavailable {
             reason: REASON_LEDGER_UNAVAILABLE.into(),
         }
+    }
+
+    /// Takes a verified payment: journaled (committed) first, then held until its Settle or
+    /// Release. If the ledger cannot record it, its claim is given back and the answer is
+    /// UNAVAILABLE: no payment is accepted unrecorded.
+    async fn accept(&self, payment_id: &str, pending: Pending) -> Result<(), Verified> {
+        if let Err(e) = self.journal_verified(payment_id, &pending).await {
+            self.release_key(&pending.claim).await;
+            tracing::error!(route = %pending.route, error = %e, "verify: the ledger cannot record the payment; refused");
+            return Err(self.ledger_unavailable(&pending.route));
+        }
+        self.metrics.verify("valid", "");
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(payment_id.to_owned(), pending);
+            self.metrics.set_pending(p.len());
+        }
+        Ok(())
     }
 
     /// Writes the payment's journal row and its `verified` event, and waits for the commit.
@@ -834,15 +844,8 @@ impl Payments {
             expires_at: now.saturating_add(LIGHTNING_PENDING_SECS),
             claim: claim_key.clone(),
         };
-        if let Err(e) = self.journal_verified(&payment_id, &pending).await {
-            self.release_key(&claim_key).await;
-            tracing::error!(route = %route, error = %e, "verify: the ledger cannot record the payment; refused");
-            return self.ledger_unavailable(route);
-        }
-        self.metrics.verify("valid", "");
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(payment_id.clone(), pending);
-            self.metrics.set_pending(p.len());
+        if let Err(refused) = self.accept(&payment_id, pending).await {
+            return refused;
         }
         tracing::info!(route = %route, payment_id = %payment_id, network = network.caip2(), "lightning payment verified");
         Verified::Valid {
