@@ -380,6 +380,33 @@ mod tests {
         b64::encode(&serde_json::to_vec(p).unwrap())
     }
 
+    /// Found by fuzzing (x402_payment): a number beyond u64 (or with a long mantissa) read as an
+    /// f64 by serde_json's default, approximate parser came out one ulp off once re-encoded and
+    /// read again, so the JSON the verifier forwards to the facilitator was not the JSON that
+    /// was checked. Native builds now parse floats exactly (serde_json `float_roundtrip`, see
+    /// Cargo.toml; the wasm filter only checks, and forwards the header as sent).
+    #[test]
+    fn a_decoded_payment_re_encodes_to_itself() {
+        let o = base_sepolia_offer();
+        for number in [
+            "602222222222222222222222222222222222222222",
+            "6.0222222222222225e41",
+            "0.30000000000000004",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+            "1.00000000000000011102230246251565404236316680908203125",
+        ] {
+            let mut accepted = o.requirements_v2_value().to_string();
+            accepted.insert_str(1, &format!(r#""n":{number},"#));
+            let text = format!(
+                r#"{{"x402Version":2,"accepted":{accepted},"payload":{{"f":[{number},-{number}]}}}}"#
+            );
+            let payment = decode_payment(&b64::encode(text.as_bytes())).unwrap();
+            let again = decode_payment(&header(&payment)).unwrap();
+            assert_eq!(again, payment, "{number}");
+        }
+    }
+
     #[test]
     fn accepts_an_honest_v2_payment() {
         let offers = offers();
