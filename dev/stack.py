@@ -153,6 +153,7 @@ ROUTES = [
         ["GET"],
         "/ws/short/[room]",
         price="0.01",
+        price_sats=20,
         kind="websocket",
         lease=Lease("/lease/short/[room]", seconds=SHORT_LEASE_SECONDS, renewal_window=SHORT_RENEWAL_WINDOW),
         upstream_path="/v1/ws/[room]",

@@ -30,7 +30,7 @@ from leases import (
     ws_echoes,
     ws_refused,
 )
-from lightning import authorization
+from lightning import authorization, l402_challenge
 from payments import challenge, decode_b64json, evm_offers
 
 LEASE_ATOMIC = 10_000  # every leased route costs 0.01 USD (6 decimals)
@@ -310,6 +310,49 @@ def test_renewal_inside_the_window_extends_expiry(stack):
     with open_ws(stack, new["path"], lease=new["lease"]) as ws:
         ws_echoes(ws)
     upgrade_refused(stack, old["path"], lease_path, "lease_expired", lease=old["lease"])
+
+
+def test_a_repeated_renewal_charges_once(stack):
+    """A client that renews again with the same (now superseded) token, as after a timeout,
+    gets the lease it already bought and pays nothing: x402 (the official client signs a fresh
+    payment, which is not taken) and L402 (no second invoice is minted; the same credential is
+    not used up twice)."""
+    room = unique("again")
+    lease_path = f"/lease/short/{room}"
+    old = buy_lease(stack, lease_path)
+    wait_until_epoch(old["expires_at"] - SHORT_RENEWAL_WINDOW + 1.05)
+    payer0 = stack.balance(PAYER)
+    first = pay_lease(stack, lease_path, current=old["lease"])
+    assert first.status_code == 200, (first.status_code, first.text)
+    assert stack.balance(PAYER) == payer0 - LEASE_ATOMIC
+    again = pay_lease(stack, lease_path, current=old["lease"])
+    assert again.status_code == 200, (again.status_code, again.text)
+    assert again.json()["lease"] == first.json()["lease"]
+    assert again.json()["expires_at"] == first.json()["expires_at"] == old["expires_at"] + SHORT_LEASE_SECONDS
+    assert again.x402_receipt is None  # nothing settled
+    assert stack.balance(PAYER) == payer0 - LEASE_ATOMIC
+
+    # L402: renew another lease, then ask again, with and without the credential.
+    room = unique("again")
+    lease_path = f"/lease/short/{room}"
+    old = buy_lease(stack, lease_path)
+    wait_until_epoch(old["expires_at"] - SHORT_RENEWAL_WINDOW + 1.05)
+    current = {LEASE_HEADER: old["lease"]}
+    challenged = httpx.post(stack.url + lease_path, headers=current, timeout=30)
+    assert challenged.status_code == 402, challenged.text
+    c = l402_challenge(challenged)
+    paid = stack.lightning_pay(c.invoice)
+    credential = {"authorization": authorization(c.macaroon, paid["preimage"])}
+    renewed = httpx.post(stack.url + lease_path, headers=current | credential, timeout=30)
+    assert renewed.status_code == 200, (renewed.status_code, renewed.text)
+    assert renewed.json()["expires_at"] == old["expires_at"] + SHORT_LEASE_SECONDS
+    for headers in (current | credential, current):
+        again = httpx.post(stack.url + lease_path, headers=headers, timeout=30)
+        assert again.status_code == 200, (again.status_code, again.text)
+        assert "www-authenticate" not in again.headers  # no invoice to pay
+        assert again.json()["lease"] == renewed.json()["lease"]
+    with open_ws(stack, renewed.json()["path"], lease=renewed.json()["lease"]) as ws:
+        ws_echoes(ws)
 
 
 # -- L402 -----------------------------------------------------------------------------------

@@ -85,6 +85,18 @@ pub fn lease_granted(token: &str, body: &str, receipt: Option<(&str, &str)>) {
     host::send_response(200, headers, body.as_bytes());
 }
 
+/// 409: another request for the same thing is being paid for; nothing was charged.
+pub const RENEWAL_IN_PROGRESS: &str = r#"{"error":"lease_renewal_in_progress"}"#;
+
+/// `status` with `Retry-After: 1`: ask again shortly.
+pub fn retry_later(status: u32, body: &'static str) {
+    host::send_response(
+        status,
+        vec![("retry-after", "1"), JSON, NO_STORE],
+        body.as_bytes(),
+    );
+}
+
 /// 503 until the first route table arrives from the verifier.
 pub fn not_ready() {
     host::send_response(

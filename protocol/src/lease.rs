@@ -44,6 +44,53 @@ pub const REASON_OUTSIDE_WINDOW: &str = "lease_renewal_outside_window";
 /// A lease on this path cannot be sold: its token would exceed [`MAX_TOKEN_LEN`].
 pub const REASON_TOO_LONG: &str = "lease_path_too_long";
 
+/// One renewal of one lease: the extension of lease `id` from `from` (its expiry when renewed).
+/// It is sold once: a second payment for it is refused before it is taken, and asking again
+/// returns the lease already bought (the filter mints the same token again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    pub id: [u8; 16],
+    pub from: u64,
+}
+
+impl Renewal {
+    const PREFIX: &'static str = "renewal:";
+
+    /// The renewal a token's holder asks for.
+    pub fn of(lease: &Lease) -> Renewal {
+        Renewal {
+            id: lease.id,
+            from: lease.expires_at,
+        }
+    }
+
+    /// `renewal:<lease id hex>:<from>`: the purchase key the filter sends and the claims store
+    /// holds.
+    pub fn key(&self) -> String {
+        format!("{}{}:{}", Self::PREFIX, hex::encode(self.id), self.from)
+    }
+
+    /// The inverse of [`Renewal::key`]; `None` for anything it would not produce.
+    pub fn parse(key: &str) -> Option<Renewal> {
+        let (id, from) = key.strip_prefix(Self::PREFIX)?.split_once(':')?;
+        let mut out = [0u8; 16];
+        if id.len() != 32 || id.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        hex::decode_to_slice(id, &mut out).ok()?;
+        let canonical = !from.is_empty()
+            && from.bytes().all(|b| b.is_ascii_digit())
+            && (from == "0" || !from.starts_with('0'));
+        if !canonical {
+            return None;
+        }
+        Some(Renewal {
+            id: out,
+            from: from.parse().ok()?,
+        })
+    }
+}
+
 /// `HMAC-SHA256(secret, "tollway/lease/v1/key")`: mints and checks every lease; never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LeaseKey([u8; 32]);
@@ -477,6 +524,32 @@ mod tests {
         assert_eq!(v["method"], "GET");
         assert_eq!(v["renewable"], true);
         assert_eq!(v["single_use"], false);
+    }
+
+    #[test]
+    fn renewal_keys_round_trip_and_refuse_other_spellings() {
+        let r = Renewal {
+            id: [0xab; 16],
+            from: 1_795_000_000,
+        };
+        let key = r.key();
+        assert_eq!(key, format!("renewal:{}:1795000000", "ab".repeat(16)));
+        assert_eq!(Renewal::parse(&key), Some(r));
+        let id = "ab".repeat(16);
+        for bad in [
+            String::new(),
+            format!("renewal:{id}"),
+            format!("renewal:{id}:"),
+            format!("renewal:{id}:01"),
+            format!("renewal:{id}:-1"),
+            format!("renewal:{id}:1 "),
+            format!("renewal:{id}:99999999999999999999999"),
+            format!("renewal:{}:1", "AB".repeat(16)),
+            format!("renewal:{}:1", "ab".repeat(15)),
+            format!("lease:{id}:1"),
+        ] {
+            assert_eq!(Renewal::parse(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]

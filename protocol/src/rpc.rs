@@ -30,6 +30,10 @@ pub struct VerifyRequest {
     /// work past it and gives back what it took for a caller that is gone.
     #[prost(uint64, tag = "5")]
     pub deadline_ms: u64,
+    /// What the payment buys when it can be bought only once (`lease::Renewal::key`); empty:
+    /// an ordinary purchase.
+    #[prost(string, tag = "6")]
+    pub purchase: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -41,6 +45,10 @@ pub enum VerifyOutcome {
     Invalid = 2,
     /// Facilitator or store unreachable. Answer 503, never a free pass.
     Unavailable = 3,
+    /// The `purchase` was paid for before: hand it out again; this payment is not taken.
+    Purchased = 4,
+    /// Another payment for the `purchase` is being settled: nothing taken; try again shortly.
+    PurchaseInProgress = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -112,6 +120,10 @@ pub struct ChallengeRequest {
     pub path: String,
     #[prost(string, tag = "3")]
     pub method: String,
+    /// As in [`VerifyRequest::purchase`]: nothing is minted for a purchase already paid for or
+    /// being paid for (a Lightning client pays before it asks).
+    #[prost(string, tag = "4")]
+    pub purchase: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -121,6 +133,10 @@ pub enum ChallengeOutcome {
     Minted = 1,
     /// Node or verifier trouble: the 402 degrades to the x402 rails it can offer alone.
     Unavailable = 2,
+    /// As [`VerifyOutcome::Purchased`]: nothing minted.
+    Purchased = 3,
+    /// As [`VerifyOutcome::PurchaseInProgress`]: nothing minted.
+    PurchaseInProgress = 4,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -158,6 +174,10 @@ pub struct ClaimRequest {
     /// As in [`VerifyRequest::deadline_ms`].
     #[prost(uint64, tag = "5")]
     pub deadline_ms: u64,
+    /// As in [`VerifyRequest::purchase`]: what the claimed token buys when it can be bought
+    /// only once.
+    #[prost(string, tag = "6")]
+    pub purchase: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -167,6 +187,10 @@ pub enum ClaimOutcome {
     Claimed = 1,
     AlreadyUsed = 2,
     Unavailable = 3,
+    /// As [`VerifyOutcome::Purchased`]; the token was not used up.
+    Purchased = 4,
+    /// As [`VerifyOutcome::PurchaseInProgress`]; the token was not used up.
+    PurchaseInProgress = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

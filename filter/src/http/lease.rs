@@ -10,6 +10,9 @@
 //! lease path ─ renewal token invalid ─► 400; not renewable / outside window ─► 409 (no charge)
 //!            ─ x402 ─ Verify ─ VALID ─ Settle ─ SETTLED/PENDING ─► 200 grant + PAYMENT-RESPONSE
 //!            ─ L402 ─ verified here ─ Claim (one lease per token) ─ CLAIMED ─► 200 grant
+//! renewal: the Verify or Claim names it (`Renewal::key`), sold once:
+//!            ─ PURCHASED (paid before) ─► 200 the same grant, nothing charged
+//!            ─ PURCHASE_IN_PROGRESS ─► 409 lease_renewal_in_progress + Retry-After (no charge)
 //! ```
 
 use std::borrow::Cow;
@@ -18,7 +21,7 @@ use tollway_protocol::filter_config::CompiledRoute;
 use tollway_protocol::headers::{CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
 use tollway_protocol::hmac::sha256;
 use tollway_protocol::lease::{
-    grant_json, mintable, renewal_open, strip_query_token, Lease, HEADER_LEASE,
+    grant_json, mintable, renewal_open, strip_query_token, Lease, Renewal, HEADER_LEASE,
     REASON_ALREADY_USED, REASON_INVALID, REASON_NOT_RENEWABLE, REASON_REQUIRED, REASON_TOO_LONG,
 };
 use tollway_protocol::resource_url;
@@ -131,6 +134,7 @@ impl Stream {
             expires_at,
             reusable: false,
             deadline_ms: host::deadline_ms(shared.verify_timeout),
+            purchase: String::new(),
         };
         let Some(call) = self.dispatch(shared, METHOD_CLAIM, &claim, shared.verify_timeout) else {
             return self.unavailable(shared);
@@ -239,6 +243,28 @@ impl Stream {
         };
         self.sale = Some(Box::new(Sale { path, url, renew }));
         Ok(())
+    }
+
+    /// The purchase key of the renewal being sold (empty: not a renewal).
+    pub(super) fn renewal_key(&self) -> String {
+        self.sale
+            .as_ref()
+            .and_then(|s| s.renew.as_ref())
+            .map(|old| Renewal::of(old).key())
+            .unwrap_or_default()
+    }
+
+    /// The renewal being sold was paid for before (a client asking again after a timeout):
+    /// the same lease again, nothing charged.
+    pub(super) fn bought_before(&mut self, shared: &Shared, route: usize) {
+        self.grant(shared, route, &[], None);
+    }
+
+    /// Another payment for this renewal is being settled: nothing charged; ask again.
+    pub(super) fn renewal_in_progress(&mut self, shared: &Shared) {
+        inc(shared.metrics.leases_rejected);
+        self.answered();
+        reply::retry_later(409, reply::RENEWAL_IN_PROGRESS);
     }
 
     fn lease_error(&mut self, status: u32, reason: &str, old: Option<&Lease>) -> Action {

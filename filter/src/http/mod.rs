@@ -240,6 +240,7 @@ impl Stream {
             route: compiled.name.clone(),
             path: std::mem::take(&mut pending.path),
             method: std::mem::take(&mut pending.method),
+            purchase: self.renewal_key(),
         };
         match self.dispatch(shared, METHOD_CHALLENGE, &request, shared.verify_timeout) {
             Some(token) => {
@@ -291,6 +292,17 @@ impl Stream {
             self.unavailable(shared);
             return;
         };
+        match answer.as_ref().map(ChallengeResponse::outcome) {
+            Some(ChallengeOutcome::Purchased) => {
+                self.bought_before(shared, pending.route);
+                return;
+            }
+            Some(ChallengeOutcome::PurchaseInProgress) => {
+                self.renewal_in_progress(shared);
+                return;
+            }
+            _ => {}
+        }
         let minted = answer
             .filter(|a| a.outcome() == ChallengeOutcome::Minted)
             .and_then(|a| match www_authenticate(&a.macaroon, &a.invoice) {
@@ -523,6 +535,7 @@ impl Stream {
             header: header.to_owned(),
             resource_url: url,
             deadline_ms: host::deadline_ms(shared.verify_timeout),
+            purchase: self.renewal_key(),
         };
         let Some(token) = self.dispatch(shared, METHOD_VERIFY, &request, shared.verify_timeout)
         else {
@@ -644,6 +657,7 @@ impl Stream {
             expires_at: token.valid_until,
             reusable,
             deadline_ms: host::deadline_ms(shared.verify_timeout),
+            purchase: self.renewal_key(),
         };
         if reusable {
             self.held = Some(token.payment_hash.0);
@@ -687,6 +701,12 @@ impl Stream {
                     return;
                 }
                 self.resume(shared);
+            }
+            Some(ClaimOutcome::Purchased) => {
+                self.bought_before(shared, pending.route);
+            }
+            Some(ClaimOutcome::PurchaseInProgress) => {
+                self.renewal_in_progress(shared);
             }
             Some(ClaimOutcome::AlreadyUsed) => {
                 self.held = None;
@@ -737,6 +757,13 @@ impl Stream {
                 self.apply_forward(shared);
                 self.state = State::Verified;
                 host::resume_request();
+            }
+            Some(a) if a.outcome() == VerifyOutcome::Purchased => {
+                let route = payment.route;
+                self.bought_before(shared, route);
+            }
+            Some(a) if a.outcome() == VerifyOutcome::PurchaseInProgress => {
+                self.renewal_in_progress(shared);
             }
             Some(a) if a.outcome() == VerifyOutcome::Invalid => {
                 let reason: Cow<'static, str> = if a.reason.is_empty() {

@@ -13,8 +13,11 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::ext_authz::ExtAuthz;
 use crate::api::rds::{Rds, RouteDiscoveryServiceServer};
-use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified, REASON_CALLER_GONE};
+use crate::payments::{
+    ClaimResult, Payments, Purchase, Reservation, SettleOutcome, Verified, REASON_CALLER_GONE,
+};
 use crate::stores::routes_store::RouteStore;
+use tollway_protocol::lease::Renewal;
 
 /// Generated server and client for `tollway.v1.Payments`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -82,6 +85,14 @@ fn verify_response(v: Verified) -> rpc::VerifyResponse {
     }
 }
 
+/// The answer to a Verify for a purchase that takes no payment (see `payments::purchase`).
+fn purchase_response(outcome: rpc::VerifyOutcome) -> rpc::VerifyResponse {
+    rpc::VerifyResponse {
+        outcome: outcome as i32,
+        ..rpc::VerifyResponse::default()
+    }
+}
+
 #[tonic::async_trait]
 impl generated::payments_server::Payments for PaymentsService {
     async fn verify(
@@ -104,26 +115,59 @@ impl generated::payments_server::Payments for PaymentsService {
         // Detached: a Verify whose caller has gone (the call was reset) still runs to its end,
         // so whatever it claimed is given back rather than held by a dropped future.
         let payments = self.payments.clone();
+        let purchase = match r.purchase.as_str() {
+            "" => None,
+            key => match Renewal::parse(key) {
+                Some(p) => Some(p),
+                None => {
+                    // The filter only sends keys it made: refuse (fail closed) and say so.
+                    tracing::error!(key_len = key.len(), "verify: malformed purchase key");
+                    return Ok(tonic::Response::new(verify_response(
+                        Verified::Unavailable {
+                            reason: crate::payments::REASON_UNAVAILABLE.into(),
+                        },
+                    )));
+                }
+            },
+        };
         let task = tokio::spawn(async move {
-            let v = payments
-                .verify(&r.route, &r.header, &r.payment, &r.resource_url)
-                .await;
+            let v = match &purchase {
+                None => {
+                    payments
+                        .verify(&r.route, &r.header, &r.payment, &r.resource_url)
+                        .await
+                }
+                Some(p) => {
+                    let bought = payments
+                        .verify_purchase(&r.route, &r.header, &r.payment, &r.resource_url, p)
+                        .await;
+                    match bought {
+                        Purchase::Taken(v) => v,
+                        Purchase::Bought => {
+                            return purchase_response(rpc::VerifyOutcome::Purchased)
+                        }
+                        Purchase::InFlight => {
+                            return purchase_response(rpc::VerifyOutcome::PurchaseInProgress)
+                        }
+                    }
+                }
+            };
             if deadline.passed() {
                 // The filter answered 503 already: give back what this payment took.
                 if let Verified::Valid { payment_id, .. } = &v {
                     payments.abandon(payment_id).await;
                 }
-                return gone();
+                return verify_response(gone());
             }
-            v
+            verify_response(v)
         });
         let v = task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "verify task failed");
-            Verified::Unavailable {
+            verify_response(Verified::Unavailable {
                 reason: crate::payments::REASON_UNAVAILABLE.into(),
-            }
+            })
         });
-        Ok(tonic::Response::new(verify_response(v)))
+        Ok(tonic::Response::new(v))
     }
 
     async fn settle(
@@ -161,6 +205,20 @@ impl generated::payments_server::Payments for PaymentsService {
         request: tonic::Request<rpc::ChallengeRequest>,
     ) -> Result<tonic::Response<rpc::ChallengeResponse>, tonic::Status> {
         let r = request.into_inner();
+        if let Some(purchase) = Renewal::parse(&r.purchase) {
+            let outcome = match self.payments.purchase_state(&purchase).await {
+                Ok(Reservation::Bought) => Some(rpc::ChallengeOutcome::Purchased),
+                Ok(Reservation::InFlight) => Some(rpc::ChallengeOutcome::PurchaseInProgress),
+                // A store error is found again when the payment comes: mint as usual.
+                Ok(Reservation::Open) | Err(_) => None,
+            };
+            if let Some(outcome) = outcome {
+                return Ok(tonic::Response::new(rpc::ChallengeResponse {
+                    outcome: outcome as i32,
+                    ..rpc::ChallengeResponse::default()
+                }));
+            }
+        }
         let response = match self.payments.challenge(&r.route, &r.path, &r.method).await {
             Some(c) => rpc::ChallengeResponse {
                 outcome: rpc::ChallengeOutcome::Minted as i32,
@@ -192,27 +250,51 @@ impl generated::payments_server::Payments for PaymentsService {
         }
         // Detached, like Verify: a claim taken for a caller that is gone is given back.
         let payments = self.payments.clone();
+        let purchase = match r.purchase.as_str() {
+            "" => None,
+            key => match Renewal::parse(key) {
+                Some(p) => Some(p),
+                None => {
+                    tracing::error!(key_len = key.len(), "claim: malformed purchase key");
+                    return Ok(unavailable());
+                }
+            },
+        };
         let task = tokio::spawn(async move {
-            let result = payments
-                .claim(&r.key, &r.route, r.expires_at, r.reusable)
-                .await;
+            let result = match &purchase {
+                None => {
+                    payments
+                        .claim(&r.key, &r.route, r.expires_at, r.reusable)
+                        .await
+                }
+                Some(p) => match payments
+                    .claim_purchase(&r.key, &r.route, r.expires_at, p)
+                    .await
+                {
+                    Purchase::Taken(result) => result,
+                    Purchase::Bought => return Some(rpc::ClaimOutcome::Purchased),
+                    Purchase::InFlight => return Some(rpc::ClaimOutcome::PurchaseInProgress),
+                },
+            };
             if deadline.passed() {
                 // Used up for a caller that is gone: give it back (a reusable token's hold is
-                // harmless and may be another worker's).
+                // harmless and may be another worker's), with the purchase it paid for.
                 if result == ClaimResult::Claimed && !r.reusable {
                     payments.unclaim(&r.key).await;
+                    if let Some(p) = &purchase {
+                        payments.unreserve(p).await;
+                    }
                 }
                 return None;
             }
-            Some(result)
+            Some(match result {
+                ClaimResult::Claimed => rpc::ClaimOutcome::Claimed,
+                ClaimResult::AlreadyUsed => rpc::ClaimOutcome::AlreadyUsed,
+                ClaimResult::Unavailable => rpc::ClaimOutcome::Unavailable,
+            })
         });
-        let Ok(Some(result)) = task.await else {
+        let Ok(Some(outcome)) = task.await else {
             return Ok(unavailable());
-        };
-        let outcome = match result {
-            ClaimResult::Claimed => rpc::ClaimOutcome::Claimed,
-            ClaimResult::AlreadyUsed => rpc::ClaimOutcome::AlreadyUsed,
-            ClaimResult::Unavailable => rpc::ClaimOutcome::Unavailable,
         };
         Ok(tonic::Response::new(rpc::ClaimResponse {
             outcome: outcome as i32,
@@ -423,6 +505,7 @@ mod tests {
                 header: "payment-signature".into(),
                 resource_url: resource.into(),
                 deadline_ms: 0,
+                purchase: String::new(),
             })
             .await
             .expect("verify")
@@ -451,6 +534,7 @@ mod tests {
                 header: "payment-signature".into(),
                 resource_url: resource.into(),
                 deadline_ms: 0,
+                purchase: String::new(),
             })
             .await
             .expect("verify")
@@ -472,6 +556,7 @@ mod tests {
                 header: "payment-signature".into(),
                 resource_url: resource.into(),
                 deadline_ms: 0,
+                purchase: String::new(),
             })
             .await
             .expect("verify")
@@ -488,6 +573,7 @@ mod tests {
             header: "payment-signature".into(),
             resource_url: resource.into(),
             deadline_ms: 1,
+            purchase: String::new(),
         };
         let v = client
             .verify(late.clone())
@@ -529,6 +615,7 @@ mod tests {
                 route: "quote".into(),
                 path: "/api/quote".into(),
                 method: "GET".into(),
+                purchase: String::new(),
             })
             .await
             .expect("challenge")
@@ -566,6 +653,7 @@ mod tests {
             expires_at: token.valid_until,
             reusable: false,
             deadline_ms: 0,
+            purchase: String::new(),
         };
         let key = format!("l402:{}", token.payment_hash.to_hex());
         let first = client
@@ -583,6 +671,7 @@ mod tests {
                 route: "echo".into(),
                 path: "/api/echo".into(),
                 method: "POST".into(),
+                purchase: String::new(),
             })
             .await
             .expect("challenge")
@@ -590,6 +679,123 @@ mod tests {
         assert_eq!(c.outcome, rpc::ChallengeOutcome::Unavailable as i32);
         assert!(c.invoice.is_empty() && c.macaroon.is_empty() && c.x402_offer.is_empty());
 
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_renewal_is_sold_once_over_the_wire() {
+        let fake = FakeFacilitator::start().await;
+        let h = harness(&fake.url);
+        let server = Server::start(&h).await;
+        let mut client = PaymentsClient::connect(server.url())
+            .await
+            .expect("connect");
+        let offer = offer(&h.config, "quote");
+        let payer = Payer::new(32);
+        let resource = "http://api.test/api/quote";
+        let renewal = |id: u8| Renewal {
+            id: [id; 16],
+            from: unix_now() + 20,
+        };
+        let request = |n: u8, purchase: Option<Renewal>| {
+            let auth = payer.authorization(&offer, unix_now(), n);
+            rpc::VerifyRequest {
+                route: "quote".into(),
+                payment: payer.header_v2(&offer, &auth, resource),
+                header: "payment-signature".into(),
+                resource_url: resource.into(),
+                deadline_ms: 0,
+                purchase: purchase.map(|p| p.key()).unwrap_or_default(),
+            }
+        };
+        let outcome = |v: &rpc::VerifyResponse| rpc::VerifyOutcome::try_from(v.outcome).ok();
+        let verifier = client.clone();
+        let verify = |r: rpc::VerifyRequest| {
+            let mut c = verifier.clone();
+            async move { c.verify(r).await.expect("verify").into_inner() }
+        };
+
+        let first = verify(request(1, Some(renewal(7)))).await;
+        assert_eq!(
+            outcome(&first),
+            Some(rpc::VerifyOutcome::Valid),
+            "{first:?}"
+        );
+        // A second payment while the first is being settled: not taken (its nonce stays free).
+        let second = verify(request(2, Some(renewal(7)))).await;
+        assert_eq!(
+            outcome(&second),
+            Some(rpc::VerifyOutcome::PurchaseInProgress)
+        );
+        let s = client
+            .settle(rpc::SettleRequest {
+                payment_id: first.payment_id,
+                upstream_status: 200,
+            })
+            .await
+            .expect("settle")
+            .into_inner();
+        assert_eq!(s.outcome, rpc::SettleOutcome::Settled as i32);
+        // Paid: asking again gets the purchase, and this payment is not taken either.
+        let mut again = verify(request(3, Some(renewal(7)))).await;
+        for _ in 0..50 {
+            if outcome(&again) == Some(rpc::VerifyOutcome::Purchased) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            again = verify(request(3, Some(renewal(7)))).await;
+        }
+        assert_eq!(outcome(&again), Some(rpc::VerifyOutcome::Purchased));
+        let settles = fake
+            .calls()
+            .iter()
+            .filter(|c| c.0.ends_with("settle"))
+            .count();
+        assert_eq!(settles, 1);
+        for n in [2, 3] {
+            let unused = verify(request(n, None)).await;
+            assert_eq!(
+                outcome(&unused),
+                Some(rpc::VerifyOutcome::Valid),
+                "{unused:?}"
+            );
+        }
+        // A payment that is released (or refused) gives the purchase back.
+        let released = verify(request(4, Some(renewal(8)))).await;
+        assert_eq!(outcome(&released), Some(rpc::VerifyOutcome::Valid));
+        client
+            .release(rpc::ReleaseRequest {
+                payment_id: released.payment_id,
+                upstream_status: 0,
+            })
+            .await
+            .expect("release");
+        let mut bad = request(5, Some(renewal(8)));
+        bad.payment = "e30=".into();
+        assert_eq!(
+            outcome(&verify(bad).await),
+            Some(rpc::VerifyOutcome::Invalid)
+        );
+        let mut retry = verify(request(6, Some(renewal(8)))).await;
+        for _ in 0..50 {
+            if outcome(&retry) == Some(rpc::VerifyOutcome::Valid) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            retry = verify(request(6, Some(renewal(8)))).await;
+        }
+        assert_eq!(
+            outcome(&retry),
+            Some(rpc::VerifyOutcome::Valid),
+            "{retry:?}"
+        );
+        // Keys the filter would not make fail closed.
+        let mut forged = request(7, None);
+        forged.purchase = "renewal:zz:1".into();
+        assert_eq!(
+            outcome(&verify(forged).await),
+            Some(rpc::VerifyOutcome::Unavailable)
+        );
         server.stop().await;
     }
 
@@ -636,6 +842,7 @@ mod tests {
             expires_at: unix_now() + 30,
             reusable: false,
             deadline_ms: 0,
+            purchase: String::new(),
         };
         let key = format!("lease:{}", "ab".repeat(16));
         let first = client.claim(claim(&key)).await.expect("claim").into_inner();

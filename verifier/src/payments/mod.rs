@@ -14,6 +14,7 @@
 //! States and transitions: [`crate::payments::journal`].
 
 pub mod journal;
+mod purchase;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +42,9 @@ use crate::rails::l402::{
 use crate::rails::lightning::{bolt11, InvoiceState, NodeError};
 use crate::stores::ledger::{EventKind, Ledger, LedgerEvent, Op};
 use crate::stores::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
+use tollway_protocol::lease::Renewal;
+
+pub use self::purchase::{Purchase, Reservation};
 
 /// Reason given when the facilitator (or the replay store) cannot be reached.
 pub const REASON_UNAVAILABLE: &str = "facilitator_unavailable";
@@ -178,6 +182,10 @@ struct Pending {
     /// The replay-guard key this payment holds (given back if its caller is gone).
     #[serde(default)]
     claim: String,
+    /// What it buys when that can be bought once (`lease::Renewal::key`): marked paid when it
+    /// settles, given back when it does not (see `purchase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purchase: Option<String>,
 }
 
 /// A settlement whose outcome is not known yet (or being asked for right now).
@@ -460,6 +468,50 @@ impl Payments {
         raw_header: &str,
         resource_url: &str,
     ) -> Verified {
+        self.verify_inner(route, header_name, raw_header, resource_url, None)
+            .await
+    }
+
+    /// [`Payments::verify`] for a payment that buys `purchase`, which can be bought once: a
+    /// second payment for it is not taken (see `purchase`).
+    pub async fn verify_purchase(
+        &self,
+        route: &str,
+        header_name: &str,
+        raw_header: &str,
+        resource_url: &str,
+        purchase: &Renewal,
+    ) -> Purchase<Verified> {
+        match self.reserve(purchase).await {
+            Ok(Reservation::Open) => {}
+            Ok(Reservation::Bought) => return Purchase::Bought,
+            Ok(Reservation::InFlight) => return Purchase::InFlight,
+            Err(e) => {
+                self.metrics.verify("unavailable", REASON_STORE_UNAVAILABLE);
+                tracing::error!(error = %e, route = %route, "replay store unavailable");
+                return Purchase::Taken(Verified::Unavailable {
+                    reason: REASON_STORE_UNAVAILABLE.into(),
+                });
+            }
+        }
+        let key = purchase.key();
+        let v = self
+            .verify_inner(route, header_name, raw_header, resource_url, Some(&key))
+            .await;
+        if !matches!(v, Verified::Valid { .. }) {
+            self.purchase_not_paid(&key).await;
+        }
+        Purchase::Taken(v)
+    }
+
+    async fn verify_inner(
+        &self,
+        route: &str,
+        header_name: &str,
+        raw_header: &str,
+        resource_url: &str,
+        purchase: Option<&str>,
+    ) -> Verified {
         let now = (self.clock)();
         let base_event = LedgerEvent::new(EventKind::Rejected, route);
         let table = self.routes();
@@ -482,7 +534,7 @@ impl Payments {
         if PaymentKind::of(&payment) == PaymentKind::Lightning {
             let path = url_path(resource_url);
             return self
-                .verify_lightning(route, path, info, &payment, now)
+                .verify_lightning(route, path, info, &payment, now, purchase)
                 .await;
         }
         let version = payment.x402_version();
@@ -649,6 +701,7 @@ impl Payments {
                 .saturating_add(ttl)
                 .min(checked.authorization.valid_before),
             claim: key.to_string(),
+            purchase: purchase.map(str::to_owned),
         };
         if let Err(refused) = self.accept(&payment_id, pending).await {
             return refused;
@@ -738,6 +791,7 @@ impl Payments {
         info: &RouteInfo,
         payment: &PaymentPayload,
         now: u64,
+        purchase: Option<&str>,
     ) -> Verified {
         let base_event = LedgerEvent::new(EventKind::Rejected, route);
         let (Some(rail), Some(price)) = (&self.lightning, info.lightning) else {
@@ -843,6 +897,7 @@ impl Payments {
             event: event.clone(),
             expires_at: now.saturating_add(LIGHTNING_PENDING_SECS),
             claim: claim_key.clone(),
+            purchase: purchase.map(str::to_owned),
         };
         if let Err(refused) = self.accept(&payment_id, pending).await {
             return refused;
@@ -1295,6 +1350,7 @@ impl Payments {
         reason: &str,
         transaction: &str,
     ) {
+        self.conclude_purchase(p, state);
         let reason = (!reason.is_empty()).then(|| reason.to_owned());
         let transaction = (!transaction.is_empty()).then(|| transaction.to_owned());
         self.ledger.queue(vec![Op::Transition(

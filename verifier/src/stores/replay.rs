@@ -82,6 +82,12 @@ pub trait ReplayGuard: Send + Sync {
     /// Gives a claim back (the payment was never accepted, e.g. the facilitator was down).
     fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplayStoreError>>;
 
+    /// Whether someone holds `key` at `now`. A claim that ends on arrival holds nothing but
+    /// loses to a live one (in every store), so asking for one is a read that takes nothing.
+    fn held<'a>(&'a self, key: &'a str, now: u64) -> BoxFuture<'a, Result<bool, ReplayStoreError>> {
+        Box::pin(async move { Ok(self.claim(key, now, now).await? == Claim::AlreadyUsed) })
+    }
+
     /// Reachability, for `/readyz`.
     fn status(&self) -> StoreStatus {
         StoreStatus::memory()
@@ -256,6 +262,8 @@ pub(crate) mod behaviour {
         Claim(String, u64, Expect),
         /// `release(key)`, which must succeed.
         Release(String),
+        /// `held(key, now)` answers this (and takes nothing).
+        Held(String, bool),
         /// `secs` seconds pass: `now` moves on; a store with its own clock (Redis) really waits.
         Advance(u64),
     }
@@ -349,6 +357,21 @@ pub(crate) mod behaviour {
                     Claim(key(4), 0, AlreadyUsed),
                 ],
             },
+            Case {
+                name: "held_reads_without_taking",
+                steps: vec![
+                    Held(key(5), false),
+                    Held(key(5), false),
+                    Claim(key(5), 2, Claimed),
+                    Held(key(5), true),
+                    Claim(key(5), 2, AlreadyUsed),
+                    Release(key(5)),
+                    Held(key(5), false),
+                    Claim(key(5), 2, Claimed),
+                    Advance(2),
+                    Held(key(5), false),
+                ],
+            },
         ]
     }
 
@@ -373,6 +396,10 @@ pub(crate) mod behaviour {
                             case.name,
                             k.len()
                         );
+                    }
+                    Step::Held(k, expect) => {
+                        let held = g.held(k, now).await;
+                        assert_eq!(held.ok(), Some(*expect), "{}: step {i}: held", case.name);
                     }
                     Step::Release(k) => {
                         if let Err(e) = g.release(k).await {
