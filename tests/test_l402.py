@@ -106,6 +106,51 @@ def quote_token(stack) -> dict:
     return paid_token(stack)
 
 
+# -- invoices on demand, bounded -------------------------------------------------------------
+
+DEFAULT_INVOICES_PER_CLIENT = 10  # lightning.invoice_limits.per_client (verifier default)
+
+
+def invoices_created(stack) -> int:
+    with sqlite3.connect(stack.ledger_path) as db:
+        return db.execute("SELECT count(*) FROM payment_events WHERE event = 'invoice_created'").fetchone()[0]
+
+
+def test_unpaid_requests_mint_a_bounded_number_of_invoices(stack):
+    """1,000 unpaid requests from one client (its own source address) mint at most the per-client
+    limit of invoices: the same request gets its open invoice again; past the limit the 402 offers
+    x402 alone, and a Lightning-only route answers 429 with Retry-After. Another client is not
+    affected, and the ledger grows by the invoices minted, not by the requests."""
+    before = invoices_created(stack)
+    flood = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.23"), timeout=30)
+    seen = {l402_challenge(challenged_by(flood, stack, "/api/sats")).invoice for _ in range(500)}
+    assert len(seen) == 1
+    lightning, x402_only = 0, 0
+    for i in range(500):
+        r = flood.post(stack.url + f"/lease/ticker/FLOOD{i}")
+        assert r.status_code == 402, r.text
+        if "www-authenticate" in r.headers:
+            lightning += 1
+        else:
+            x402_only += 1
+            assert {o["network"].split(":")[0] for o in payment_required(r)["accepts"]} == {"eip155"}
+    assert lightning == DEFAULT_INVOICES_PER_CLIENT - 1  # one is the /api/sats invoice
+    assert x402_only == 500 - lightning
+    limited = flood.get(stack.url + "/api/once")  # Lightning only: nothing else to offer
+    assert limited.status_code == 429, limited.text
+    assert limited.json()["error"] == "invoice_limit"
+    assert 500 <= int(limited.headers["retry-after"]) <= 600
+    assert invoices_created(stack) - before == DEFAULT_INVOICES_PER_CLIENT
+    # Someone else still gets a Lightning challenge.
+    l402_challenge(challenged(stack, "/lease/ticker/FLOOD0", "POST"))
+
+
+def challenged_by(client: httpx.Client, stack, path: str) -> httpx.Response:
+    r = client.get(stack.url + path)
+    assert r.status_code == 402, r.text
+    return r
+
+
 # -- the 402: both rails in one answer -----------------------------------------------------
 
 

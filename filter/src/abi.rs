@@ -111,6 +111,12 @@ extern "C" {
         ret_token: *mut u32,
     ) -> u32;
     pub fn proxy_set_effective_context(context_id: u32) -> u32;
+    pub fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
     pub fn proxy_define_metric(
         kind: u32,
         name: *const u8,

@@ -120,6 +120,22 @@ pub fn now_unix() -> u64 {
     }
 }
 
+/// The downstream client's address as Envoy sees it (`source.address`: `ip:port`); empty when
+/// Envoy does not say.
+pub fn source_address() -> String {
+    // Property path segments, NUL-separated.
+    const PATH: &[u8] = b"source\0address";
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in `header`.
+    let code = unsafe { abi::proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
+    // SAFETY: as in `header`.
+    let bytes = unsafe { abi::take(data, size) };
+    if code != OK {
+        return String::new();
+    }
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 /// A whole host buffer (`None` when absent or unreadable).
 pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
     if size == 0 {

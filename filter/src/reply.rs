@@ -2,7 +2,7 @@
 //! caller then returns `Action::Pause` (or nothing, from a gRPC callback) and marks the stream as
 //! answered so its own `on_http_response_headers` lets the reply through.
 
-use tollway_protocol::l402::HEADER_WWW_AUTHENTICATE;
+use tollway_protocol::l402::{HEADER_WWW_AUTHENTICATE, INVOICE_LIMIT_BODY};
 use tollway_protocol::lease::HEADER_LEASE;
 use tollway_protocol::x402::{Challenge, CHALLENGE_HEADERS};
 
@@ -94,6 +94,16 @@ pub fn retry_later(status: u32, body: &'static str) {
         status,
         vec![("retry-after", "1"), JSON, NO_STORE],
         body.as_bytes(),
+    );
+}
+
+/// 429 on a Lightning-only route: the client has as many open invoices as the verifier allows.
+pub fn too_many_invoices(retry_after: u64) {
+    let retry_after = retry_after.to_string();
+    host::send_response(
+        429,
+        vec![("retry-after", retry_after.as_str()), JSON, NO_STORE],
+        INVOICE_LIMIT_BODY.as_bytes(),
     );
 }
 

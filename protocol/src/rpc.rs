@@ -124,6 +124,10 @@ pub struct ChallengeRequest {
     /// being paid for (a Lightning client pays before it asks).
     #[prost(string, tag = "4")]
     pub purchase: String,
+    /// The client's address as Envoy sees it (`source.address`, `ip:port`): open invoices are
+    /// handed out again to it and limited per client.
+    #[prost(string, tag = "5")]
+    pub client: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -137,6 +141,9 @@ pub enum ChallengeOutcome {
     Purchased = 3,
     /// As [`VerifyOutcome::PurchaseInProgress`]: nothing minted.
     PurchaseInProgress = 4,
+    /// The client has as many open invoices as allowed (or everyone has): nothing minted; the
+    /// 402 offers x402 alone, or a Lightning-only route answers 429 with `retry_after`.
+    Limited = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -152,6 +159,9 @@ pub struct ChallengeResponse {
     /// JSON of the v2 x402 `bip122` requirement carrying the invoice (empty: not offered).
     #[prost(string, tag = "4")]
     pub x402_offer: String,
+    /// With LIMITED: seconds until one of the client's open invoices expires.
+    #[prost(uint64, tag = "5")]
+    pub retry_after: u64,
 }
 
 /// Claim a single-use credential (an L402 payment hash) once, across every Envoy worker and

@@ -67,6 +67,7 @@ pub struct Metrics {
     replay_store_up: Gauge,
     check: Family<ResultLabel, Counter>,
     pending_payments: Gauge,
+    invoices_open: Gauge,
     lightning_invoices: Family<BackendOutcome, Counter>,
     lightning_node_errors: Family<BackendOp, Counter>,
     l402_claims: Family<ResultLabel, Counter>,
@@ -99,6 +100,7 @@ impl Metrics {
         let replay_store_up = Gauge::default();
         let check = Family::<ResultLabel, Counter>::default();
         let pending_payments = Gauge::default();
+        let invoices_open = Gauge::default();
         let lightning_invoices = Family::<BackendOutcome, Counter>::default();
         let lightning_node_errors = Family::<BackendOp, Counter>::default();
         let l402_claims = Family::<ResultLabel, Counter>::default();
@@ -183,6 +185,11 @@ impl Metrics {
             pending_payments.clone(),
         );
         registry.register(
+            "tollway_lightning_invoices_open",
+            "Unpaid, unexpired invoices minted for 402s (bounded by lightning.invoice_limits)",
+            invoices_open.clone(),
+        );
+        registry.register(
             "tollway_lightning_invoices",
             "Invoices asked of the Lightning node by backend and outcome (created, error, timeout, busy)",
             lightning_invoices.clone(),
@@ -219,6 +226,7 @@ impl Metrics {
             replay_store_up,
             check,
             pending_payments,
+            invoices_open,
             lightning_invoices,
             lightning_node_errors,
             l402_claims,
@@ -359,6 +367,10 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    pub fn set_invoices_open(&self, n: usize) {
+        self.invoices_open.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_pending(&self, n: usize) {

@@ -368,3 +368,11 @@ pub fn offer(config: &Config, route: &str) -> Offer {
         .map(|p| p.offers[0].clone())
         .expect("paid route")
 }
+
+/// A client address no other call used (`source.address` of a Challenge): tests that mint
+/// several invoices get fresh ones rather than the open one handed out again.
+pub fn client() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}:4242", std::net::Ipv4Addr::from(0x0a00_0000 | n))
+}

@@ -241,6 +241,7 @@ impl Stream {
             path: std::mem::take(&mut pending.path),
             method: std::mem::take(&mut pending.method),
             purchase: self.renewal_key(),
+            client: host::source_address(),
         };
         match self.dispatch(shared, METHOD_CHALLENGE, &request, shared.verify_timeout) {
             Some(token) => {
@@ -299,6 +300,14 @@ impl Stream {
             }
             Some(ChallengeOutcome::PurchaseInProgress) => {
                 self.renewal_in_progress(shared);
+                return;
+            }
+            Some(ChallengeOutcome::Limited) if !paid.challenge.has_offers() => {
+                // Lightning only, and this client has as many open invoices as allowed.
+                inc(shared.metrics.lightning_challenge_unavailable);
+                let retry_after = answer.as_ref().map_or(1, |a| a.retry_after.max(1));
+                self.answered();
+                reply::too_many_invoices(retry_after);
                 return;
             }
             _ => {}

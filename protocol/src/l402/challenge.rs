@@ -6,6 +6,9 @@
 use super::error::L402Error;
 
 pub const HEADER_WWW_AUTHENTICATE: &str = "www-authenticate";
+/// Body of the 429 on a Lightning-only route whose client has as many open (unpaid) invoices as
+/// the verifier allows (`lightning.invoice_limits`); `Retry-After` says when one expires.
+pub const INVOICE_LIMIT_BODY: &str = r#"{"error":"invoice_limit","message":"too many unpaid invoices for this client; pay one of them or retry later"}"#;
 /// Longest BOLT11 invoice put in a header (real ones are well under 1 KiB).
 const MAX_INVOICE_LEN: usize = 4096;
 const MAX_MACAROON_B64_LEN: usize = 8192;

@@ -23,7 +23,7 @@ pub mod verify;
 pub use authorization::{
     carries_l402, parse_authorization, without_l402, Credential, MAX_AUTHORIZATION_BYTES,
 };
-pub use challenge::{www_authenticate, HEADER_WWW_AUTHENTICATE};
+pub use challenge::{www_authenticate, HEADER_WWW_AUTHENTICATE, INVOICE_LIMIT_BODY};
 pub use error::{L402Error, REASON_TOKEN_ALREADY_USED};
 pub use identifier::{Identifier, PaymentHash, TokenId, IDENTIFIER_LEN};
 pub use keys::{filter_key, token_root_key, BadFilterKey, FilterKey, RootKey};

@@ -43,7 +43,8 @@ use tollway_protocol::headers::{
 };
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
-    L402Error, HEADER_AUTHORIZATION, HEADER_WWW_AUTHENTICATE, REASON_TOKEN_ALREADY_USED,
+    L402Error, HEADER_AUTHORIZATION, HEADER_WWW_AUTHENTICATE, INVOICE_LIMIT_BODY,
+    REASON_TOKEN_ALREADY_USED,
 };
 use tollway_protocol::lease::{
     strip_query_token, Lease, HEADER_LEASE, REASON_ALREADY_USED, REASON_REQUIRED,
@@ -56,7 +57,9 @@ use tollway_protocol::x402::{
 };
 
 use crate::metrics::Metrics;
-use crate::payments::{ClaimResult, Payments, SettleOutcome, Verified, CLAIM_PREFIX_LEASE};
+use crate::payments::{
+    ClaimResult, NotMinted, Payments, SettleOutcome, Verified, CLAIM_PREFIX_LEASE,
+};
 use crate::rails::l402::l402_claim_key;
 use crate::stores::ledger::{EventKind, LedgerEvent};
 
@@ -135,6 +138,45 @@ fn unavailable() -> CheckResponse {
     )
 }
 
+/// 429 on a Lightning-only route whose client has as many open invoices as allowed.
+fn too_many_invoices(retry_after: u64) -> CheckResponse {
+    denied(
+        GRPC_PERMISSION_DENIED,
+        429,
+        vec![
+            header("retry-after", &retry_after.to_string()),
+            header("content-type", "application/json"),
+            header("cache-control", "no-store"),
+        ],
+        INVOICE_LIMIT_BODY.to_owned(),
+    )
+}
+
+/// Envoy's view of the client (`source.address`) as `ip:port`; empty when not given.
+fn source_address(req: &CheckRequest) -> String {
+    req.attributes
+        .as_ref()
+        .and_then(|a| a.source.as_ref())
+        .and_then(|p| p.address.as_ref())
+        .and_then(|a| match &a.address {
+            Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                Some(s)
+            }
+            _ => None,
+        })
+        .map(|s| match &s.port_specifier {
+            Some(
+                envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                    p,
+                ),
+            ) => {
+                format!("{}:{p}", s.address)
+            }
+            _ => s.address.clone(),
+        })
+        .unwrap_or_default()
+}
+
 fn bad_request(status: i32, body: &str) -> CheckResponse {
     denied(
         GRPC_PERMISSION_DENIED,
@@ -165,6 +207,8 @@ struct Request<'a> {
     method: &'a str,
     /// The route's Lightning price when it sells Lightning and the rail is up.
     lightning: Option<LightningPrice>,
+    /// The client's address as Envoy sees it (`ip:port`), for the invoice limits.
+    source: String,
 }
 
 fn receipt_header(version: u8) -> &'static str {
@@ -292,16 +336,26 @@ impl ExtAuthz {
     /// Node down: x402 alone, or 503 when the route sells only Lightning.
     async fn challenge(&self, r: &Request<'_>, error: Option<&str>, status: i32) -> CheckResponse {
         let minted = match r.lightning {
-            Some(_) => self.payments.challenge(r.route, r.path, r.method).await,
-            None => None,
+            Some(_) => {
+                self.payments
+                    .challenge(r.route, r.path, r.method, &r.source)
+                    .await
+            }
+            None => Err(NotMinted::Unavailable),
         };
         let lines = minted
             .as_ref()
+            .ok()
             .and_then(|m| www_authenticate(&m.macaroon, &m.invoice.bolt11).ok());
         if lines.is_none() && !r.paid.challenge.has_offers() {
+            if let Err(NotMinted::Limited { retry_after }) = minted {
+                self.metrics.check("invoice_limited");
+                return too_many_invoices(retry_after);
+            }
             self.metrics.check("unavailable");
             return unavailable();
         }
+        let minted = minted.ok();
         let x402_offer = lines
             .as_ref()
             .and(minted.as_ref())
@@ -458,6 +512,7 @@ impl ExtAuthz {
             method: &lease.method,
             // Leases cannot be bought in this mode: no invoice is minted for the 402.
             lightning: None,
+            source: String::new(),
         };
         let header_token = http
             .headers
@@ -589,6 +644,7 @@ impl ExtAuthz {
             lightning: paid
                 .lightning
                 .and_then(|_| self.payments.lightning_price(&route.name)),
+            source: source_address(req),
         };
 
         // Envoy lower-cases header names in the check request.

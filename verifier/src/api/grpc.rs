@@ -14,7 +14,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::ext_authz::ExtAuthz;
 use crate::api::rds::{Rds, RouteDiscoveryServiceServer};
 use crate::payments::{
-    ClaimResult, Payments, Purchase, Reservation, SettleOutcome, Verified, REASON_CALLER_GONE,
+    ClaimResult, NotMinted, Payments, Purchase, Reservation, SettleOutcome, Verified,
+    REASON_CALLER_GONE,
 };
 use crate::stores::routes_store::RouteStore;
 use tollway_protocol::lease::Renewal;
@@ -219,14 +220,24 @@ impl generated::payments_server::Payments for PaymentsService {
                 }));
             }
         }
-        let response = match self.payments.challenge(&r.route, &r.path, &r.method).await {
-            Some(c) => rpc::ChallengeResponse {
+        let minted = self
+            .payments
+            .challenge(&r.route, &r.path, &r.method, &r.client)
+            .await;
+        let response = match minted {
+            Ok(c) => rpc::ChallengeResponse {
                 outcome: rpc::ChallengeOutcome::Minted as i32,
                 invoice: c.invoice.bolt11,
                 macaroon: c.macaroon,
                 x402_offer: c.x402_offer,
+                retry_after: 0,
             },
-            None => rpc::ChallengeResponse {
+            Err(NotMinted::Limited { retry_after }) => rpc::ChallengeResponse {
+                outcome: rpc::ChallengeOutcome::Limited as i32,
+                retry_after,
+                ..rpc::ChallengeResponse::default()
+            },
+            Err(NotMinted::Unavailable) => rpc::ChallengeResponse {
                 outcome: rpc::ChallengeOutcome::Unavailable as i32,
                 ..rpc::ChallengeResponse::default()
             },
@@ -616,6 +627,7 @@ mod tests {
                 path: "/api/quote".into(),
                 method: "GET".into(),
                 purchase: String::new(),
+                client: String::new(),
             })
             .await
             .expect("challenge")
@@ -672,6 +684,7 @@ mod tests {
                 path: "/api/echo".into(),
                 method: "POST".into(),
                 purchase: String::new(),
+                client: String::new(),
             })
             .await
             .expect("challenge")

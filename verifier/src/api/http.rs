@@ -248,7 +248,7 @@ mod tests {
 
         let c = h
             .payments
-            .challenge("quote", "/api/quote", "GET")
+            .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
             .await
             .expect("minted");
         let r = pay(json!({"invoice": c.invoice.bolt11}).to_string())

@@ -35,6 +35,7 @@ use tollway_protocol::x402::Offer;
 use crate::config::secret::{Secret, SecretRef, MIN_SECRET_BYTES};
 use crate::rails::cdp_jwt::CdpCredentials;
 use crate::rails::facilitator::{FacilitatorAuth, FacilitatorSettings};
+use crate::rails::invoices::InvoiceLimits;
 use crate::rails::lightning::tls::load_certs;
 use crate::rails::lightning::{Backend, NODE_TIMEOUT};
 use crate::stores::ledger::LedgerLocation;
@@ -224,6 +225,8 @@ struct RawLightning {
     network: String,
     #[serde(default)]
     invoice_expiry_seconds: Option<u64>,
+    #[serde(default)]
+    invoice_limits: Option<RawInvoiceLimits>,
     /// Shape only: `dev: {}` has nothing to set.
     #[serde(default)]
     #[allow(dead_code)]
@@ -234,6 +237,16 @@ struct RawLightning {
     cln: Option<RawCln>,
     #[serde(default)]
     lnbits: Option<RawLnbits>,
+}
+
+/// `lightning.invoice_limits`: open (unpaid, unexpired) invoices at most.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInvoiceLimits {
+    #[serde(default)]
+    per_client: Option<usize>,
+    #[serde(default)]
+    total: Option<usize>,
 }
 
 /// `dev: {}`: nothing to set.
@@ -573,6 +586,7 @@ pub struct LightningSettings {
     pub node: NodeSettings,
     pub network: LightningNetwork,
     pub invoice_expiry_seconds: u64,
+    pub invoice_limits: InvoiceLimits,
 }
 
 /// `l402:`. Only the filter key derived from the root secret is kept.
@@ -1467,6 +1481,36 @@ fn lightning(p: &mut Problems, raw: &RawLightning, secrets: Secrets) -> Option<L
             "the time a client has to pay a 402's invoice; 600 is common",
         );
     }
+    let defaults = InvoiceLimits::default();
+    let limits = raw.invoice_limits.as_ref();
+    let invoice_limits = InvoiceLimits {
+        per_client: limits
+            .and_then(|l| l.per_client)
+            .unwrap_or(defaults.per_client),
+        total: limits.and_then(|l| l.total).unwrap_or(defaults.total),
+    };
+    for (field, value, max) in [
+        ("per_client", invoice_limits.per_client, 1_000),
+        ("total", invoice_limits.total, 1_000_000),
+    ] {
+        if !(1..=max).contains(&value) {
+            p.hint(
+                format!("lightning.invoice_limits.{field}"),
+                format!("{value} is out of range 1..={max}"),
+                "open (unpaid, unexpired) invoices at most; defaults: per_client 10, total 10000",
+            );
+        }
+    }
+    if invoice_limits.per_client > invoice_limits.total {
+        p.hint(
+            "lightning.invoice_limits.per_client",
+            format!(
+                "{} is more than total ({})",
+                invoice_limits.per_client, invoice_limits.total
+            ),
+            "per_client is at most total",
+        );
+    }
     let node = match Backend::parse(raw.backend.trim()) {
         None => {
             p.hint(
@@ -1590,6 +1634,7 @@ fn lightning(p: &mut Problems, raw: &RawLightning, secrets: Secrets) -> Option<L
         node: node?,
         network: network?,
         invoice_expiry_seconds: expiry,
+        invoice_limits,
     })
 }
 

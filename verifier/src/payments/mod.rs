@@ -35,8 +35,9 @@ use crate::metrics::Metrics;
 use crate::payments::journal::{JournalEntry, JournalRow, JournalUpdate, PaymentState};
 use crate::rails::chain::ChainReader;
 use crate::rails::facilitator::{FacilitatorClient, FacilitatorRequest, SettleAnswer};
+use crate::rails::invoices::{Ask, ClientId};
 use crate::rails::l402::{
-    bindable_method, bindable_path, is_l402_claim_key, l402_claim_key, LightningRail,
+    bindable_method, bindable_path, is_l402_claim_key, l402_claim_key, LightningRail, MintError,
     MintedChallenge, RailError, CLAIM_PREFIX_L402_REUSABLE,
 };
 use crate::rails::lightning::{bolt11, InvoiceState, NodeError};
@@ -216,6 +217,16 @@ pub enum PaymentsError {
     MissingFacilitator { route: String, facilitator: String },
     #[error(transparent)]
     Lightning(#[from] RailError),
+}
+
+/// Why a 402 carries no Lightning part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotMinted {
+    /// The route sells no Lightning here, or the node is down or slow.
+    Unavailable,
+    /// The client (or everyone) has as many open invoices as allowed; one frees up in
+    /// `retry_after` seconds.
+    Limited { retry_after: u64 },
 }
 
 /// Outcome of a single-use token claim.
@@ -902,6 +913,7 @@ impl Payments {
         if let Err(refused) = self.accept(&payment_id, pending).await {
             return refused;
         }
+        rail.invoices().spent(&decoded.payment_hash);
         tracing::info!(route = %route, payment_id = %payment_id, network = network.caip2(), "lightning payment verified");
         Verified::Valid {
             payment_id,
@@ -911,39 +923,42 @@ impl Payments {
         }
     }
 
-    /// Mints the Lightning part of a 402 for `route`: an invoice on the node and a macaroon
-    /// bound to `path` and `method` (when given). `None`: the route sells no Lightning, or the
-    /// node is down or slow — the 402 then offers x402 alone.
+    /// The Lightning part of a 402 for `route`, bound to `path` and `method` (when given), for
+    /// the client at `source` (Envoy's `source.address`): the client's open invoice for the
+    /// same thing when it has one, else a fresh invoice and macaroon within the invoice limits
+    /// (see `rails::invoices`). `Err`: the 402 offers x402 alone (or answers 429 when it has
+    /// nothing else to offer).
     pub async fn challenge(
         &self,
         route: &str,
         path: &str,
         method: &str,
-    ) -> Option<MintedChallenge> {
+        source: &str,
+    ) -> Result<MintedChallenge, NotMinted> {
         let now = (self.clock)();
         let unavailable = |why: &str| {
             self.metrics.challenge("unavailable");
             tracing::debug!(route = %route, why, "no lightning challenge");
-            None
+            NotMinted::Unavailable
         };
         let Some(rail) = &self.lightning else {
-            return unavailable("no lightning rail");
+            return Err(unavailable("no lightning rail"));
         };
         let table = self.routes();
         let Some(info) = table.routes.get(route) else {
             tracing::warn!(route = %route, "challenge for a route that is not a paid route here (stale filter config?)");
-            return unavailable("unknown route");
+            return Err(unavailable("unknown route"));
         };
         let Some(price) = info.lightning else {
-            return unavailable("route sells no lightning");
+            return Err(unavailable("route sells no lightning"));
         };
         let path = match path {
             "" => None,
             p => match bindable_path(p) {
-                Some(p) => Some(p),
+                Some(p) => Some(p.to_owned()),
                 None => {
                     tracing::warn!(route = %route, "challenge: request path cannot be bound into a token");
-                    return unavailable("bad path");
+                    return Err(unavailable("bad path"));
                 }
             },
         };
@@ -951,18 +966,36 @@ impl Payments {
             "" => None,
             m => match bindable_method(m) {
                 Some(m) => Some(m),
-                None => return unavailable("bad method"),
+                None => return Err(unavailable("bad method")),
             },
         };
+        let ask = Ask {
+            client: ClientId::from_source(source),
+            route: route.to_owned(),
+            path,
+            method,
+        };
+        if let Some(open) = rail.invoices().reuse(&ask, now) {
+            // Unless it was paid and used meanwhile (here or at another replica).
+            let key = l402_claim_key(&open.invoice.payment_hash);
+            match self.replay.held(&key, now).await {
+                Ok(false) => {
+                    self.metrics.challenge("reused");
+                    return Ok(open);
+                }
+                Ok(true) => rail.invoices().spent(&open.invoice.payment_hash),
+                Err(e) => {
+                    tracing::warn!(route = %route, error = %e, "replay store unavailable");
+                    return Err(unavailable("replay store unavailable"));
+                }
+            }
+        }
         let memo = if info.description.is_empty() {
             route
         } else {
             info.description.as_str()
         };
-        match rail
-            .mint(route, price, memo, path, method.as_deref(), now)
-            .await
-        {
+        match rail.mint(ask, price, memo, now).await {
             Ok(c) => {
                 self.metrics.challenge("minted");
                 self.ledger.record(LedgerEvent {
@@ -972,11 +1005,22 @@ impl Payments {
                     nonce: Some(hex::encode(c.invoice.payment_hash)),
                     ..LedgerEvent::new(EventKind::InvoiceCreated, route)
                 });
-                Some(c)
+                Ok(c)
+            }
+            Err(MintError::Limited(limited)) => {
+                self.metrics.challenge(if limited.scope == "client" {
+                    "limited_client"
+                } else {
+                    "limited_total"
+                });
+                tracing::debug!(route = %route, client = %source, scope = limited.scope, "invoice limit reached: nothing minted");
+                Err(NotMinted::Limited {
+                    retry_after: limited.retry_after,
+                })
             }
             Err(e) => {
                 tracing::warn!(route = %route, error = %e, "lightning challenge unavailable: the 402 offers x402 only");
-                unavailable(e.kind())
+                Err(unavailable(e.kind()))
             }
         }
     }
@@ -1070,7 +1114,10 @@ impl Payments {
             }
         };
         match outcome {
-            ClaimResult::Claimed => self.metrics.l402_claim("reusable"),
+            ClaimResult::Claimed => {
+                self.metrics.l402_claim("reusable");
+                self.invoice_spent(key);
+            }
             ClaimResult::AlreadyUsed => {
                 self.metrics.l402_claim("already_used");
                 self.ledger.record(LedgerEvent {
@@ -1127,6 +1174,7 @@ impl Payments {
             Ok(Claim::Claimed) => {
                 count("claimed");
                 self.ledger.record(event);
+                self.invoice_spent(key);
                 ClaimResult::Claimed
             }
             Ok(Claim::AlreadyUsed) => {
@@ -1143,6 +1191,20 @@ impl Payments {
                 tracing::error!(error = %e, route = %event.route, "replay store unavailable");
                 ClaimResult::Unavailable
             }
+        }
+    }
+
+    /// An invoice whose token was just claimed (`l402:<hash>`) no longer counts as open.
+    fn invoice_spent(&self, claim_key: &str) {
+        let (Some(rail), Some(hash)) = (
+            &self.lightning,
+            claim_key.strip_prefix(crate::rails::l402::CLAIM_PREFIX_L402),
+        ) else {
+            return;
+        };
+        let mut out = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut out).is_ok() {
+            rail.invoices().spent(&out);
         }
     }
 
@@ -1806,6 +1868,8 @@ impl Payments {
         }
         if let Some(rail) = &self.lightning {
             rail.sweep(now);
+            self.metrics
+                .set_invoices_open(rail.invoices().sweep_count(now));
         }
         expired.len()
     }
@@ -2346,7 +2410,7 @@ pub(crate) mod tests {
             let h = lightning_harness(&fake.url);
             let c = h
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
                 .expect("minted");
             let payment = header(&c.x402_offer, &c.invoice.bolt11);
@@ -2421,12 +2485,12 @@ pub(crate) mod tests {
             let h = lightning_harness(&fake.url);
             let quote = h
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
                 .expect("minted");
             let sats = h
                 .payments
-                .challenge("sats", "/api/sats", "GET")
+                .challenge("sats", "/api/sats", "GET", &crate::testkit::client())
                 .await
                 .expect("minted");
             pay(&h, &quote.invoice.bolt11);
@@ -2541,7 +2605,7 @@ pub(crate) mod tests {
             );
             let c = h
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
                 .expect("minted");
             pay(&h, &c.invoice.bolt11);
@@ -2624,7 +2688,7 @@ pub(crate) mod tests {
             let h = lightning_harness_on(&fake.url, lnd_rail(&d));
             let c = h
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
                 .expect("minted on LND");
             let payment = header(&c.x402_offer, &c.invoice.bolt11);
@@ -2643,18 +2707,18 @@ pub(crate) mod tests {
             );
             assert!(h
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
-                .is_none());
+                .is_err());
 
             // Slow node: the challenge gives up within the node timeout (2 s).
             d.set_mode(Mode::Slow(Duration::from_secs(10)));
             let started = std::time::Instant::now();
             assert!(h
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
-                .is_none());
+                .is_err());
             assert!(
                 started.elapsed() < Duration::from_millis(2600),
                 "{:?}",
@@ -2684,37 +2748,103 @@ pub(crate) mod tests {
         }
 
         #[tokio::test]
+        async fn open_invoices_are_handed_out_again_and_limited() {
+            let fake = FakeFacilitator::start().await;
+            let h = lightning_harness(&fake.url);
+            let me = crate::testkit::client();
+            let first = h
+                .payments
+                .challenge("quote", "/api/quote", "GET", &me)
+                .await
+                .expect("minted");
+            let again = h
+                .payments
+                .challenge("quote", "/api/quote", "GET", &me)
+                .await
+                .expect("reused");
+            assert_eq!(again.invoice.bolt11, first.invoice.bolt11);
+            assert_eq!(again.macaroon, first.macaroon);
+            // Paid and used: the next 402 has a fresh invoice.
+            let key = crate::rails::l402::l402_claim_key(&first.invoice.payment_hash);
+            assert_eq!(
+                h.payments
+                    .claim(&key, "quote", unix_now() + 600, false)
+                    .await,
+                ClaimResult::Claimed
+            );
+            let fresh = h
+                .payments
+                .challenge("quote", "/api/quote", "GET", &me)
+                .await
+                .expect("minted");
+            assert_ne!(fresh.invoice.payment_hash, first.invoice.payment_hash);
+            // Ten open invoices per client (the default): the eleventh path gets none.
+            for n in 1..10 {
+                let path = format!("/api/quote/{n}");
+                h.payments
+                    .challenge("quote", &path, "GET", &me)
+                    .await
+                    .expect("minted");
+            }
+            let limited = h
+                .payments
+                .challenge("quote", "/api/quote/10", "GET", &me)
+                .await;
+            assert!(
+                matches!(limited, Err(NotMinted::Limited { retry_after }) if (590..=600).contains(&retry_after)),
+                "{limited:?}"
+            );
+            // The same client still gets its open ones; another client gets its own.
+            h.payments
+                .challenge("quote", "/api/quote/3", "GET", &me)
+                .await
+                .expect("reused");
+            h.payments
+                .challenge("quote", "/api/quote/10", "GET", &crate::testkit::client())
+                .await
+                .expect("minted");
+        }
+
+        #[tokio::test]
         async fn challenge_inputs() {
             let fake = FakeFacilitator::start().await;
             let h = lightning_harness(&fake.url);
-            assert!(h.payments.challenge("nope", "/x", "GET").await.is_none());
+            assert!(h
+                .payments
+                .challenge("nope", "/x", "GET", &crate::testkit::client())
+                .await
+                .is_err());
             assert!(
                 h.payments
-                    .challenge("echo", "/api/echo", "POST")
+                    .challenge("echo", "/api/echo", "POST", &crate::testkit::client())
                     .await
-                    .is_none(),
+                    .is_err(),
                 "no Lightning price"
             );
             assert!(h
                 .payments
-                .challenge("quote", "/api/quote?x=1", "GET")
+                .challenge("quote", "/api/quote?x=1", "GET", &crate::testkit::client())
                 .await
-                .is_none());
+                .is_err());
             assert!(h
                 .payments
-                .challenge("quote", "/api/quote", "G E T")
+                .challenge("quote", "/api/quote", "G E T", &crate::testkit::client())
                 .await
-                .is_none());
+                .is_err());
             // Unbound (no path/method given).
-            let c = h.payments.challenge("once", "", "").await.expect("minted");
+            let c = h
+                .payments
+                .challenge("once", "", "", &crate::testkit::client())
+                .await
+                .expect("minted");
             assert_eq!(c.invoice.amount_msat, 5000);
             // Without the rail nothing is minted.
             let plain = crate::testkit::harness(&fake.url);
             assert!(plain
                 .payments
-                .challenge("quote", "/api/quote", "GET")
+                .challenge("quote", "/api/quote", "GET", &crate::testkit::client())
                 .await
-                .is_none());
+                .is_err());
             assert!(plain.payments.lightning().is_none());
         }
 

@@ -18,6 +18,7 @@ use tollway_protocol::x402::lightning_offer_v2;
 
 use crate::config::{L402Settings, LightningSettings, NodeSettings};
 use crate::metrics::Metrics;
+use crate::rails::invoices::{Ask, InvoiceBook, InvoiceLimits, Limited};
 use crate::rails::lightning::cln::ClnNode;
 use crate::rails::lightning::dev::DevNode;
 use crate::rails::lightning::lnbits::LnbitsNode;
@@ -86,7 +87,29 @@ pub struct LightningRail {
     service: String,
     valid_seconds: u64,
     minted: Mutex<HashMap<[u8; 32], Minted>>,
+    /// Open invoices: handed out again, and limited per client and in total.
+    invoices: InvoiceBook,
     dev: Option<Arc<DevNode>>,
+}
+
+/// Why no invoice was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    Limited(#[from] Limited),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl MintError {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MintError::Limited(l) if l.scope == "client" => "limited_client",
+            MintError::Limited(_) => "limited_total",
+            MintError::Node(e) => e.kind(),
+        }
+    }
 }
 
 impl fmt::Debug for LightningRail {
@@ -154,12 +177,9 @@ impl LightningRail {
     ) -> Result<Self, RailError> {
         let (inner, dev) = build_node(&settings.node, settings.network)?;
         let node = Node::new(settings.node.backend(), settings.network, inner, metrics);
-        Ok(Self::with_node(
-            node,
-            dev,
-            settings.invoice_expiry_seconds,
-            l402,
-        ))
+        let mut rail = Self::with_node(node, dev, settings.invoice_expiry_seconds, l402);
+        rail.invoices = InvoiceBook::new(settings.invoice_limits);
+        Ok(rail)
     }
 
     /// A rail on a given node (tests use doubles).
@@ -177,8 +197,14 @@ impl LightningRail {
             service: l402.service.clone(),
             valid_seconds: l402.valid_seconds,
             minted: Mutex::new(HashMap::new()),
+            invoices: InvoiceBook::new(InvoiceLimits::default()),
             dev,
         }
+    }
+
+    /// Open invoices and their limits.
+    pub fn invoices(&self) -> &InvoiceBook {
+        &self.invoices
     }
 
     pub fn node(&self) -> &Node {
@@ -206,23 +232,28 @@ impl LightningRail {
         self.dev.as_ref()
     }
 
-    /// A fresh invoice for `price` on `route`, its macaroon (bound to `path` and `method` when
-    /// given) and the x402 offer carrying it.
+    /// A fresh invoice for `price` on the route `ask` names, its macaroon (bound to the ask's
+    /// path and method when given) and the x402 offer carrying it; recorded as open for the
+    /// ask. Refused beyond the invoice limits (see `invoices`).
     pub async fn mint(
         &self,
-        route: &str,
+        ask: Ask,
         price: LightningPrice,
         memo: &str,
-        path: Option<&str>,
-        method: Option<&str>,
         now: u64,
-    ) -> Result<MintedChallenge, NodeError> {
+    ) -> Result<MintedChallenge, MintError> {
+        self.invoices.admit(&ask.client, now)?;
         if self.minted_len() >= MAX_MINTED {
             self.sweep(now);
             if self.minted_len() >= MAX_MINTED {
-                return Err(NodeError::Busy);
+                return Err(NodeError::Busy.into());
             }
         }
+        let (route, path, method) = (
+            ask.route.as_str(),
+            ask.path.as_deref(),
+            ask.method.as_deref(),
+        );
         let invoice = self
             .node
             .create_invoice(price.amount_msat, memo, self.invoice_expiry_seconds, now)
@@ -256,11 +287,13 @@ impl LightningRail {
                 },
             );
         }
-        Ok(MintedChallenge {
+        let challenge = MintedChallenge {
             invoice,
             macaroon,
             x402_offer,
-        })
+        };
+        self.invoices.record(ask, &challenge, now);
+        Ok(challenge)
     }
 
     fn minted_len(&self) -> usize {
@@ -345,6 +378,8 @@ mod tests {
         )
     }
 
+    use crate::rails::invoices::ClientId;
+
     #[tokio::test]
     async fn minted_token_verifies_with_the_filter_key_once_paid() {
         let (rail, dev) = dev_rail();
@@ -355,11 +390,14 @@ mod tests {
         };
         let c = rail
             .mint(
-                "quote",
+                Ask {
+                    client: ClientId::from_source("127.0.0.1:1"),
+                    route: "quote".into(),
+                    path: Some("/api/quote".into()),
+                    method: Some("GET".into()),
+                },
                 price,
                 "A quote",
-                Some("/api/quote"),
-                Some("GET"),
                 now,
             )
             .await

@@ -5,5 +5,6 @@
 pub mod cdp_jwt;
 pub mod chain;
 pub mod facilitator;
+pub mod invoices;
 pub mod l402;
 pub mod lightning;
