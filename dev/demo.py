@@ -44,7 +44,7 @@ def main() -> int:
         "DEMO_VERIFIER_URL": stack.verifier_http,
     }
     (run_dir / "env").write_text("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in facts.items()))
-    shown = [r for r in ROUTES if r.name not in ("fail", "short")]  # these two exist for the tests
+    shown = [r for r in ROUTES if r.name not in ("fail", "short", "flash")]  # these exist for the tests
     routes = "\n".join(f"  {'routes' if i == 0 else '':<16}{describe(r)}" for i, r in enumerate(shown))
     print(
         f"""

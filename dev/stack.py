@@ -147,6 +147,19 @@ ROUTES = [
         mime_type="text/event-stream",
         description="One ticker stream per lease",
     ),
+    # A short, renewable stream lease, so tests see an open stream end with its lease.
+    Route(
+        "flash",
+        ["GET"],
+        "/stream/flash/[symbol]",
+        price="0.01",
+        kind="http-stream",
+        lease=Lease("/lease/flash/[symbol]", seconds=SHORT_LEASE_SECONDS, renewal_window=SHORT_RENEWAL_WINDOW),
+        upstream_path="/v1/ticker/[symbol]",
+        response_headers=("streaming",),
+        mime_type="text/event-stream",
+        description="Ticker stream, short lease",
+    ),
     # A short, renewable lease (renewal window: its last 4 s) so tests see renewal and expiry fast.
     Route(
         "short",

@@ -6,6 +6,7 @@ event first proves nothing on the way buffers the stream."""
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import requests
+from websockets.exceptions import ConnectionClosed
 
 from dev.stack import PAY_TO, PAYER, SHORT_LEASE_SECONDS, SHORT_RENEWAL_WINDOW
 from leases import (
@@ -353,6 +355,63 @@ def test_a_repeated_renewal_charges_once(stack):
         assert again.json()["lease"] == renewed.json()["lease"]
     with open_ws(stack, renewed.json()["path"], lease=renewed.json()["lease"]) as ws:
         ws_echoes(ws)
+
+
+# -- open streams end with their lease --------------------------------------------------------
+
+
+def closed_at(deadline: float, step) -> float | None:
+    """Calls `step()` (which raises once the connection is closed) until it does; answers when,
+    or None if it still works at `deadline`."""
+    while time.time() < deadline:
+        try:
+            step()
+        except (OSError, http.client.HTTPException, ConnectionClosed, TimeoutError):
+            return time.time()
+        time.sleep(0.2)
+    return None
+
+
+def test_an_expired_lease_closes_its_open_stream_and_websocket(stack):
+    # Server-sent events: the upstream holds the stream open after its first event.
+    symbol = unique("EXP")
+    lease = buy_lease(stack, f"/lease/flash/{symbol}")
+    with SSE(stack, lease["path"], lease=lease["lease"], timeout=20) as s:
+        assert s.status == 200, (s.status, s.body)
+        assert event_data(s.next_event())["seq"] == 1
+
+        def read():
+            if s.next_event() is None:
+                raise ConnectionError("stream ended")
+
+        ended = closed_at(lease["expires_at"] + 6, read)
+    assert ended is not None, "the stream outlived its lease"
+    assert lease["expires_at"] - 1 <= ended <= lease["expires_at"] + 3, (ended, lease["expires_at"])
+
+    # A WebSocket session.
+    room = unique("exp")
+    lease = buy_lease(stack, f"/lease/short/{room}")
+    with open_ws(stack, lease["path"], lease=lease["lease"]) as ws:
+        ws_echoes(ws)
+        ended = closed_at(lease["expires_at"] + 6, lambda: ws_echoes(ws))
+    assert ended is not None, "the WebSocket outlived its lease"
+    assert lease["expires_at"] - 1 <= ended <= lease["expires_at"] + 3, (ended, lease["expires_at"])
+
+
+def test_a_renewal_keeps_the_open_websocket_open_until_the_new_expiry(stack):
+    room = unique("keep")
+    lease_path = f"/lease/short/{room}"
+    old = buy_lease(stack, lease_path)
+    with open_ws(stack, old["path"], lease=old["lease"]) as ws:
+        ws_echoes(ws)
+        wait_until_epoch(old["expires_at"] - SHORT_RENEWAL_WINDOW + 1.05)
+        renewed = buy_lease(stack, lease_path, current=old["lease"])
+        assert renewed["expires_at"] == old["expires_at"] + SHORT_LEASE_SECONDS
+        # Past the old expiry (and the tick that would have closed it) the session goes on.
+        assert closed_at(old["expires_at"] + 2.5, lambda: ws_echoes(ws)) is None
+        ended = closed_at(renewed["expires_at"] + 6, lambda: ws_echoes(ws))
+    assert ended is not None, "the WebSocket outlived its renewed lease"
+    assert renewed["expires_at"] - 1 <= ended <= renewed["expires_at"] + 3
 
 
 # -- L402 -----------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ fn main() {
             "RoutesRequest",
             "RoutesResponse",
         ))
+        .method(method(
+            "purchased",
+            "Purchased",
+            "PurchasedRequest",
+            "PurchasedResponse",
+        ))
         .build();
     Builder::new().compile(&[payments]);
 

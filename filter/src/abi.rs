@@ -96,6 +96,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     pub fn proxy_continue_stream(stream: StreamType) -> u32;
+    pub fn proxy_close_stream(stream: StreamType) -> u32;
     pub fn proxy_grpc_call(
         cluster: *const u8,
         cluster_size: usize,

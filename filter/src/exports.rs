@@ -130,7 +130,7 @@ pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_config_size: usize) -> bo
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
     contexts(|c| {
         if parent_id == 0 {
-            c.roots.insert(context_id, Box::new(Root::new()));
+            c.roots.insert(context_id, Box::new(Root::new(context_id)));
         } else {
             let shared = c.roots.get(&parent_id).and_then(|r| r.shared());
             c.streams.insert(
@@ -175,6 +175,7 @@ pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status: u32) 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(id: u32) {
     if let Some(mut stream) = contexts(|c| c.streams.remove(&id)) {
+        crate::expiry::forget(id);
         stream.on_delete();
     } else {
         contexts(|c| c.roots.remove(&id));

@@ -238,6 +238,16 @@ pub fn send_response(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
     }
 }
 
+/// Resets the effective context's stream (both directions): the client sees it end.
+pub fn close_stream() {
+    // SAFETY: no pointers.
+    let code = unsafe { abi::proxy_close_stream(StreamType::HttpResponse) };
+    if code != OK {
+        // SAFETY: no pointers.
+        unsafe { abi::proxy_close_stream(StreamType::HttpRequest) };
+    }
+}
+
 pub fn resume_request() {
     // SAFETY: plain value.
     unsafe { abi::proxy_continue_stream(StreamType::HttpRequest) };

@@ -15,6 +15,7 @@
 
 mod abi;
 mod exports;
+mod expiry;
 mod host;
 mod http;
 mod metrics;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub leases_accepted: u32,
     /// Lease tokens refused (missing, invalid, expired, used) and refused renewals.
     pub leases_rejected: u32,
+    /// Open streams (SSE, WebSocket) closed because their lease expired.
+    pub lease_streams_closed: u32,
 }
 
 impl Metrics {
@@ -63,6 +65,7 @@ impl Metrics {
             leases_sold: counter("tollway.leases_sold")?,
             leases_accepted: counter("tollway.leases_accepted")?,
             leases_rejected: counter("tollway.leases_rejected")?,
+            lease_streams_closed: counter("tollway.lease_streams_closed")?,
         })
     }
 }

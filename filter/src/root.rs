@@ -39,6 +39,8 @@ pub struct Shared {
 }
 
 pub struct Root {
+    /// This root's context id (the effective context of its tick).
+    id: u32,
     metrics: Option<Metrics>,
     shared: Option<Rc<Shared>>,
     /// Set when the route table comes from the verifier.
@@ -62,8 +64,9 @@ const FIRST_TABLE_TICK: Duration = Duration::from_millis(100);
 const FLUSH_TICK: Duration = Duration::from_secs(1);
 
 impl Root {
-    pub fn new() -> Root {
+    pub fn new(id: u32) -> Root {
         Root {
+            id,
             metrics: None,
             shared: None,
             sync: None,
@@ -229,6 +232,12 @@ impl Root {
         if crate::retry::answered(token_id, status_code) {
             return;
         }
+        if let Some(shared) = &self.shared {
+            let closed = shared.metrics.lease_streams_closed;
+            if crate::expiry::answered(self.id, closed, token_id, status_code, response_size) {
+                return;
+            }
+        }
         let ours = self.sync.as_ref().and_then(|s| s.call) == Some(token_id);
         if ours {
             if let Some(sync) = self.sync.as_mut() {
@@ -252,6 +261,16 @@ impl Root {
         metrics::flush();
         if let Some(shared) = &self.shared {
             crate::retry::send(&shared.verifier_cluster, shared.settle_timeout);
+            let now = host::now_unix();
+            if now != 0 {
+                crate::expiry::tick(
+                    self.id,
+                    shared.metrics.lease_streams_closed,
+                    &shared.verifier_cluster,
+                    shared.verify_timeout,
+                    now,
+                );
+            }
         }
         self.poll();
     }

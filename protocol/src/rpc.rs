@@ -11,6 +11,7 @@ pub const METHOD_RELEASE: &str = "Release";
 pub const METHOD_CHALLENGE: &str = "Challenge";
 pub const METHOD_CLAIM: &str = "Claim";
 pub const METHOD_ROUTES: &str = "Routes";
+pub const METHOD_PURCHASED: &str = "Purchased";
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VerifyRequest {
@@ -206,6 +207,34 @@ pub enum ClaimOutcome {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ClaimResponse {
     #[prost(enumeration = "ClaimOutcome", tag = "1")]
+    pub outcome: i32,
+}
+
+/// Where a purchase sold once stands (`lease::Renewal::key`): asked when an open stream's lease
+/// reaches its expiry, to learn whether it was renewed (at any Envoy, any replica).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PurchasedRequest {
+    #[prost(string, tag = "1")]
+    pub purchase: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum PurchaseOutcome {
+    Unspecified = 0,
+    /// Not bought (nor being paid for).
+    Open = 1,
+    /// Paid for.
+    Bought = 2,
+    /// A payment for it is being settled.
+    InFlight = 3,
+    /// The verifier could not tell (store down, malformed key).
+    Unavailable = 4,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PurchasedResponse {
+    #[prost(enumeration = "PurchaseOutcome", tag = "1")]
     pub outcome: i32,
 }
 

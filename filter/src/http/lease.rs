@@ -94,7 +94,7 @@ impl Stream {
             let path = canonical_path(target.path);
             lease
                 .check(&route.name, target.method, &path, now)
-                .map(|()| (lease.id_hex(), lease.single_use, lease.expires_at))
+                .map(|()| (lease.id, lease.id_hex(), lease.single_use, lease.expires_at))
         };
         // A token seen before skips its HMAC; the lease's terms are checked on every request.
         let cached = shared.lease_cache.borrow().get(&*token).map(check);
@@ -107,11 +107,18 @@ impl Stream {
                 .insert(token.into_owned(), lease);
             checked
         });
-        let (id_hex, single_use, expires_at) = match checked {
+        let (id, id_hex, single_use, expires_at) = match checked {
             Ok(lease) if now != 0 => lease,
             Ok(_) => return self.unavailable(shared),
             Err(e) => return self.lease_refused(shared, route, target, e.reason()),
         };
+        // The stream (an SSE stream, a WebSocket session) ends when the lease does, unless it
+        // is renewed meanwhile.
+        let terms = route.lease.as_ref();
+        let renew_seconds = terms
+            .filter(|t| t.renew_window_seconds.is_some())
+            .map(|t| t.seconds);
+        crate::expiry::watch(self.id, id, expires_at, renew_seconds);
         let base = query.as_ref().map_or(target.path, |(p, _)| p.as_str());
         self.forward = Some(Box::new(Forward::new(
             target.route,

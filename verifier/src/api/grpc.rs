@@ -312,6 +312,28 @@ impl generated::payments_server::Payments for PaymentsService {
         }))
     }
 
+    /// Whether a renewal was bought: asked by a filter whose open stream's lease expires.
+    async fn purchased(
+        &self,
+        request: tonic::Request<rpc::PurchasedRequest>,
+    ) -> Result<tonic::Response<rpc::PurchasedResponse>, tonic::Status> {
+        let outcome = match Renewal::parse(&request.get_ref().purchase) {
+            None => rpc::PurchaseOutcome::Unavailable,
+            Some(p) => match self.payments.purchase_state(&p).await {
+                Ok(Reservation::Open) => rpc::PurchaseOutcome::Open,
+                Ok(Reservation::Bought) => rpc::PurchaseOutcome::Bought,
+                Ok(Reservation::InFlight) => rpc::PurchaseOutcome::InFlight,
+                Err(e) => {
+                    tracing::warn!(error = %e, "purchased: replay store unavailable");
+                    rpc::PurchaseOutcome::Unavailable
+                }
+            },
+        };
+        Ok(tonic::Response::new(rpc::PurchasedResponse {
+            outcome: outcome as i32,
+        }))
+    }
+
     /// The route table for the filters' sync: nothing but the version when it is the one the
     /// filter holds (every Envoy worker polls this every `sync_interval_ms`).
     async fn routes(
