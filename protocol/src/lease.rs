@@ -170,15 +170,6 @@ impl Lease {
         Ok(self.mint_unchecked(key))
     }
 
-    /// The token, whatever its length: one longer than [`MAX_TOKEN_LEN`] is refused by
-    /// [`Lease::open`] (`lease_invalid`), so a buyer would have paid for nothing.
-    #[deprecated(
-        note = "use `Lease::try_mint` (and `lease::mintable` before the sale): `mint` returns tokens `Lease::open` refuses"
-    )]
-    pub fn mint(&self, key: &LeaseKey) -> String {
-        self.mint_unchecked(key)
-    }
-
     fn mint_unchecked(&self, key: &LeaseKey) -> String {
         let payload = self.payload();
         let mac = hmac_sha256(&key.0, &[MAC_LABEL, &payload]);
@@ -481,9 +472,8 @@ mod tests {
                     assert_eq!(e, too_long);
                     assert_eq!(mintable(&l.route, &l.method, &l.path), Err(too_long));
                     assert!(expected > MAX_TOKEN_LEN);
-                    // What the old `mint` made of it: a token `open` refuses.
-                    #[allow(deprecated)]
-                    let token = l.mint(&key());
+                    // What minting it anyway makes: a token `open` refuses.
+                    let token = l.mint_unchecked(&key());
                     assert_eq!(token.len(), expected);
                     assert_eq!(Lease::open(&key(), &token), Err(LeaseError::Malformed));
                 }

@@ -1503,30 +1503,28 @@ impl Payments {
     }
 
     fn publish_backlog(&self) {
-        if let Ok(u) = self.unresolved.lock() {
-            let oldest = u.values().map(|e| e.since_ms).min();
-            let age = oldest.map_or(0.0, |t| {
-                (unix_now_millis().saturating_sub(t)).max(0) as f64 / 1000.0
-            });
-            self.metrics.set_unresolved(u.len(), age);
-        }
+        let (count, age_ms) = self.backlog();
+        self.metrics.set_unresolved(count, age_ms as f64 / 1000.0);
+    }
+
+    /// Settlements whose outcome is not known yet, and the age of the oldest in milliseconds.
+    fn backlog(&self) -> (usize, i64) {
+        let Ok(u) = self.unresolved.lock() else {
+            return (0, 0);
+        };
+        let oldest = u.values().map(|e| e.since_ms).min();
+        let age = oldest.map_or(0, |t| unix_now_millis().saturating_sub(t).max(0));
+        (u.len(), age)
     }
 
     /// Settlements whose outcome is not known yet.
     pub fn unresolved_count(&self) -> usize {
-        self.unresolved.lock().map(|u| u.len()).unwrap_or(0)
+        self.backlog().0
     }
 
-    /// Seconds since the oldest unresolved settlement became unresolved (0: none).
+    /// Age of the oldest unresolved settlement, in seconds (0: none).
     pub fn unresolved_age_seconds(&self) -> u64 {
-        let oldest = self
-            .unresolved
-            .lock()
-            .ok()
-            .and_then(|u| u.values().map(|e| e.since_ms).min());
-        oldest.map_or(0, |t| {
-            u64::try_from(unix_now_millis().saturating_sub(t) / 1000).unwrap_or(0)
-        })
+        u64::try_from(self.backlog().1 / 1000).unwrap_or(0)
     }
 
     /// Whether the ledger takes writes (paid routes answer 503 while it does not).
@@ -1708,24 +1706,9 @@ impl Payments {
             .chains
             .get(&(network, asset.to_ascii_lowercase()))
             .cloned();
-        let on_chain = |transaction: String| {
-            Attempt::Settled(SettleAnswer {
-                success: true,
-                transaction,
-                ..SettleAnswer::default()
-            })
-        };
         if let Some(chain) = &chain {
             match chain.authorization_used(asset, authorizer, nonce).await {
-                Ok(true) => {
-                    let tx = chain
-                        .authorization_transaction(asset, authorizer, nonce)
-                        .await
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    return on_chain(tx);
-                }
+                Ok(true) => return paid_on_chain(chain, asset, authorizer, nonce).await,
                 // Past validBefore an unused authorization can never move money.
                 Ok(false) if now > *valid_before => {
                     return Attempt::Failed(SettleAnswer {
@@ -1754,14 +1737,7 @@ impl Payments {
                     // The chain decides: an earlier attempt may have gone through meanwhile.
                     (Some(chain), _) => {
                         match chain.authorization_used(asset, authorizer, nonce).await {
-                            Ok(true) => on_chain(
-                                chain
-                                    .authorization_transaction(asset, authorizer, nonce)
-                                    .await
-                                    .ok()
-                                    .flatten()
-                                    .unwrap_or_default(),
-                            ),
+                            Ok(true) => paid_on_chain(chain, asset, authorizer, nonce).await,
                             Ok(false) => Attempt::Failed(a),
                             Err(e) => Attempt::Unknown(e.to_string(), None),
                         }
@@ -1873,6 +1849,22 @@ impl Payments {
         }
         expired.len()
     }
+}
+
+/// The chain says the authorization was used: settled, with the transaction that used it when
+/// its log can be found (the settlement stands without it).
+async fn paid_on_chain(chain: &ChainReader, asset: &str, authorizer: &str, nonce: &str) -> Attempt {
+    let transaction = chain
+        .authorization_transaction(asset, authorizer, nonce)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    Attempt::Settled(SettleAnswer {
+        success: true,
+        transaction,
+        ..SettleAnswer::default()
+    })
 }
 
 /// The path of an absolute URL (`/` when it has none), without query or fragment.
