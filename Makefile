@@ -8,7 +8,7 @@ BUILD  := .build
 WASM   := $(CARGO_TARGET_DIR)/wasm32-wasip1/wasm/tollway_filter.wasm
 BIN    := $(CARGO_TARGET_DIR)/release/tollway
 
-.PHONY: all deps redis-server postgresql build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps fuzz fuzz-smoke fuzz-deps
+.PHONY: all deps redis-server postgresql build demo test test-unit test-e2e check fmt clippy clean bench bench-smoke bench-deps soak fuzz fuzz-smoke fuzz-deps
 
 all: build
 
@@ -43,13 +43,20 @@ build: deps
 	cp -f $(BIN) $(BUILD)/tollway
 	cp -f $(WASM) $(BUILD)/tollway_filter.wasm
 
-## bench: Tollway vs bare Envoy vs @x402/express, pinned on 2 cores; writes BENCHMARKS.md (~7 min, never part of `make test`)
+## bench: Tollway vs bare Envoy vs @x402/express, pinned on 2 cores (~7 min), then the soak (`make soak`, ONE HOUR: SOAK_SECONDS); writes BENCHMARKS.md (never part of `make test`)
+SOAK_SECONDS ?= 3600
 bench: bench-deps
 	$(PY) bench/run.py
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
 
-## bench-smoke: every bench scenario once for 2 s; fails only if one answers the wrong status
+## soak: SOAK_SECONDS (3600) of unpaid requests from 64 clients; verifier RSS growth, invoices minted/s and the ledger into BENCHMARKS.md's soak section
+soak: build
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+
+## bench-smoke: every bench scenario once for 2 s and the soak for 20 s (reports in temp files); fails only if one answers the wrong status
 bench-smoke: bench-deps
 	$(PY) bench/run.py --smoke
+	$(PY) bench/soak.py --seconds 20 --out $${TMPDIR:-/tmp}/tollway-soak.smoke.md
 
 bench-deps: build bench/peer/node_modules/.installed
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
