@@ -42,6 +42,9 @@ def main() -> int:
         "DEMO_WS_URL": stack.url.replace("http://", "ws://", 1),
         "DEMO_UPSTREAM_URL": stack.upstream_url,
         "DEMO_VERIFIER_URL": stack.verifier_http,
+        "DEMO_ADMIN_URL": stack.verifier_admin_url,
+        # curl's options for the admin API: trust the demo's CA, present its client certificate.
+        "DEMO_ADMIN_TLS": f"--cacert {stack.pki.ca} --cert {stack.pki.client_cert} --key {stack.pki.client_key}",
     }
     (run_dir / "env").write_text("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in facts.items()))
     shown = [r for r in ROUTES if r.name not in ("fail", "short", "flash")]  # these exist for the tests
@@ -50,7 +53,8 @@ def main() -> int:
         f"""
 Tollway demo is up (logs and config in .demo/):
   Envoy           {stack.url}        (admin {stack.admin_url})
-  verifier        {stack.verifier_http}/metrics
+  verifier        {stack.verifier_http}/metrics   gRPC 127.0.0.1:{stack.ports.grpc} (TLS, mTLS: certificates in {stack.tls_dir.relative_to(ROOT)}/)
+  admin API       {stack.verifier_admin_url}/admin/routes   (TLS, client certificate + bearer token)
   facilitator     http://127.0.0.1:{stack.ports.facilitator}   chain {stack.rpc_url} (anvil, {NETWORK})
   lightning       the verifier's dev node (regtest, {LIGHTNING_NETWORK}); pays via {stack.lightning_pay_url}
 {routes}
@@ -82,9 +86,9 @@ Streams and WebSockets are sold as leases: pay once at the lease URL, then use t
 
 Routes at run time (the verifier's admin API; the filter picks changes up within a second or so,
 and they are kept in .demo/ledger.db across demo restarts):
-  . .demo/env && curl -s -H "authorization: Bearer $(cat .demo/admin-token)" "$DEMO_VERIFIER_URL/admin/routes"
-  . .demo/env && curl -s -X PUT -H "authorization: Bearer $(cat .demo/admin-token)" -H "content-type: application/json" \\
-      -d '{{"path":"/api/new","methods":["GET"],"price":"0.005"}}' "$DEMO_VERIFIER_URL/admin/routes/new"
+  . .demo/env && curl -s $DEMO_ADMIN_TLS -H "authorization: Bearer $(cat .demo/admin-token)" "$DEMO_ADMIN_URL/admin/routes"
+  . .demo/env && curl -s $DEMO_ADMIN_TLS -X PUT -H "authorization: Bearer $(cat .demo/admin-token)" -H "content-type: application/json" \\
+      -d '{{"path":"/api/new","methods":["GET"],"price":"0.005"}}' "$DEMO_ADMIN_URL/admin/routes/new"
   curl -i {stack.url}/api/new            # 402 for 0.005 USD; PATCH '{{"disabled":true}}' or DELETE the same URL
 
 Ctrl-C stops everything.""",

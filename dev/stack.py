@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -203,17 +204,18 @@ DEFAULT_FACILITATOR_TIMEOUT_MS = 10000
 @dataclass
 class Ports:
     envoy: int
-    admin: int
+    admin: int  # Envoy's admin
     anvil: int
     facilitator: int
     upstream: int
     grpc: int
     http: int
+    verifier_admin: int = 0  # the verifier's admin API (`verifier.admin`); 0: none
 
     @classmethod
     def free(cls) -> "Ports":
         """Distinct free loopback ports (all sockets held open at once so none repeats)."""
-        socks = [socket.socket() for _ in range(7)]
+        socks = [socket.socket() for _ in range(8)]
         try:
             for s in socks:
                 s.bind(("127.0.0.1", 0))
@@ -224,7 +226,9 @@ class Ports:
 
     @classmethod
     def demo(cls) -> "Ports":
-        return cls(envoy=10000, admin=9901, anvil=8545, facilitator=4020, upstream=18080, grpc=50051, http=9090)
+        return cls(
+            envoy=10000, admin=9901, anvil=8545, facilitator=4020, upstream=18080, grpc=50051, http=9090, verifier_admin=9091
+        )  # fmt: skip
 
 
 def envoy_binary() -> str:
@@ -276,6 +280,81 @@ def lightning_pay(pay_url: str, invoice: str, timeout: float = 10.0) -> dict:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"dev pay endpoint answered {e.code}: {e.read().decode(errors='replace')}") from None
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throwaway CA and the certificates it signed, made with `openssl` (see `make_pki`): the
+    verifier's (`localhost` and 127.0.0.1) and a client certificate (Envoy's, and the admin
+    API's client in the stack and the demo), all in `dir`."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.dir / "verifier.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "verifier-key.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.dir / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client-key.pem"
+
+    def client_context(self, client_cert: bool = True, alpn: list[str] | None = None) -> ssl.SSLContext:
+        """An SSL context that trusts the CA and (by default) presents the client certificate."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if client_cert:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        return ctx
+
+
+def make_pki(directory: Path, days: int = 30) -> Pki:
+    """`directory`'s CA and certificates, made with the `openssl` command if missing or expiring
+    within a day (P-256 keys, mode 600; the CA's key stays in `directory` too)."""
+    pki = Pki(Path(directory))
+    pki.dir.mkdir(parents=True, exist_ok=True)
+    fresh = all(p.exists() for p in (pki.ca, pki.cert, pki.key, pki.client_cert, pki.client_key)) and all(
+        subprocess.run(["openssl", "x509", "-checkend", "86400", "-noout", "-in", str(c)], capture_output=True).returncode == 0
+        for c in (pki.ca, pki.cert, pki.client_cert)
+    )
+    if fresh:
+        return pki
+    ca_key = pki.dir / "ca-key.pem"
+
+    def openssl(*args):
+        done = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, cwd=pki.dir)
+        if done.returncode != 0:
+            raise RuntimeError(f"openssl {' '.join(map(str, args[:2]))} failed: {done.stderr.strip()}")
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", ca_key, "-out", pki.ca, "-days", days, "-subj", "/CN=Tollway dev CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    for cert, key, cn, ext in [
+        (pki.cert, pki.key, "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        (pki.client_cert, pki.client_key, "tollway-client", "subjectAltName=DNS:tollway-client\nextendedKeyUsage=clientAuth"),
+    ]:
+        csr, extfile = pki.dir / f"{cert.stem}.csr", pki.dir / f"{cert.stem}.ext"
+        extfile.write_text(ext + "\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+        openssl("req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
+        openssl("x509", "-req", "-in", csr, "-CA", pki.ca, "-CAkey", ca_key, "-set_serial", int.from_bytes(os.urandom(8), "big"),
+                "-days", days, "-extfile", extfile, "-out", cert)  # fmt: skip
+        csr.unlink()
+        extfile.unlink()
+    for key in (ca_key, pki.key, pki.client_key):
+        key.chmod(0o600)
+    return pki
 
 
 def rpc(url: str, method: str, params: list):
@@ -608,6 +687,7 @@ class Stack:
         facilitator_rpc_url: str | None = None,
         ledger_url: str | None = None,
         upstream_cmd: list | None = None,
+        tls: bool = True,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -636,6 +716,12 @@ class Stack:
         # its argv, run from the repo root with PORT=<ports.upstream> in its environment and
         # `{port}` in any argument replaced by that port; ready once it answers HTTP at all.
         self.upstream_cmd = list(upstream_cmd) if upstream_cmd is not None else None
+        # TLS with mTLS on the verifier's gRPC (filter API, ext_authz, RDS) and admin API: a
+        # throwaway CA in the run dir (`make_pki`) signs the verifier's certificate and the client
+        # certificate Envoy and `admin()` present. False: plaintext, as bench/run.py runs it.
+        self.tls = tls
+        self._tls_dir: Path | None = None  # a replica uses its primary's
+        self.pki: Pki | None = None
         # The stack whose chain, facilitator and upstream this one uses (see `replica`).
         self.primary: Stack | None = None
         self.procs: dict[str, subprocess.Popen] = {}
@@ -668,7 +754,17 @@ class Stack:
 
     @property
     def admin_url(self) -> str:
+        """Envoy's admin."""
         return f"http://127.0.0.1:{self.ports.admin}"
+
+    @property
+    def verifier_admin_url(self) -> str:
+        """The verifier's admin API (`verifier.admin`): https with the stack's TLS."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.ports.verifier_admin}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self._tls_dir or self.run_dir / "tls"
 
     @property
     def config_path(self) -> Path:
@@ -745,8 +841,10 @@ class Stack:
             rail_rpc_url=self.rail_rpc_url,
             extra_routes=self.extra_routes,
             ledger_url=self.ledger_url,
+            tls=self.tls,
         )
         r.primary = self
+        r._tls_dir = self.tls_dir
         r.token = self.token
         r.l402_secret, r.lease_secret, r.admin_token = self.l402_secret, self.lease_secret, self.admin_token
         return r
@@ -841,6 +939,8 @@ class Stack:
         for path, value in secrets_to_write:
             path.write_text(value + "\n")
             path.chmod(0o600)
+        if self.tls:
+            self.pki = make_pki(self.tls_dir)
         self.config_path.write_text(render_config(self))
 
     def start_verifier(self):
@@ -977,9 +1077,9 @@ class Stack:
 
     # -- admin API -------------------------------------------------------------------------
     def admin(self, method: str, path: str, body=None, token: str | None = STACK_TOKEN) -> tuple[int, dict]:
-        """One request to the verifier's admin API (`path` like `/admin/routes/x`): (status,
-        JSON body or {}). `token` defaults to the stack's admin token; None sends no
-        Authorization header."""
+        """One request to the verifier's admin API on its own listener (`path` like
+        `/admin/routes/x`; over TLS with the stack's client certificate): (status, JSON body or
+        {}). `token` defaults to the stack's admin token; None sends no Authorization header."""
         headers = {"accept": "application/json"}
         if token is STACK_TOKEN:
             token = self.admin_token
@@ -989,9 +1089,9 @@ class Stack:
         if body is not None:
             data = json.dumps(body).encode()
             headers["content-type"] = "application/json"
-        req = urllib.request.Request(self.verifier_http + path, data=data, headers=headers, method=method)
+        req = urllib.request.Request(self.verifier_admin_url + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=self.pki.client_context() if self.pki else None) as r:
                 status, raw = r.status, r.read()
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
@@ -1013,6 +1113,10 @@ def render_config(stack) -> str:
     (a Stack always has one) it also sells leases (streams and WebSockets, docs/leases.md), sets
     header policies and serves the admin API with the token in `stack.admin_token_path`.
 
+    With `stack.pki` (a `Pki`; a Stack has one unless made with `tls=False`) the verifier's gRPC
+    and admin API serve TLS with mTLS (`verifier.tls`, and Envoy's `verifier_ca` and client
+    certificate); the admin API listens on `ports.verifier_admin` when there is an admin token.
+
     `stack` needs `ports`, `ledger_path` and `token`; `ledger_url` (a shared ledger, e.g.
     postgres://..., written instead of the SQLite path), `lightning`, `l402_secret_path`,
     `lease_secret_path`, `admin_token_path` and `replay_store` (`stores: { replay: ... }`, e.g. a
@@ -1024,12 +1128,24 @@ def render_config(stack) -> str:
     lightning = bool(getattr(stack, "lightning", False))
     lease_secret = getattr(stack, "lease_secret_path", None)
     admin_token = getattr(stack, "admin_token_path", None)
+    pki = getattr(stack, "pki", None)
     lines = [
         "# Generated by dev/stack.py for a local stack; see envoy/tollway.example.yaml for a commented config.",
         "verifier:",
         f"  grpc: 127.0.0.1:{p.grpc}",
         f"  http: 127.0.0.1:{p.http}",
         f"  ledger: {getattr(stack, 'ledger_url', None) or stack.ledger_path}",
+    ]
+    if admin_token is not None and getattr(p, "verifier_admin", 0):
+        lines.append(f"  admin: 127.0.0.1:{p.verifier_admin}")
+    if pki is not None:
+        lines += [
+            "  tls:                          # gRPC (filter API, ext_authz, RDS) and the admin API: TLS, mTLS",
+            f"    cert: file:{pki.cert}",
+            f"    key: file:{pki.key}",
+            f"    client_ca: file:{pki.ca}",
+        ]
+    lines += [
         # The URL clients use: 402s name it, so Envoy answers unpaid x402-only requests itself.
         f"public_url: http://127.0.0.1:{p.envoy}",
         "envoy:",
@@ -1037,6 +1153,14 @@ def render_config(stack) -> str:
         f"  admin: 127.0.0.1:{p.admin}",
         f"  upstream: 127.0.0.1:{p.upstream}",
         f"  wasm: {BUILD / 'tollway_filter.wasm'}",
+    ]
+    if pki is not None:
+        lines += [
+            f"  verifier_ca: file:{pki.ca}",
+            f"  verifier_client_cert: file:{pki.client_cert}",
+            f"  verifier_client_key: file:{pki.client_key}",
+        ]
+    lines += [
         "facilitators:",
         "  local:",
         f"    url: http://127.0.0.1:{p.facilitator}",

@@ -45,6 +45,64 @@ fn load(path: &std::path::Path, secrets: Secrets) -> Result<Config, ExitCode> {
     })
 }
 
+/// `tollway check`'s lines about the verifier's channels: TLS, and where the admin API is.
+fn check_channels(c: &Config) {
+    let v = &c.verifier;
+    match &v.tls {
+        Some(tls) => println!(
+            "verifier.grpc: TLS on {} (certificate {}, key {}{}){}",
+            v.grpc,
+            tls.cert,
+            tls.key,
+            tls.client_ca
+                .as_ref()
+                .map(|ca| format!("; mTLS: clients need a certificate signed by {ca}"))
+                .unwrap_or_default(),
+            tls.server_name
+                .as_ref()
+                .map(|n| format!("; Envoy asks for {n:?}"))
+                .unwrap_or_default(),
+        ),
+        None if !v.grpc.ip().is_loopback() => println!(
+            "warning: verifier.grpc listens on {} in plaintext: anyone who reaches it can call the filter's API; set verifier.tls (and client_ca for mTLS)",
+            v.grpc
+        ),
+        None => {}
+    }
+    let scheme = if v.tls.is_some() { "https" } else { "http" };
+    match (v.admin, &c.admin) {
+        (Some(addr), _) => {
+            println!(
+                "admin API: on {scheme}://{addr}/admin/routes{}",
+                match &v.tls {
+                    Some(t) if t.mtls() => " (TLS, client certificate required)",
+                    Some(_) => " (TLS)",
+                    None => "",
+                }
+            );
+            if v.tls.is_none() && !addr.ip().is_loopback() {
+                println!("warning: verifier.admin listens on {addr} in plaintext: the bearer token crosses the network in the clear; set verifier.tls");
+            }
+        }
+        (None, Some(_)) => println!(
+            "admin API: off (admin.token is set, but verifier.admin is not: the admin API has its own listener, e.g. verifier: {{ admin: 127.0.0.1:9091 }})"
+        ),
+        (None, None) => println!("admin API: off (no verifier.admin)"),
+    }
+    println!(
+        "verifier.http: http://{}/healthz, /readyz, /metrics (plaintext){}",
+        v.http,
+        if c.lightning
+            .as_ref()
+            .is_some_and(|l| l.node.backend() == rails::lightning::Backend::Dev)
+        {
+            ", and the dev wallet POST /dev/lightning/pay (lightning.backend: dev; never expose it)"
+        } else {
+            ""
+        }
+    );
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -73,9 +131,7 @@ fn main() -> ExitCode {
                     let leased = c.filter.routes.iter().filter(|r| r.lease.is_some()).count();
                     println!("leases: {leased} routes sold as a lease");
                 }
-                if c.admin.is_some() {
-                    println!("admin API: on http://{}/admin/routes", c.verifier.http);
-                }
+                check_channels(&c);
                 if let config::ReplayStoreSettings::Redis(r) = &c.stores.replay {
                     // The URL never holds a password; `check` does not connect.
                     println!("replay store: {} (shared by every replica)", r.url);

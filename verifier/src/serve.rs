@@ -1,5 +1,6 @@
 //! `tollway serve`: wires config, ledger, replay guard, facilitator clients and payments, then
-//! runs the gRPC and ops HTTP servers until SIGTERM / SIGINT.
+//! runs the gRPC server, the ops HTTP server and (with `verifier.admin`) the admin API until
+//! SIGTERM / SIGINT.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::admin::{self, AdminState};
 use crate::api::ext_authz::ExtAuthz;
 use crate::api::grpc::{self, PaymentsService};
 use crate::api::http::{self, OpsState};
@@ -41,6 +43,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("verifier.tls: {0}")]
+    Tls(String),
     #[error(transparent)]
     ReplayStore(#[from] crate::stores::replay::redis::RedisStoreError),
     #[error("start-up task failed: {0}")]
@@ -206,9 +210,36 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
             Err(e) => return Err(ServeError::Task(format!("route store: {e}"))),
         }
     };
-    if config.admin.is_some() {
-        tracing::info!(http = %config.verifier.http, "admin API on /admin/routes (bearer token)");
+    match (config.verifier.admin, &config.admin) {
+        (Some(addr), _) => tracing::info!(
+            admin = %addr,
+            tls = config.verifier.tls.is_some(),
+            mtls = config.verifier.tls.as_ref().is_some_and(|t| t.mtls()),
+            "admin API on /admin/routes (bearer token)"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "admin.token is set but verifier.admin is not: the admin API is off (it has its own listener)"
+        ),
+        (None, None) => {}
     }
+    // TLS settings first: a certificate that does not load stops us before anything listens.
+    let (grpc_tls, admin_tls) = match &config.verifier.tls {
+        None => (None, None),
+        Some(tls) => {
+            let grpc = tls.grpc_config();
+            let admin = tls.server_config().transpose().map_err(ServeError::Tls)?;
+            if grpc.is_none() || admin.is_none() {
+                return Err(ServeError::Tls("certificate and key were not read".into()));
+            }
+            tracing::info!(
+                cert = %tls.cert,
+                client_ca = ?tls.client_ca.as_ref().map(|c| c.to_string()),
+                "verifier.grpc and verifier.admin serve TLS only{}",
+                if tls.mtls() { " (mTLS: clients need a certificate signed by verifier.tls.client_ca)" } else { "" }
+            );
+            (grpc, admin)
+        }
+    };
     if let Some(rail) = payments.lightning() {
         tracing::info!(
             backend = rail.node().backend().as_str(),
@@ -238,6 +269,18 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
             addr: config.verifier.http,
             source,
         })?;
+    let admin_listener = match config.verifier.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "admin",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let grpc_addr = grpc_listener.local_addr().unwrap_or(config.verifier.grpc);
     let http_addr = http_listener.local_addr().unwrap_or(config.verifier.http);
 
@@ -287,7 +330,6 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         facilitators: facilitator_list,
         payments: payments.clone(),
         store: store.clone(),
-        admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
         ledger: config.verifier.ledger.to_string(),
         replay,
     });
@@ -297,6 +339,7 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         PaymentsService::new(payments.clone(), store.clone()),
         ExtAuthz::new(payments.clone(), metrics.clone()),
         Rds::new(store.clone(), stop_rx.clone()),
+        grpc_tls,
         wait_for(stop_rx.clone()),
     ));
     let http_task = tokio::spawn(http::serve(
@@ -304,16 +347,33 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         ops.clone(),
         wait_for(stop_rx.clone()),
     ));
+    let admin_task = admin_listener.map(|listener| {
+        let router = admin::router(Arc::new(AdminState {
+            store: store.clone(),
+            token: config.admin.as_ref().and_then(|a| a.token.clone()),
+        }));
+        tokio::spawn(crate::api::listener::serve(
+            listener,
+            router,
+            admin_tls,
+            wait_for(stop_rx.clone()),
+        ))
+    });
     ops.ready.store(true, Ordering::Release);
     let table = store.current();
     tracing::info!(
-        grpc = %grpc_addr, http = %http_addr,
+        grpc = %grpc_addr, http = %http_addr, admin = ?config.verifier.admin,
+        tls = config.verifier.tls.is_some(),
         routes = table.routes.len(), paid = table.paid_routes(), version = table.version,
-        "tollway verifier listening (gRPC: tollway.v1.Payments + envoy ext_authz; HTTP: /healthz /readyz /metrics /admin/routes)"
+        "tollway verifier listening (gRPC: tollway.v1.Payments + envoy ext_authz + RDS; HTTP: /healthz /readyz /metrics; admin: /admin/routes)"
     );
 
     let grpc_result = grpc_task.await;
     let http_result = http_task.await;
+    let admin_result = match admin_task {
+        Some(t) => Some(t.await),
+        None => None,
+    };
     let _ = sweeper.await;
     if let Some(w) = redis_watch {
         let _ = w.await;
@@ -340,10 +400,12 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
         Err(e) => tracing::error!(error = %e, "gRPC task panicked"),
         Ok(Ok(())) => {}
     }
-    match http_result {
-        Ok(Err(e)) => return Err(ServeError::Http(e)),
-        Err(e) => tracing::error!(error = %e, "HTTP task panicked"),
-        Ok(Ok(())) => {}
+    for result in [Some(http_result), admin_result].into_iter().flatten() {
+        match result {
+            Ok(Err(e)) => return Err(ServeError::Http(e)),
+            Err(e) => tracing::error!(error = %e, "HTTP task panicked"),
+            Ok(Ok(())) => {}
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The admin API on `verifier.http` (`docs/leases.md`, dynamic routes): list and change the live
-//! route table. `Authorization: Bearer <admin.token>`; without an `admin:` section every admin
-//! path answers 404.
+//! The admin API on its own listener, `verifier.admin` (`docs/leases.md`, dynamic routes): list
+//! and change the live route table. `Authorization: Bearer <admin.token>`; over TLS (mTLS with
+//! `verifier.tls.client_ca`) when `verifier.tls` is set. Without `verifier.admin` the API is
+//! off; `verifier.http` answers 404 on its paths.
 //!
 //! | request | answer |
 //! |---|---|
@@ -12,7 +13,8 @@
 //!
 //! Changes answer `200 {"version": N}`, `400 {"error": ..., "problems": [...]}`, `401` (no or
 //! wrong token, with `WWW-Authenticate: Bearer`), `404` (no such route), `413` (body over
-//! 64 KiB).
+//! 64 KiB, at once when announced; the connection is closed), `408` (headers or body slower than
+//! 10 s; see [`crate::api::listener`]).
 
 use std::sync::Arc;
 

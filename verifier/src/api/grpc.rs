@@ -346,14 +346,21 @@ impl generated::payments_server::Payments for PaymentsService {
 }
 
 /// Serves both services on `listener` until `shutdown` resolves.
+/// Payments, ext_authz and RDS on one port; TLS only when `tls` is set (a plaintext client then
+/// fails its handshake: nothing is served in the clear).
 pub async fn serve(
     listener: TcpListener,
     payments: PaymentsService,
     ext_authz: ExtAuthz,
     rds: Rds,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_service(PaymentsServer::new(payments))
         .add_service(AuthorizationServer::new(ext_authz))
         .add_service(RouteDiscoveryServiceServer::new(rds))
@@ -384,6 +391,13 @@ mod tests {
 
     impl Server {
         async fn start(h: &crate::testkit::Harness) -> Server {
+            Self::start_with(h, None).await
+        }
+
+        async fn start_with(
+            h: &crate::testkit::Harness,
+            tls: Option<tonic::transport::ServerTlsConfig>,
+        ) -> Server {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -392,6 +406,7 @@ mod tests {
                 PaymentsService::new(h.payments.clone(), h.store.clone()),
                 ExtAuthz::new(h.payments.clone(), h.metrics.clone()),
                 Rds::new(h.store.clone(), stopped.clone()),
+                tls,
                 crate::serve::wait_for(stopped),
             ));
             Server { addr, stop, task }
@@ -892,5 +907,86 @@ mod tests {
         assert_eq!(bad.outcome, rpc::ClaimOutcome::Unavailable as i32);
 
         server.stop().await;
+    }
+
+    /// The gRPC port with `verifier.tls`: a plaintext client is refused; with `client_ca`, so is
+    /// a client without a certificate or with one another CA signed; Envoy's certificate works.
+    #[tokio::test]
+    async fn tls_and_mtls_on_the_grpc_port() {
+        use crate::config::tls::test_pki::{with_lines, Pki};
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = Pki::new(dir.path());
+        let read = |p: &std::path::Path| std::fs::read(p).expect("read");
+        let routes = || rpc::RoutesRequest { known_version: 0 };
+        let h = harness(&crate::rails::facilitator::fake::dead_url().await);
+
+        for mtls in [false, true] {
+            let text = with_lines(
+                &crate::testkit::example_text(dir.path()),
+                &pki.verifier_yaml(mtls),
+                &pki.envoy_yaml(mtls),
+            );
+            let config = crate::config::Config::parse(&text, crate::config::Secrets::Resolve)
+                .expect("valid");
+            let tls = config.verifier.tls.as_ref().and_then(|t| t.grpc_config());
+            let server = Server::start_with(&h, tls).await;
+            let https = format!("https://localhost:{}", server.addr.port());
+
+            // Plaintext: no answer, whatever the client tries.
+            let plain = async {
+                let mut c = PaymentsClient::connect(server.url()).await?;
+                c.routes(routes()).await.map_err(|e| e.into())
+            };
+            let r: Result<_, Box<dyn std::error::Error>> =
+                tokio::time::timeout(std::time::Duration::from_secs(5), plain)
+                    .await
+                    .expect("refused in time");
+            assert!(r.is_err(), "plaintext client served (mtls {mtls})");
+
+            let call = |identity: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+                let https = https.clone();
+                let ca = read(&pki.ca);
+                async move {
+                    let mut tls = ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name("localhost");
+                    if let Some((cert, key)) = identity {
+                        tls = tls.identity(Identity::from_pem(
+                            std::fs::read(cert).expect("cert"),
+                            std::fs::read(key).expect("key"),
+                        ));
+                    }
+                    let channel = Channel::from_shared(https)
+                        .expect("uri")
+                        .tls_config(tls)
+                        .expect("tls")
+                        .connect()
+                        .await?;
+                    let answer = PaymentsClient::new(channel).routes(routes()).await?;
+                    Ok::<_, Box<dyn std::error::Error>>(answer.into_inner())
+                }
+            };
+            let envoy = Some((pki.client_cert.clone(), pki.client_key.clone()));
+            let stranger = Some((pki.stranger_cert.clone(), pki.stranger_key.clone()));
+            let answer = call(envoy).await.expect("Envoy's certificate is accepted");
+            assert_ne!(answer.version, 0);
+            let anonymous = call(None).await;
+            let foreign = call(stranger).await;
+            if mtls {
+                assert!(
+                    anonymous.is_err(),
+                    "a client without a certificate was served"
+                );
+                assert!(
+                    foreign.is_err(),
+                    "another CA's client certificate was accepted"
+                );
+            } else {
+                anonymous.expect("TLS without client certificates");
+            }
+            server.stop().await;
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! Operations HTTP on `verifier.http`: `/healthz` (alive), `/readyz` (config loaded and ledger
-//! open; facilitator and replay store reachability reported, not required: free routes work
-//! without them and paid routes fail closed), `/metrics` (Prometheus), the admin
-//! API (`/admin/routes`, see [`crate::api::admin`]) and, with the `dev` Lightning backend only,
-//! `POST /dev/lightning/pay`: the test wallet.
+//! Operations HTTP on `verifier.http` (plaintext, for Prometheus and probes): `/healthz` (alive),
+//! `/readyz` (config loaded and ledger open; facilitator and replay store reachability reported,
+//! not required: free routes work without them and paid routes fail closed), `/metrics`
+//! (Prometheus) and, with the `dev` Lightning backend only, `POST /dev/lightning/pay`: the test
+//! wallet. The admin API is not here: it has its own listener, `verifier.admin`
+//! ([`crate::api::admin`]); `/admin/...` answers 404 here.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,15 +14,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::api::admin::{self, AdminState};
 use crate::clock::unix_now;
-use crate::config::secret::Secret;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::rails::facilitator::FacilitatorClient;
@@ -35,28 +34,38 @@ pub struct OpsState {
     pub facilitators: Vec<Arc<FacilitatorClient>>,
     pub payments: Arc<Payments>,
     pub store: Arc<RouteStore>,
-    /// The admin API's bearer token; `None`: the admin API answers 404.
-    pub admin_token: Option<Secret>,
     pub ledger: String,
     /// The replay store, for its status.
     pub replay: Arc<dyn ReplayGuard>,
 }
 
 pub fn router(state: Arc<OpsState>) -> Router {
-    let admin = admin::router(Arc::new(AdminState {
-        store: state.store.clone(),
-        token: state.admin_token.clone(),
-    }));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(DEV_PAY_PATH, post(dev_pay))
-        .with_state(state)
-        .merge(admin)
+        .route("/admin", any(no_admin))
+        .route("/admin/{*rest}", any(no_admin));
+    // The dev wallet exists only next to the dev node (otherwise 404, like any unknown path).
+    if state
+        .payments
+        .lightning()
+        .is_some_and(|l| l.dev_node().is_some())
+    {
+        router = router.route(DEV_PAY_PATH, post(dev_pay));
+    }
+    router.with_state(state)
 }
 
-/// The dev node's pay endpoint (404 unless `lightning.backend` is `dev`).
+/// The admin API is served on `verifier.admin` only (with TLS when `verifier.tls` is set).
+async fn no_admin() -> (StatusCode, Json<serde_json::Value>) {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "the admin API is not served here (see verifier.admin)",
+    )
+}
+
+/// The dev node's pay endpoint (only with `lightning.backend: dev`).
 pub const DEV_PAY_PATH: &str = "/dev/lightning/pay";
 
 #[derive(Deserialize)]
@@ -163,14 +172,13 @@ async fn metrics(State(s): State<Arc<OpsState>>) -> impl IntoResponse {
     )
 }
 
+/// Plaintext, with the listener's read deadlines and body limit ([`crate::api::listener`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<OpsState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::api::listener::serve(listener, router(state), None, shutdown).await
 }
 
 #[cfg(test)]
@@ -187,7 +195,6 @@ mod tests {
             facilitators: Vec::new(),
             payments: h.payments.clone(),
             store: h.store.clone(),
-            admin_token: None,
             ledger: "x.db".into(),
             replay: Arc::new(crate::stores::replay::MemoryReplayGuard::new()),
         });
@@ -321,5 +328,29 @@ mod tests {
             .await
             .expect("post");
         assert_eq!(r.status(), 404);
+    }
+
+    /// The admin API has its own listener: here every admin path is 404, with or without the
+    /// token, even when the config has one.
+    #[tokio::test]
+    async fn no_admin_api_here() {
+        let h = crate::testkit::leased_harness(&dead_url().await);
+        let (_, addr) = start(&h, true).await;
+        let client = reqwest::Client::new();
+        for (method, path) in [
+            (reqwest::Method::GET, "/admin/routes"),
+            (reqwest::Method::GET, "/admin/routes/ticker"),
+            (reqwest::Method::PUT, "/admin/routes/x"),
+            (reqwest::Method::GET, "/admin"),
+        ] {
+            let r = client
+                .request(method, format!("http://{addr}{path}"))
+                .bearer_auth(crate::testkit::ADMIN_TOKEN)
+                .body("{}")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 404, "{path}");
+        }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tollway_protocol::filter_config::FilterConfig;
 use tollway_protocol::headers::CONTEXT_PREFIX;
 
+use crate::config::tls::EnvoyVerifierTls;
 use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 
 pub const UPSTREAM_CLUSTER: &str = "upstream";
@@ -85,9 +86,14 @@ fn upstream_cluster(up: &HostPort) -> Value {
     c
 }
 
-fn verifier_cluster(addr: SocketAddr) -> Value {
+/// The verifier's gRPC (filter API, ext_authz, RDS): HTTP/2, over TLS when `verifier.tls` is
+/// set (see [`verifier_tls_socket`]).
+fn verifier_cluster(
+    addr: SocketAddr,
+    tls: Option<&EnvoyVerifierTls>,
+) -> Result<Value, EnvoyConfigError> {
     let (host, port) = verifier_target(addr);
-    json!({
+    let mut c = json!({
         "name": VERIFIER_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "0.25s",
@@ -98,7 +104,47 @@ fn verifier_cluster(addr: SocketAddr) -> Value {
             }
         },
         "load_assignment": load_assignment(VERIFIER_CLUSTER, &host, port),
-    })
+    });
+    if let Some(tls) = tls {
+        c["transport_socket"] = verifier_tls_socket(tls)?;
+    }
+    Ok(c)
+}
+
+/// `UpstreamTlsContext` of the verifier cluster: Envoy asks for `server_name` (SNI), trusts only
+/// the configured CA and checks that name in the verifier's certificate; with mTLS it presents
+/// its own certificate. Files by absolute path only: no key material in the bootstrap.
+fn verifier_tls_socket(tls: &EnvoyVerifierTls) -> Result<Value, EnvoyConfigError> {
+    let file = |p: &Path| -> Result<Value, EnvoyConfigError> {
+        Ok(json!({ "filename": absolute(p)?.display().to_string() }))
+    };
+    let is_ip = tls.server_name.parse::<IpAddr>().is_ok();
+    let mut common = json!({
+        "alpn_protocols": ["h2"],
+        "tls_params": { "tls_minimum_protocol_version": "TLSv1_2" },
+        "validation_context": {
+            "trusted_ca": file(&tls.trusted_ca)?,
+            "match_typed_subject_alt_names": [{
+                "san_type": if is_ip { "IP_ADDRESS" } else { "DNS" },
+                "matcher": { "exact": tls.server_name },
+            }],
+        },
+    });
+    if let Some((cert, key)) = &tls.client_cert {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": file(cert)?,
+            "private_key": file(key)?,
+        }]);
+    }
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    });
+    // SNI carries host names only.
+    if !is_ip {
+        context["sni"] = json!(tls.server_name);
+    }
+    Ok(json!({ "name": "envoy.transport_sockets.tls", "typed_config": context }))
 }
 
 fn router_filter() -> Value {
@@ -243,7 +289,10 @@ pub fn bootstrap(
                 "address": socket_address(&envoy.listen.ip().to_string(), envoy.listen.port()),
                 "filter_chains": [{ "filters": [hcm] }]
             }],
-            "clusters": [upstream_cluster(&envoy.upstream), verifier_cluster(config.verifier.grpc)]
+            "clusters": [
+                upstream_cluster(&envoy.upstream),
+                verifier_cluster(config.verifier.grpc, envoy.verifier_tls.as_ref())?,
+            ]
         }
     }))
 }
@@ -535,6 +584,106 @@ mod tests {
                 ["address"]["socket_address"]["address"],
             "127.0.0.1"
         );
+    }
+
+    /// With `verifier.tls`, both bootstraps reach the verifier over TLS (HTTP/2 kept explicit),
+    /// check its name against the CA, present Envoy's client certificate, and carry file paths
+    /// only: no key or certificate material.
+    #[test]
+    fn verifier_cluster_over_tls() {
+        use crate::config::tls::test_pki::{with_lines, Pki};
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = Pki::new(dir.path());
+        let text = with_lines(
+            &crate::testkit::example_text(dir.path()),
+            &pki.verifier_yaml(true),
+            &pki.envoy_yaml(true),
+        );
+        let c = Config::parse(&text, Secrets::Skip).expect("valid");
+        for mode in [Mode::Filter, Mode::ExtAuthz] {
+            let rendered = render(&c, mode, None, Path::new("tollway.yaml")).expect("render");
+            for marker in ["-----BEGIN", "PRIVATE KEY", "CERTIFICATE-----"] {
+                assert!(!rendered.contains(marker), "{marker} in the bootstrap");
+            }
+            for file in [
+                &pki.key,
+                &pki.cert,
+                &pki.client_key,
+                &pki.client_cert,
+                &pki.ca,
+            ] {
+                let pem = String::from_utf8(Pki::read(file)).expect("utf8");
+                let line = pem.lines().nth(1).expect("base64 line");
+                assert!(
+                    !rendered.contains(line),
+                    "{} content in the bootstrap",
+                    file.display()
+                );
+            }
+            let y = parse(&rendered);
+            let cluster = &y["static_resources"]["clusters"][1];
+            assert_eq!(cluster["name"], VERIFIER_CLUSTER);
+            assert!(cluster["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+                ["http2_protocol_options"]
+                .is_mapping());
+            let socket = &cluster["transport_socket"];
+            assert_eq!(socket["name"], "envoy.transport_sockets.tls");
+            let ctx = &socket["typed_config"];
+            assert_eq!(
+                ctx["@type"],
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+            );
+            assert_eq!(ctx["sni"], "localhost");
+            let common = &ctx["common_tls_context"];
+            assert_eq!(common["alpn_protocols"][0], "h2");
+            let validation = &common["validation_context"];
+            let path = |v: &serde_yaml::Value| v["filename"].as_str().expect("filename").to_owned();
+            assert_eq!(
+                path(&validation["trusted_ca"]),
+                pki.ca.display().to_string()
+            );
+            assert_eq!(
+                validation["match_typed_subject_alt_names"][0]["san_type"],
+                "DNS"
+            );
+            assert_eq!(
+                validation["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+                "localhost"
+            );
+            let identity = &common["tls_certificates"][0];
+            assert_eq!(
+                path(&identity["certificate_chain"]),
+                pki.client_cert.display().to_string()
+            );
+            assert_eq!(
+                path(&identity["private_key"]),
+                pki.client_key.display().to_string()
+            );
+        }
+
+        // Without TLS the cluster is plaintext HTTP/2, as before.
+        let v = bootstrap(&example(), Mode::Filter, None).expect("render");
+        assert!(v["static_resources"]["clusters"][1]["transport_socket"].is_null());
+
+        // An IP name: no SNI, the address checked as an IP SAN; no client certificate without
+        // mTLS.
+        let verifier = pki.verifier_yaml(false) + "    server_name: 127.0.0.1\n";
+        let text = with_lines(
+            &crate::testkit::example_text(dir.path()),
+            &verifier,
+            &pki.envoy_yaml(false),
+        );
+        let c = Config::parse(&text, Secrets::Skip).expect("valid");
+        let v = bootstrap(&c, Mode::ExtAuthz, None).expect("render");
+        let ctx = &v["static_resources"]["clusters"][1]["transport_socket"]["typed_config"];
+        assert!(ctx["sni"].is_null());
+        let common = &ctx["common_tls_context"];
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0]["san_type"],
+            "IP_ADDRESS"
+        );
+        assert!(common["tls_certificates"].is_null());
     }
 
     #[test]

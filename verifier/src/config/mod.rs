@@ -7,6 +7,7 @@
 
 pub mod envoy;
 pub mod secret;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -297,6 +298,11 @@ struct RawVerifier {
     http: String,
     #[serde(default = "default_ledger")]
     ledger: String,
+    /// The admin API's listener; absent: the admin API is off.
+    #[serde(default)]
+    admin: Option<String>,
+    #[serde(default)]
+    tls: Option<tls::RawTls>,
 }
 
 impl Default for RawVerifier {
@@ -305,6 +311,8 @@ impl Default for RawVerifier {
             grpc: default_grpc(),
             http: default_http(),
             ledger: default_ledger(),
+            admin: None,
+            tls: None,
         }
     }
 }
@@ -335,6 +343,13 @@ struct RawEnvoy {
     upstream: String,
     #[serde(default)]
     wasm: Option<String>,
+    /// With `verifier.tls`: Envoy's files (paths) for the TLS of its verifier cluster.
+    #[serde(default)]
+    verifier_ca: Option<String>,
+    #[serde(default)]
+    verifier_client_cert: Option<String>,
+    #[serde(default)]
+    verifier_client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -496,6 +511,10 @@ pub struct VerifierSettings {
     pub http: SocketAddr,
     /// A SQLite file (one verifier) or a PostgreSQL URL (shared by every replica).
     pub ledger: LedgerLocation,
+    /// The admin API's own listener (`None`: the admin API is off).
+    pub admin: Option<SocketAddr>,
+    /// TLS (and mTLS) on `grpc` and `admin`; `http` stays plaintext.
+    pub tls: Option<tls::TlsSettings>,
 }
 
 /// `host:port`, where host is an IP literal or a DNS name.
@@ -517,6 +536,8 @@ pub struct EnvoySettings {
     pub admin: SocketAddr,
     pub upstream: HostPort,
     pub wasm: Option<PathBuf>,
+    /// How the `tollway_verifier` cluster speaks TLS (with `verifier.tls`).
+    pub verifier_tls: Option<tls::EnvoyVerifierTls>,
 }
 
 #[derive(Clone, Debug)]
@@ -2050,17 +2071,47 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
             );
         }
     }
+    let admin_listener = raw.verifier.admin.as_deref().and_then(|a| {
+        let a = socket_addr(p, "verifier.admin", a.trim())?;
+        for (name, other) in [("verifier.grpc", grpc), ("verifier.http", http)] {
+            if other == Some(a) {
+                p.add("verifier.admin", format!("same address as {name} ({a})"));
+            }
+        }
+        if raw.admin.is_none() {
+            p.hint(
+                "verifier.admin",
+                "the admin API needs its bearer token",
+                "admin: { token: env:TOLLWAY_ADMIN_TOKEN } (at least 32 bytes)",
+            );
+        }
+        Some(a)
+    });
+    let verifier_tls = raw
+        .verifier
+        .tls
+        .as_ref()
+        .and_then(|t| tls::verifier_tls(p, t, secrets));
 
     // envoy
     let envoy = raw.envoy.as_ref().and_then(|e| {
         let listen = socket_addr(p, "envoy.listen", &e.listen);
         let admin = socket_addr(p, "envoy.admin", &e.admin);
         let upstream = host_port(p, "envoy.upstream", &e.upstream);
+        let verifier_tls = tls::envoy_verifier_tls(
+            p,
+            verifier_tls.as_ref(),
+            raw.verifier.tls.is_some(),
+            e.verifier_ca.as_deref(),
+            e.verifier_client_cert.as_deref(),
+            e.verifier_client_key.as_deref(),
+        );
         Some(EnvoySettings {
             listen: listen?,
             admin: admin?,
             upstream: upstream?,
             wasm: e.wasm.as_ref().map(PathBuf::from),
+            verifier_tls: verifier_tls.ok()?,
         })
     });
 
@@ -2191,6 +2242,8 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
             grpc: grpc?,
             http: http?,
             ledger: ledger?,
+            admin: admin_listener,
+            tls: verifier_tls,
         },
         envoy,
         facilitators,

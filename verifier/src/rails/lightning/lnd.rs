@@ -61,8 +61,14 @@ impl LndNode {
         } else {
             format!("{host}:{port}")
         };
-        let endpoint = Endpoint::from_shared(format!("https://{authority}"))
+        // Our connector speaks TLS itself (pinned certificate): the endpoint's own URI is http,
+        // or tonic (built with TLS for `verifier.tls`) would want its own TLS for https; requests
+        // still name the node as https (`origin`).
+        let origin = Uri::try_from(format!("https://{authority}"))
+            .map_err(|e| NodeError::Connect(e.to_string()))?;
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|e| NodeError::Connect(e.to_string()))?
+            .origin(origin)
             .connect_timeout(NODE_TIMEOUT)
             .timeout(NODE_TIMEOUT);
         let host_owned = host.to_owned();
