@@ -55,7 +55,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dev.stack import BUILD, NETWORK, PAY_TO, Ports, envoy_binary, lightning_pay, render_config, wait_until  # noqa: E402
+from dev.stack import (  # noqa: E402
+    BUILD,
+    FILTER_KEYS_ENV,
+    NETWORK,
+    PAY_TO,
+    Ports,
+    envoy_binary,
+    lightning_pay,
+    render_config,
+    wait_until,
+)
 
 BENCH = ROOT / "bench"
 PEER = BENCH / "peer"
@@ -538,7 +548,10 @@ class Bench:
             )  # fmt: skip
             bootstrap = self.run_dir / f"envoy-{target}.yaml"
             bootstrap.write_text(rendered.stdout)
-            self.start_envoy(target, bootstrap)
+            keys = subprocess.run(
+                [tollway, "filter-keys", "-c", configs[target]], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout.strip()
+            self.start_envoy(target, bootstrap, env={FILTER_KEYS_ENV: keys})
 
     def start_peer(self):
         if not (PEER / "node_modules" / "@x402" / "express").exists():

@@ -50,6 +50,9 @@ NETWORK = "eip155:84532"
 LIGHTNING_NETWORK = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"  # CAIP-2 of the regtest genesis block
 L402_SERVICE = "tollway"
 
+# The environment variable Envoy passes to the filter's VM with its token keys.
+FILTER_KEYS_ENV = "TOLLWAY_FILTER_KEYS"
+
 # The `short` leased route: renewable in its last SHORT_RENEWAL_WINDOW seconds.
 SHORT_LEASE_SECONDS = 6
 SHORT_RENEWAL_WINDOW = 4
@@ -734,6 +737,8 @@ class Stack:
         # fresh per stack and kept across verifier restarts, in files like the L402 secret.
         self.lease_secret = secrets.token_hex(32)
         self.admin_token = secrets.token_urlsafe(32)
+        # Set by `rotate_secrets`: the previous secrets are accepted until then (unix seconds).
+        self.rotated_until: int | None = None
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -932,6 +937,23 @@ class Stack:
         proc, log = self._spawn("upstream", [sys.executable, ROOT / "dev" / "upstream.py", "--port", self.ports.upstream])
         wait_until("upstream", lambda: http_get(f"{self.upstream_url}/__hits")[0] == 200, proc=proc, log=log)
 
+    def rotate_secrets(self, until: int):
+        """Rotates the L402 and lease secrets: the current ones become `previous` (accepted
+        until `until`, unix seconds), fresh ones mint from now on; the verifier and Envoy are
+        restarted with the new config and keys."""
+        for path, value in [(self.l402_secret_path, self.l402_secret), (self.lease_secret_path, self.lease_secret)]:
+            old = path.with_name(path.name + ".old")
+            old.write_text(value + "\n")
+            old.chmod(0o600)
+        self.l402_secret = secrets.token_hex(32)
+        self.lease_secret = secrets.token_hex(32)
+        self.rotated_until = until
+        self.stop_envoy()
+        self.stop_verifier()
+        self.write_config()
+        self.start_verifier()
+        self.start_envoy()
+
     def write_config(self):
         secrets_to_write = [(self.lease_secret_path, self.lease_secret), (self.admin_token_path, self.admin_token)]
         if self.lightning:
@@ -950,6 +972,9 @@ class Stack:
             env={"RUST_LOG": os.environ.get("RUST_LOG", "info")},
         )
         wait_until("verifier", lambda: http_get(f"{self.verifier_http}/readyz")[0] == 200, proc=proc, log=log)
+
+    def stop_envoy(self):
+        self._kill("envoy")
 
     def stop_verifier(self):
         self._kill("verifier")
@@ -981,6 +1006,17 @@ class Stack:
             pass
         proc.wait(timeout=10)
 
+    def filter_keys(self) -> str:
+        """The value of TOLLWAY_FILTER_KEYS for this stack's Envoy (`tollway filter-keys`)."""
+        out = subprocess.run(
+            [BUILD / "tollway", "filter-keys", "-c", self.config_path],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
     def start_envoy(self, wait_for_table: bool = True):
         bootstrap = self.run_dir / f"envoy-{self.mode}.yaml"
         rendered = subprocess.run(
@@ -1005,6 +1041,8 @@ class Stack:
                 "--file-flush-interval-msec",
                 "200",
             ],
+            # The filter's token keys reach it through Envoy's environment, never the bootstrap.
+            env={FILTER_KEYS_ENV: self.filter_keys()},
         )
         if not wait_for_table:
             # Filter mode routes nothing before the verifier's first RDS answer (`/ready` stays
@@ -1189,8 +1227,14 @@ def render_config(stack) -> str:
             f"  service: {L402_SERVICE}",
             "  valid_seconds: 3600",
         ]
+    # After `Stack.rotate_secrets`: the replaced secrets, accepted until then.
+    rotated_until = getattr(stack, "rotated_until", None)
+    if lightning and rotated_until is not None:
+        lines.append(f"  previous: {{ root_secret: file:{stack.l402_secret_path}.old, until: {rotated_until} }}")
     if lease_secret is not None:
         lines += ["leases:", f"  secret: file:{lease_secret}"]
+        if rotated_until is not None:
+            lines.append(f"  previous: {{ secret: file:{lease_secret}.old, until: {rotated_until} }}")
     if admin_token is not None:
         lines += ["admin:", f"  token: file:{admin_token}"]
     replay_store = getattr(stack, "replay_store", None)

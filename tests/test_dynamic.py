@@ -98,7 +98,8 @@ def test_admin_lists_the_configured_routes(stack):
 def test_put_adds_a_paid_route_to_the_running_envoy(stack, dyn):
     name, path = dyn
     before = get(stack, path)
-    assert before.status_code == 404 and before.json()["error"] == "not found"  # the upstream's: no route yet
+    # No route yet: the gateway's default for unmatched requests (deny) answers, not the upstream.
+    assert before.status_code == 404 and before.json()["error"] == "no_route"
     v0 = version(stack)
     v1 = add(stack, name, path, "0.003")
     assert v1 != v0
@@ -141,9 +142,9 @@ def test_delete_removes_the_route(stack, dyn):
     status, body = stack.admin("DELETE", f"/admin/routes/{name}")
     assert status == 200, (status, body)
     assert name not in route_names(stack)
-    # No route any more: the request goes to the upstream, which has no such path.
+    # No route any more: the gateway's default for unmatched requests (deny) answers.
     r = poll(lambda: (r := get(stack, path)).status_code != 402 and r)
-    assert r is not None and r.status_code == 404 and r.json()["error"] == "not found", r
+    assert r is not None and r.status_code == 404 and r.json()["error"] == "no_route", r
     status, _ = stack.admin("DELETE", f"/admin/routes/{name}")
     assert status == 404
     status, _ = stack.admin("PATCH", f"/admin/routes/{name}", {"price": "0.004"})

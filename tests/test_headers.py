@@ -42,6 +42,17 @@ def test_allow_list_and_trusted_context_reach_the_upstream(stack):
     assert stack.upstream_seen("/v1/headers") == {**got, ":method": "GET", ":path": "/v1/headers"}
 
 
+def test_a_lease_token_never_reaches_the_upstream_off_a_leased_route(stack):
+    """On a free route (served by Envoy around the filter) and on a paid one alike."""
+    r = requests.get(stack.url + "/free", headers={"x-x402-lease": "not-for-you"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert "x-x402-lease" not in stack.upstream_seen("/free")
+    session, _ = paying_session(PAYER_KEY)
+    r = session.get(stack.url + "/api/headers", headers={"x-x402-lease": "not-for-you"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "x-x402-lease" not in stack.upstream_seen("/v1/headers")
+
+
 def test_unpaid_request_never_reaches_the_upstream(stack):
     before = stack.upstream_hits().get("/v1/headers", 0)
     r = requests.get(stack.url + "/api/headers", headers=SENT, timeout=10)

@@ -41,6 +41,7 @@ from lightning import (
     serialize,
     sha256_hex,
     split_identifier,
+    filter_key,
     token_root_key,
     www_authenticate,
 )
@@ -312,6 +313,8 @@ def test_pymacaroons_parses_and_verifies_our_macaroon(stack):
             return value == "/api/quote"
         if condition == f"{SVC}_method":
             return value == "GET"
+        if condition == f"{SVC}_key":  # which filter key minted it: sha256(key)[:4], hex
+            return value == hashlib.sha256(filter_key(secret(stack))).digest()[:4].hex()
         return False
 
     v = Verifier()

@@ -14,8 +14,8 @@
 //!   paused in the response-header phase.
 
 mod abi;
-mod exports;
 mod expiry;
+mod exports;
 mod host;
 mod http;
 mod metrics;

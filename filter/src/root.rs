@@ -11,6 +11,7 @@ use log::warn;
 use prost::Message;
 use tollway_protocol::cache::Memo;
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig};
+use tollway_protocol::keys::{FilterKeys, ENV_FILTER_KEYS};
 use tollway_protocol::l402::cache::VerifiedCache;
 use tollway_protocol::lease::Lease;
 use tollway_protocol::rpc::{RoutesRequest, RoutesResponse, METHOD_ROUTES, SERVICE};
@@ -94,8 +95,15 @@ impl Root {
                 )
             }
         };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| format!("configuration is not valid JSON for the filter: {e}"))
+        let mut config: FilterConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("configuration is not valid JSON for the filter: {e}"))?;
+        // The token keys are never in the plugin configuration: they come from the VM's
+        // environment (`vm_config.environment_variables`), filled from the proxy's own.
+        config.keys = match std::env::var(ENV_FILTER_KEYS) {
+            Ok(text) => FilterKeys::parse(&text).map_err(|e| e.to_string())?,
+            Err(_) => FilterKeys::default(),
+        };
+        Ok(config)
     }
 
     fn build(&mut self, config: &FilterConfig) -> Result<Shared, String> {

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use tollway_fuzz::{l402_key, NOW, SERVICE};
+use tollway_fuzz::{l402_keys, NOW, SERVICE};
 use tollway_protocol::l402::authorization::is_blank;
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, Macaroon,
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.as_ref(), Ok(&credential.macaroon));
             for (path, method) in [("/api/quote", "GET"), ("/", "POST")] {
                 if let Err(e) =
-                    verify_credential(l402_key(), &credential, SERVICE, NOW, path, method)
+                    verify_credential(l402_keys(), &credential, SERVICE, NOW, path, method)
                 {
                     let _ = e.reason();
                 }

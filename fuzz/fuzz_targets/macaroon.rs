@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollway_fuzz::{l402_key, NOW, PREIMAGE, SERVICE};
+use tollway_fuzz::{l402_key, l402_keys, NOW, PREIMAGE, SERVICE};
 use tollway_protocol::l402::caveats::evaluate;
 use tollway_protocol::l402::{
     token_root_key, verify_credential, Credential, Identifier, L402Error, Macaroon, PaymentHash,
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         _ => ("/stream/ticker/BTC", "HEAD"),
     };
     let now = if mode & 4 == 0 { NOW } else { u64::MAX };
-    match verify_credential(l402_key(), &credential, SERVICE, now, path, method) {
+    match verify_credential(l402_keys(), &credential, SERVICE, now, path, method) {
         Ok(token) => {
             assert_eq!(token.payment_hash, identifier.payment_hash);
             assert_eq!(token.token_id, token_id);

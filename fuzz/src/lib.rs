@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use tollway_protocol::filter_config::{CompiledConfig, FilterConfig};
 use tollway_protocol::hmac::hmac_sha256;
 use tollway_protocol::l402::{filter_key, FilterKey};
+use tollway_protocol::keys::{FilterKeys, KeySet};
 use tollway_protocol::lease::LeaseKey;
 use tollway_protocol::routes::{RouteSpec, RouteTable};
 use tollway_protocol::x402::Offer;
@@ -62,9 +63,16 @@ pub fn lease_key_bytes() -> [u8; 32] {
 
 /// `base64url(payload) "." base64url(HMAC(lease key, "tollway/lease/v1" || payload))`: a token
 /// with a valid signature over any payload, so the fuzzer reaches the payload decoder.
+/// A version-2 payload names its key: the current key's id is written in, so the fuzzer need
+/// not guess it.
 pub fn sign_lease_payload(payload: &[u8]) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
+    let mut payload = payload.to_vec();
+    if payload.first() == Some(&2) && payload.len() >= 5 {
+        payload[1..5].copy_from_slice(&lease_keys().current().0.as_bytes());
+    }
+    let payload = payload.as_slice();
     let mac = hmac_sha256(&lease_key_bytes(), &[b"tollway/lease/v1", payload]);
     format!(
         "{}.{}",
@@ -78,6 +86,26 @@ pub fn l402_key() -> &'static FilterKey {
     KEY.get_or_init(|| filter_key(&L402_SECRET))
 }
 
+/// [`l402_key`] as the filter holds it (the current key of a set).
+pub fn l402_keys() -> &'static KeySet<FilterKey> {
+    static KEYS: OnceLock<KeySet<FilterKey>> = OnceLock::new();
+    KEYS.get_or_init(|| KeySet::new(l402_key().clone()))
+}
+
+/// [`lease_key`] as the filter holds it.
+pub fn lease_keys() -> &'static KeySet<LeaseKey> {
+    static KEYS: OnceLock<KeySet<LeaseKey>> = OnceLock::new();
+    KEYS.get_or_init(|| KeySet::new(lease_key().clone()))
+}
+
+/// The keys the filter would read from its environment.
+pub fn filter_keys() -> FilterKeys {
+    FilterKeys {
+        l402: Some(l402_keys().clone()),
+        lease: Some(lease_keys().clone()),
+    }
+}
+
 /// 25 routes of the shapes a real API has: literals, `[param]`, `*`, `**`, hosts (exact and
 /// wildcard), method lists, leased streams and their sale paths.
 pub fn route_specs() -> Vec<RouteSpec> {
@@ -86,6 +114,7 @@ pub fn route_specs() -> Vec<RouteSpec> {
         host: host.map(Into::into),
         methods: methods.iter().map(|m| (*m).into()).collect(),
         path: path.into(),
+        case_insensitive: name.len() % 2 == 0,
     };
     vec![
         r("root", None, &[], "/"),
@@ -149,8 +178,7 @@ pub fn config_json() -> String {
   "verifier_timeout_ms": 2000,
   "settle_timeout_ms": 10000,
   "public_url": "https://api.example.com",
-  "l402": {{"key_hex": "{l402}", "service": "{SERVICE}"}},
-  "leases": {{"key_hex": "{lease}"}},
+  "l402": {{"service": "{SERVICE}"}},
   "routes": [
     {{"name": "quote", "methods": ["GET"], "path": "/api/quote",
       "paid": {{"offers": [{offer}], "lightning": {{"amount_msat": 10000}},
@@ -167,14 +195,16 @@ pub fn config_json() -> String {
     {{"name": "old", "host": "*.example.com", "path": "/old/**", "disabled": true}}
   ]
 }}"#,
-        l402 = l402_key().to_hex(),
-        lease = lease_key().to_hex(),
     )
 }
 
 pub fn config() -> &'static FilterConfig {
     static CONFIG: OnceLock<FilterConfig> = OnceLock::new();
-    CONFIG.get_or_init(|| serde_json::from_str(&config_json()).expect("fixture config"))
+    CONFIG.get_or_init(|| {
+        let mut c: FilterConfig = serde_json::from_str(&config_json()).expect("fixture config");
+        c.keys = filter_keys();
+        c
+    })
 }
 
 pub fn compiled() -> &'static CompiledConfig {

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::headers::{HeaderPolicy, HeaderPolicyError, CONTEXT_RAIL};
+use crate::keys::{FilterKeys, KeySet, ENV_FILTER_KEYS};
 use crate::l402::caveats::is_valid_service;
 use crate::l402::FilterKey;
 use crate::lease::LeaseKey;
@@ -24,12 +25,14 @@ pub struct FilterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
     pub routes: Vec<RouteConfig>,
-    /// L402 verification keys; required when a route sells Lightning.
+    /// L402 settings; required when a route sells Lightning (with an `l402` key in `keys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l402: Option<L402Filter>,
-    /// Lease key; required when a route is sold as a lease.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leases: Option<LeaseFilter>,
+    /// The token keys. Never part of the JSON (so never in a rendered bootstrap, a config
+    /// dump or a mesh manifest): the filter reads them from its environment, the verifier
+    /// derives them from its secrets (see `keys`).
+    #[serde(skip)]
+    pub keys: FilterKeys,
     /// Poll the verifier (`Routes`) for the route table this often; `routes` above is then
     /// ignored and requests get 503 until a first table arrives. `None`: `routes` is final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,21 +42,66 @@ pub struct FilterConfig {
     /// not. `false` (hand-written configs, Istio `WasmPlugin`): the filter removes them itself.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub envoy_strips_context: bool,
+    /// How route paths compare with request paths (a route may say otherwise).
+    #[serde(default, skip_serializing_if = "PathCase::is_default")]
+    pub paths: PathCase,
+    /// What happens to requests no route matches, first matching rule first; none matches (or
+    /// none given): 404 `no_route`. So a path variant nobody priced never reaches the upstream
+    /// free unless the operator opened that space with `pass`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<UnmatchedRule>,
 }
 
-/// What the filter needs to check and mint lease tokens.
+/// How literal route segments compare with request paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathCase {
+    /// `/API/Quote` is `/api/quote` (what Express does by default, and the safe choice: a
+    /// variant the upstream serves is never one the gateway does not price).
+    #[default]
+    CaseInsensitive,
+    /// Only the exact spelling (for upstreams that route case-sensitively and serve different
+    /// things on case variants).
+    CaseSensitive,
+}
+
+impl PathCase {
+    pub fn is_default(&self) -> bool {
+        *self == PathCase::default()
+    }
+}
+
+/// A rule for requests no route matches: those under `path` (a route pattern; `**` at the end
+/// for a prefix) on `host` get `action`: `pass` (forwarded unpaid), `deny` (404 `no_route`), or
+/// a route's name (treated as that route: priced and checked like it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseFilter {
-    /// [`LeaseKey`] (derived from the lease secret), 64 hex characters.
-    pub key_hex: String,
+pub struct UnmatchedRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default = "all_paths")]
+    pub path: String,
+    pub action: String,
 }
 
-/// What the filter needs to verify L402 tokens by itself.
+fn all_paths() -> String {
+    "/**".into()
+}
+
+/// What a rule does, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmatchedAction {
+    Pass,
+    Deny,
+    /// As the route at this index of [`CompiledConfig::routes`].
+    Route(usize),
+}
+
+/// Reason of a denied unmatched request (`{"error": "no_route"}`, 404).
+pub const REASON_NO_ROUTE: &str = "no_route";
+
+/// What the filter needs, besides its keys, to verify L402 tokens by itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct L402Filter {
-    /// The filter key (`HMAC-SHA256(root_secret, "tollway/l402/v1")`), 64 hex characters. Not
-    /// the root secret: see `docs/internals.md`.
-    pub key_hex: String,
     /// The service name in the `services=<service>:0` caveat.
     pub service: String,
 }
@@ -87,6 +135,9 @@ pub struct RouteConfig {
     /// Kept in the table (so no broader route serves it) but answered 404.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// Overrides [`FilterConfig::paths`] for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<PathCase>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,8 +239,8 @@ pub enum ConfigError {
     LightningWithoutL402 { route: String },
     #[error("route {route:?}: Lightning amount_msat must be greater than 0")]
     ZeroLightningAmount { route: String },
-    #[error("l402.key_hex must be 64 hex characters")]
-    BadL402Key,
+    #[error("the config has an `l402` section but no L402 key (the filter reads its keys from {ENV_FILTER_KEYS})")]
+    NoL402Key,
     #[error("l402.service {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
     BadL402Service(String),
     #[error("route {route:?}: offer {offer} is on {network}, which is not an EVM (eip155) chain")]
@@ -213,10 +264,12 @@ pub enum ConfigError {
         route: String,
         error: HeaderPolicyError,
     },
-    #[error("leases.key_hex must be 64 hex characters")]
-    BadLeaseKey,
+    #[error("route {route:?} is sold as a lease but there is no lease key (the filter reads its keys from {ENV_FILTER_KEYS})")]
+    NoLeaseKey { route: String },
     #[error("sync_interval_ms must be between 100 and 60000")]
     BadSyncInterval,
+    #[error("unmatched[{rule}]: {message}")]
+    Unmatched { rule: usize, message: String },
 }
 
 /// The config, ready for the hot path: the route table plus, per route (same index as
@@ -227,12 +280,75 @@ pub struct CompiledConfig {
     /// One per table entry: a leased route has two (its resource, then its lease sale).
     pub routes: Vec<CompiledRoute>,
     pub l402: Option<CompiledL402>,
-    pub lease_key: Option<LeaseKey>,
+    /// Lease keys: the current one mints, previous ones still open tokens until their time.
+    pub lease_keys: Option<KeySet<LeaseKey>>,
+    /// The `unmatched` rules as a table of their own (consulted only when no route matches),
+    /// and each rule's action (same index).
+    pub unmatched: (RouteTable, Vec<UnmatchedAction>),
+}
+
+impl CompiledConfig {
+    /// What to do with a request no route matched. A CORS preflight (`OPTIONS`) on a path that
+    /// a route prices for other methods passes: browsers ask it before they pay, and it carries
+    /// no content.
+    pub fn unmatched(&self, host: &str, method: &str, path: &str) -> UnmatchedAction {
+        const PREFLIGHTED: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+        if method.eq_ignore_ascii_case("OPTIONS")
+            && PREFLIGHTED
+                .iter()
+                .any(|m| self.table.find(host, m, path).is_some())
+        {
+            return UnmatchedAction::Pass;
+        }
+        let (table, actions) = &self.unmatched;
+        table
+            .find(host, method, path)
+            .and_then(|m| actions.get(m.index).copied())
+            .unwrap_or(UnmatchedAction::Deny)
+    }
+
+    /// Paid routes priced for some methods only, whose other methods on the same path reach
+    /// the upstream unpaid (through a free route or an unmatched `pass` rule): `(route, method,
+    /// sample path, what lets it through)`. `tollway check` warns about each.
+    pub fn method_gaps(&self) -> Vec<(String, &'static str, String, String)> {
+        const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+        let mut gaps = Vec::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            if route.paid.is_none() || route.internal || route.disabled {
+                continue;
+            }
+            let Some((host, path)) = self.table.sample(index) else {
+                continue;
+            };
+            for method in METHODS {
+                let through = match self.table.find(&host, method, &path) {
+                    Some(m) if m.index == index => continue,
+                    Some(m) => match self.routes.get(m.index) {
+                        Some(r) if r.paid.is_none() && !r.disabled && !r.internal => {
+                            format!("free route {:?}", r.name)
+                        }
+                        _ => continue,
+                    },
+                    None => match self.unmatched(&host, method, &path) {
+                        UnmatchedAction::Pass => "an unmatched `pass` rule".to_owned(),
+                        _ => continue,
+                    },
+                };
+                gaps.push((route.name.clone(), method, path.clone(), through));
+            }
+        }
+        gaps
+    }
+
+    /// Whether any request needs the authority to be matched (a route or a rule names a host).
+    pub fn uses_hosts(&self) -> bool {
+        self.table.uses_hosts() || self.unmatched.0.uses_hosts()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledL402 {
-    pub key: FilterKey,
+    pub keys: KeySet<FilterKey>,
     pub service: String,
 }
 
@@ -424,12 +540,12 @@ impl FilterConfig {
                 return Err(ConfigError::BadPublicUrl(url.clone()));
             }
         }
-        let l402 = self.l402.as_ref().map(compile_l402).transpose()?;
-        let lease_key = self
-            .leases
+        let l402 = self
+            .l402
             .as_ref()
-            .map(|l| LeaseKey::from_hex(&l.key_hex).ok_or(ConfigError::BadLeaseKey))
+            .map(|l| compile_l402(l, &self.keys))
             .transpose()?;
+        let lease_keys = self.keys.lease.clone();
         if let Some(ms) = self.sync_interval_ms {
             if !(100..=60_000).contains(&ms) {
                 return Err(ConfigError::BadSyncInterval);
@@ -444,7 +560,7 @@ impl FilterConfig {
                 .as_ref()
                 .map(|p| compile_paid(&r.name, p, l402.is_some()))
                 .transpose()?;
-            let lease = compile_lease(r, paid.is_some(), lease_key.is_some())?;
+            let lease = compile_lease(r, paid.is_some(), lease_keys.is_some())?;
             let captures = path_params(&r.path);
             let upstream_path = r
                 .upstream_path
@@ -475,11 +591,13 @@ impl FilterConfig {
                 disabled: r.disabled,
                 internal: false,
             };
+            let case_insensitive = r.paths.unwrap_or(self.paths) == PathCase::CaseInsensitive;
             specs.push(RouteSpec {
                 name: r.name.clone(),
                 host: r.host.clone(),
                 methods: r.methods.clone(),
                 path: r.path.clone(),
+                case_insensitive,
             });
             if let Some(lease) = &r.lease {
                 sales.push((
@@ -488,6 +606,7 @@ impl FilterConfig {
                         host: r.host.clone(),
                         methods: vec!["GET".into(), "POST".into()],
                         path: lease.path.clone(),
+                        case_insensitive,
                     },
                     CompiledRoute {
                         sells_lease: true,
@@ -516,6 +635,7 @@ impl FilterConfig {
                     host: r.host.clone(),
                     methods: r.methods.clone(),
                     path: path.clone(),
+                    case_insensitive: r.paths.unwrap_or(self.paths) == PathCase::CaseInsensitive,
                 },
                 CompiledRoute {
                     name: r.name.clone(),
@@ -559,12 +679,71 @@ impl FilterConfig {
         };
         debug_assert_eq!(routes.len(), user_specs);
         routes.extend(internal.into_iter().map(|(_, r)| r));
+        let unmatched = self.compile_unmatched(&routes)?;
         Ok(CompiledConfig {
             table,
             routes,
             l402,
-            lease_key,
+            lease_keys,
+            unmatched,
         })
+    }
+
+    fn compile_unmatched(
+        &self,
+        routes: &[CompiledRoute],
+    ) -> Result<(RouteTable, Vec<UnmatchedAction>), ConfigError> {
+        let mut specs = Vec::with_capacity(self.unmatched.len());
+        let mut actions = Vec::with_capacity(self.unmatched.len());
+        for (i, rule) in self.unmatched.iter().enumerate() {
+            let fail = |message: String| ConfigError::Unmatched { rule: i, message };
+            let action = match rule.action.as_str() {
+                "pass" => UnmatchedAction::Pass,
+                "deny" => UnmatchedAction::Deny,
+                name => {
+                    let index = routes
+                        .iter()
+                        .position(|r| r.name == name && !r.sells_lease && !r.internal)
+                        .ok_or_else(|| {
+                            fail(format!("action {name:?} is neither pass, deny nor a route"))
+                        })?;
+                    let route = &routes[index];
+                    let plain = route.lease.is_none()
+                        && route
+                            .upstream_path
+                            .as_ref()
+                            .is_none_or(|t| t.params().next().is_none());
+                    if !plain {
+                        return Err(fail(format!(
+                            "route {name:?} is leased or rewrites with [params]: it cannot price other paths"
+                        )));
+                    }
+                    UnmatchedAction::Route(index)
+                }
+            };
+            specs.push(RouteSpec {
+                name: format!("unmatched~{i}"),
+                host: rule.host.clone(),
+                methods: Vec::new(),
+                path: rule.path.clone(),
+                case_insensitive: self.paths == PathCase::CaseInsensitive,
+            });
+            actions.push(action);
+        }
+        let table = RouteTable::compile(specs).map_err(|e| match e {
+            RouteError::Shadowed { route, other } => ConfigError::Unmatched {
+                rule: route
+                    .strip_prefix("unmatched~")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                message: format!(
+                    "covers exactly what rule {} covers",
+                    other.trim_start_matches("unmatched~")
+                ),
+            },
+            other => other.into(),
+        })?;
+        Ok((table, actions))
     }
 }
 
@@ -603,9 +782,9 @@ fn compile_lease(
         return Err(fail("a leased route must have a price".into()));
     }
     if !has_key {
-        return Err(fail(
-            "sells leases but the filter config has no `leases` key".into(),
-        ));
+        return Err(ConfigError::NoLeaseKey {
+            route: r.name.clone(),
+        });
     }
     let params = path_params(&r.path);
     let resource = PathTemplate::parse(&r.path, &params).map_err(|e| {
@@ -664,13 +843,13 @@ fn compile_lease(
     }))
 }
 
-fn compile_l402(l402: &L402Filter) -> Result<CompiledL402, ConfigError> {
-    let key = FilterKey::from_hex(&l402.key_hex).map_err(|_| ConfigError::BadL402Key)?;
+fn compile_l402(l402: &L402Filter, keys: &FilterKeys) -> Result<CompiledL402, ConfigError> {
+    let keys = keys.l402.clone().ok_or(ConfigError::NoL402Key)?;
     if !is_valid_service(&l402.service) {
         return Err(ConfigError::BadL402Service(l402.service.clone()));
     }
     Ok(CompiledL402 {
-        key,
+        keys,
         service: l402.service.clone(),
     })
 }
@@ -775,6 +954,85 @@ mod tests {
 
     fn config() -> FilterConfig {
         serde_json::from_value(config_json()).unwrap()
+    }
+
+    #[test]
+    fn unmatched_requests_follow_the_first_rule_that_fits_and_are_denied_otherwise() {
+        let with = |rules: serde_json::Value| {
+            let mut v = config_json();
+            v["unmatched"] = rules;
+            serde_json::from_value::<FilterConfig>(v).unwrap().compile()
+        };
+        let c = with(json!([])).unwrap();
+        assert_eq!(c.unmatched("h", "GET", "/nowhere"), UnmatchedAction::Deny);
+        // A CORS preflight on a priced path reaches the upstream; elsewhere it is denied too.
+        assert_eq!(
+            c.unmatched("h", "OPTIONS", "/api/quote"),
+            UnmatchedAction::Pass
+        );
+        assert_eq!(
+            c.unmatched("h", "OPTIONS", "/nowhere"),
+            UnmatchedAction::Deny
+        );
+        let c = with(json!([
+            {"path": "/open/**", "action": "pass"},
+            {"path": "/v2/**", "action": "quote"},
+            {"host": "docs.example.com", "action": "pass"},
+            {"action": "deny"}
+        ]))
+        .unwrap();
+        assert_eq!(c.unmatched("h", "GET", "/open/a/b"), UnmatchedAction::Pass);
+        assert_eq!(c.unmatched("h", "POST", "/OPEN"), UnmatchedAction::Pass);
+        assert_eq!(c.unmatched("h", "GET", "/v2/x"), UnmatchedAction::Route(0));
+        assert_eq!(
+            c.unmatched("docs.example.com:443", "GET", "/x"),
+            UnmatchedAction::Pass
+        );
+        assert_eq!(c.unmatched("h", "GET", "/x"), UnmatchedAction::Deny);
+        assert!(c.uses_hosts());
+        for (rules, needle) in [
+            (
+                json!([{"action": "maybe"}]),
+                "neither pass, deny nor a route",
+            ),
+            (
+                json!([{"action": "pass"}, {"path": "/**", "action": "deny"}]),
+                "covers exactly",
+            ),
+            (
+                json!([{"path": "nope", "action": "pass"}]),
+                "must start with '/'",
+            ),
+        ] {
+            let e = with(rules).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn method_gaps_are_found_where_a_free_route_or_a_pass_rule_takes_other_methods() {
+        // quote is GET only, next to a free catch-all.
+        let mut v = config_json();
+        v["routes"][1]["path"] = json!("/**");
+        let c = serde_json::from_value::<FilterConfig>(v)
+            .unwrap()
+            .compile()
+            .unwrap();
+        let gaps = c.method_gaps();
+        let methods: Vec<&str> = gaps.iter().map(|g| g.1).collect();
+        assert_eq!(methods, ["POST", "PUT", "PATCH", "DELETE"]);
+        assert!(gaps
+            .iter()
+            .all(|g| g.0 == "quote" && g.2 == "/api/quote" && g.3.contains("\"free\"")));
+        // The default (deny) leaves no gap; a pass rule does.
+        assert!(config().compile().unwrap().method_gaps().is_empty());
+        let mut v = config_json();
+        v["unmatched"] = json!([{"action": "pass"}]);
+        let c = serde_json::from_value::<FilterConfig>(v)
+            .unwrap()
+            .compile()
+            .unwrap();
+        assert_eq!(c.method_gaps().len(), 4);
     }
 
     #[test]
@@ -1041,14 +1299,16 @@ mod tests {
 
     fn lightning_config() -> FilterConfig {
         let mut v = config_json();
-        v["l402"] = json!({"key_hex": "11".repeat(32), "service": "tollway"});
+        v["l402"] = json!({"service": "tollway"});
         v["routes"][0]["paid"]["lightning"] = json!({"amount_msat": 10000});
         v["routes"].as_array_mut().unwrap().push(json!({
             "name": "ln-only",
             "path": "/ln",
             "paid": {"lightning": {"amount_msat": 5000, "single_use": true}}
         }));
-        serde_json::from_value(v).unwrap()
+        let mut c: FilterConfig = serde_json::from_value(v).unwrap();
+        c.keys.l402 = Some(KeySet::new(FilterKey::from_bytes([0x11; 32])));
+        c
     }
 
     #[test]
@@ -1057,7 +1317,7 @@ mod tests {
         let compiled = c.compile().unwrap();
         let l402 = compiled.l402.as_ref().unwrap();
         assert_eq!(l402.service, "tollway");
-        assert_eq!(l402.key.as_bytes(), &[0x11; 32]);
+        assert_eq!(l402.keys.current().1.as_bytes(), &[0x11; 32]);
         let quote = compiled.route("quote").unwrap().paid.as_ref().unwrap();
         assert_eq!(
             quote.lightning,
@@ -1071,8 +1331,13 @@ mod tests {
         assert!(ln.offers.is_empty());
         assert!(!ln.challenge.has_offers());
         assert!(ln.lightning.unwrap().single_use);
-        // Round trip keeps the new fields; the old JSON (no l402, no lightning) still parses.
-        let back: FilterConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        // Round trip keeps the new fields but never the keys; the old JSON (no l402, no
+        // lightning) still parses.
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(!json.to_string().contains(&"11".repeat(32)), "{json}");
+        let mut back: FilterConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.keys, FilterKeys::default());
+        back.keys = c.keys.clone();
         assert_eq!(back, c);
         assert!(config().l402.is_none());
         assert!(config().routes[0]
@@ -1107,11 +1372,9 @@ mod tests {
             c.compile().unwrap_err(),
             ConfigError::ZeroLightningAmount { .. }
         ));
-        for bad in ["", "11", &"zz".repeat(32)] {
-            let mut c = lightning_config();
-            c.l402.as_mut().unwrap().key_hex = bad.to_owned();
-            assert_eq!(c.compile().unwrap_err(), ConfigError::BadL402Key);
-        }
+        let mut c = lightning_config();
+        c.keys.l402 = None;
+        assert_eq!(c.compile().unwrap_err(), ConfigError::NoL402Key);
         for bad in ["", "a b", "svc:0", "a=b", "a,b", &"s".repeat(65)] {
             let mut c = lightning_config();
             c.l402.as_mut().unwrap().service = bad.to_owned();
@@ -1136,7 +1399,6 @@ mod tests {
 
     fn leased_config() -> FilterConfig {
         let mut v = config_json();
-        v["leases"] = json!({"key_hex": "22".repeat(32)});
         let paid = v["routes"][0]["paid"].clone();
         v["routes"].as_array_mut().unwrap().push(json!({
             "name": "ticker",
@@ -1146,7 +1408,9 @@ mod tests {
             "lease": {"path": "/lease/ticker/[symbol]", "seconds": 60, "renew_window_seconds": 30},
             "upstream_path": "/v1/ticker/[symbol]"
         }));
-        serde_json::from_value(v).unwrap()
+        let mut c: FilterConfig = serde_json::from_value(v).unwrap();
+        c.keys.lease = Some(KeySet::new(LeaseKey::from_bytes([0x22; 32])));
+        c
     }
 
     fn lease_message(c: &FilterConfig) -> String {

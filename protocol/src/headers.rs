@@ -15,6 +15,36 @@ pub const CONTEXT_HEADERS: [&str; 4] = [
     CONTEXT_RESOURCE,
 ];
 
+/// Headers that tell some frameworks (Express's `method-override`, Rails, Laravel) to treat a
+/// request as another method: `POST` + `X-HTTP-Method-Override: GET` would reach a GET-priced
+/// handler as an unpriced POST. Removed from every request (Envoy removes them first in the
+/// bootstrap `tollway envoy` renders; the filter again).
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The query parameter `method-override` and others read as the method. A request carrying it
+/// is refused (400): rewriting the query is not the gateway's business.
+pub const METHOD_OVERRIDE_PARAM: &str = "_method";
+/// The `error` of that 400.
+pub const REASON_METHOD_OVERRIDE: &str = "method_override_refused";
+
+/// Whether the request target's query has a `_method` parameter (its name in any case, also
+/// percent-encoded).
+pub fn has_method_override_param(path: &str) -> bool {
+    let path = path.split('#').next().unwrap_or("");
+    let Some((_, query)) = path.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        let name = name.replace("%5F", "_").replace("%5f", "_");
+        name.eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM)
+    })
+}
+
 /// What every request needs whatever the allow-list says (pseudo-headers always pass).
 const BASICS: &[&str] = &[
     "host",
@@ -185,5 +215,27 @@ mod tests {
             HeaderPolicy::compile(None, &strings(&["buffered"]), false),
             Err(HeaderPolicyError::BadResponsePreset("buffered".into()))
         );
+    }
+
+    #[test]
+    fn method_override_parameters_are_found_in_any_spelling() {
+        for path in [
+            "/a?_method=GET",
+            "/a?x=1&_METHOD=get",
+            "/a?%5Fmethod=GET",
+            "/a?%5fmethod",
+            "/a?_method",
+        ] {
+            assert!(super::has_method_override_param(path), "{path}");
+        }
+        for path in [
+            "/a",
+            "/a?method=GET",
+            "/a?x=_method",
+            "/a#?_method=1",
+            "/_method",
+        ] {
+            assert!(!super::has_method_override_param(path), "{path}");
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! lease id, the route, the method, the concrete path and the expiry; it is checked with no
 //! store (single-use leases are claimed at the verifier by id).
 //!
-//! payload = version (1) | id (16) | expires_at (u64 BE) | flags (1) | route | method | path,
-//! the last three each as u16 BE length + bytes.
+//! payload = version (2) | key id (4) | id (16) | expires_at (u64 BE) | flags (1) | route |
+//! method | path, the last three each as u16 BE length + bytes. The key id names the key that
+//! signed it (see `keys`: a token minted before a rotation keeps working through the rotation
+//! window). Version 1 (no key id) is still read, checked with the current key.
 
 use std::fmt;
 
@@ -15,6 +17,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use crate::hmac::hmac_sha256;
+use crate::keys::{KeyId, KeySet};
 
 /// Request header carrying a lease (preferred).
 pub const HEADER_LEASE: &str = "x-x402-lease";
@@ -25,12 +28,15 @@ pub const QUERY_LEASE: &str = "t";
 /// longer one. The one limit both sides share: see [`token_len`] and [`mintable`].
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// Bytes of a payload besides its three strings: version, id, expiry, flags, three lengths.
-const PAYLOAD_FIXED_LEN: usize = 1 + 16 + 8 + 1 + 3 * 2;
+/// Bytes of a payload besides its three strings: version, key id, id, expiry, flags, three
+/// lengths.
+const PAYLOAD_FIXED_LEN: usize = 1 + 4 + 16 + 8 + 1 + 3 * 2;
 /// `"." base64url(32-byte MAC)`.
 const MAC_PART_LEN: usize = 1 + 43;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Tokens minted before key ids.
+const VERSION_NO_KEY_ID: u8 = 1;
 const KEY_LABEL: &[u8] = b"tollway/lease/v1/key";
 const MAC_LABEL: &[u8] = b"tollway/lease/v1";
 const FLAG_SINGLE_USE: u8 = 1;
@@ -109,6 +115,14 @@ impl LeaseKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> LeaseKey {
+        LeaseKey(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Debug for LeaseKey {
@@ -165,13 +179,15 @@ impl Lease {
 
     /// The token, or [`LeaseError::TooLong`] when [`Lease::open`] would refuse it (the route,
     /// method and path are too long together: see [`mintable`], which says so before a sale).
-    pub fn try_mint(&self, key: &LeaseKey) -> Result<String, LeaseError> {
+    /// Minted with the set's current key, named in the token.
+    pub fn try_mint(&self, keys: &KeySet<LeaseKey>) -> Result<String, LeaseError> {
         mintable(&self.route, &self.method, &self.path)?;
-        Ok(self.mint_unchecked(key))
+        let (id, key) = keys.current();
+        Ok(self.mint_unchecked(id, key))
     }
 
-    fn mint_unchecked(&self, key: &LeaseKey) -> String {
-        let payload = self.payload();
+    fn mint_unchecked(&self, key_id: KeyId, key: &LeaseKey) -> String {
+        let payload = self.payload(key_id);
         let mac = hmac_sha256(&key.0, &[MAC_LABEL, &payload]);
         let mut token = URL_SAFE_NO_PAD.encode(&payload);
         token.push('.');
@@ -179,11 +195,12 @@ impl Lease {
         token
     }
 
-    fn payload(&self) -> Vec<u8> {
+    fn payload(&self, key_id: KeyId) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             PAYLOAD_FIXED_LEN + self.route.len() + self.method.len() + self.path.len(),
         );
         out.push(VERSION);
+        out.extend_from_slice(&key_id.as_bytes());
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.expires_at.to_be_bytes());
         out.push(if self.single_use { FLAG_SINGLE_USE } else { 0 });
@@ -196,9 +213,9 @@ impl Lease {
         out
     }
 
-    /// Checks the signature and decodes; says nothing about binding or expiry (see
-    /// [`Lease::check`]).
-    pub fn open(key: &LeaseKey, token: &str) -> Result<Lease, LeaseError> {
+    /// Checks the signature (with the key the token names, if `keys` accepts it at `now`) and
+    /// decodes; says nothing about binding or expiry (see [`Lease::check`]).
+    pub fn open(keys: &KeySet<LeaseKey>, token: &str, now: u64) -> Result<Lease, LeaseError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(LeaseError::Malformed);
         }
@@ -209,17 +226,36 @@ impl Lease {
         let mac = URL_SAFE_NO_PAD
             .decode(mac)
             .map_err(|_| LeaseError::Malformed)?;
+        // Which key: named by the (not yet authenticated) payload; the MAC then decides.
+        let key_id = match payload.first() {
+            Some(&VERSION) => Some(KeyId::from_bytes(
+                payload
+                    .get(1..5)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(LeaseError::Malformed)?,
+            )),
+            Some(&VERSION_NO_KEY_ID) => None,
+            _ => return Err(LeaseError::Malformed),
+        };
+        let (key, key_until) = keys.get(key_id, now).ok_or(LeaseError::BadSignature)?;
         let expected = hmac_sha256(&key.0, &[MAC_LABEL, &payload]);
         if mac.len() != expected.len() || !bool::from(expected.ct_eq(&mac[..])) {
             return Err(LeaseError::BadSignature);
         }
-        Lease::decode(&payload).ok_or(LeaseError::Malformed)
+        let mut lease = Lease::decode(&payload).ok_or(LeaseError::Malformed)?;
+        // A lease signed with a retiring key ends with it (what is cached ends with it too).
+        lease.expires_at = lease.expires_at.min(key_until);
+        Ok(lease)
     }
 
     fn decode(payload: &[u8]) -> Option<Lease> {
         let mut r = Reader(payload);
-        if r.take(1)? != [VERSION] {
-            return None;
+        match r.take(1)? {
+            [VERSION] => {
+                r.take(4)?;
+            }
+            [VERSION_NO_KEY_ID] => {}
+            _ => return None,
         }
         let id: [u8; 16] = r.take(16)?.try_into().ok()?;
         let expires_at = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
@@ -358,6 +394,10 @@ mod tests {
         LeaseKey::derive(&[7u8; 32])
     }
 
+    fn keys() -> KeySet<LeaseKey> {
+        KeySet::new(key())
+    }
+
     fn lease() -> Lease {
         Lease {
             id: [9; 16],
@@ -371,11 +411,11 @@ mod tests {
 
     #[test]
     fn round_trips_and_binds() {
-        let token = lease().try_mint(&key()).unwrap();
+        let token = lease().try_mint(&keys()).unwrap();
         assert!(token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
-        let opened = Lease::open(&key(), &token).unwrap();
+        let opened = Lease::open(&keys(), &token, 0).unwrap();
         assert_eq!(opened, lease());
         assert_eq!(
             opened.check("ticker", "GET", "/stream/ticker/BTC", 999),
@@ -402,7 +442,7 @@ mod tests {
         let mut once = lease();
         once.single_use = true;
         assert!(
-            Lease::open(&key(), &once.try_mint(&key()).unwrap())
+            Lease::open(&keys(), &once.try_mint(&keys()).unwrap(), 0)
                 .unwrap()
                 .single_use
         );
@@ -410,9 +450,9 @@ mod tests {
 
     #[test]
     fn refuses_forgeries() {
-        let token = lease().try_mint(&key()).unwrap();
+        let token = lease().try_mint(&keys()).unwrap();
         assert_eq!(
-            Lease::open(&LeaseKey::derive(&[8u8; 32]), &token),
+            Lease::open(&KeySet::new(LeaseKey::derive(&[8u8; 32])), &token, 0),
             Err(LeaseError::BadSignature)
         );
         // Flip one bit in the payload's expiry: the signature no longer matches.
@@ -420,7 +460,10 @@ mod tests {
         let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
         bytes[20] ^= 1;
         let forged = format!("{}.{mac}", URL_SAFE_NO_PAD.encode(&bytes));
-        assert_eq!(Lease::open(&key(), &forged), Err(LeaseError::BadSignature));
+        assert_eq!(
+            Lease::open(&keys(), &forged, 0),
+            Err(LeaseError::BadSignature)
+        );
         for bad in [
             "",
             ".",
@@ -429,17 +472,19 @@ mod tests {
             &"x".repeat(MAX_TOKEN_LEN + 1),
             &format!("{payload}."),
         ] {
-            assert!(Lease::open(&key(), bad).is_err(), "{bad}");
+            assert!(Lease::open(&keys(), bad, 0).is_err(), "{bad}");
         }
         // A validly signed but structurally wrong payload is malformed, not accepted.
-        let junk = b"\x02junk";
-        let mac = hmac_sha256(&key().0, &[MAC_LABEL, junk]);
+        let mut junk = vec![VERSION];
+        junk.extend_from_slice(&keys().current().0.as_bytes());
+        junk.extend_from_slice(b"junk");
+        let mac = hmac_sha256(&key().0, &[MAC_LABEL, &junk]);
         let token = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(junk),
+            URL_SAFE_NO_PAD.encode(&junk),
             URL_SAFE_NO_PAD.encode(mac)
         );
-        assert_eq!(Lease::open(&key(), &token), Err(LeaseError::Malformed));
+        assert_eq!(Lease::open(&keys(), &token, 0), Err(LeaseError::Malformed));
         assert_eq!(LeaseError::Expired.reason(), REASON_EXPIRED);
         assert_eq!(LeaseError::BadSignature.reason(), REASON_INVALID);
         assert_eq!(format!("{:?}", key()), "LeaseKey(..)");
@@ -456,13 +501,13 @@ mod tests {
             let mut l = lease();
             l.path = format!("/{}", "p".repeat(len));
             let expected = token_len(&l.route, &l.method, &l.path);
-            match l.try_mint(&key()) {
+            match l.try_mint(&keys()) {
                 Ok(token) => {
                     fits = len;
                     assert_eq!(token.len(), expected);
                     assert!(token.len() <= MAX_TOKEN_LEN);
                     assert_eq!(mintable(&l.route, &l.method, &l.path), Ok(()));
-                    assert_eq!(Lease::open(&key(), &token), Ok(l));
+                    assert_eq!(Lease::open(&keys(), &token, 0), Ok(l));
                 }
                 Err(e) => {
                     let too_long = LeaseError::TooLong {
@@ -473,9 +518,9 @@ mod tests {
                     assert_eq!(mintable(&l.route, &l.method, &l.path), Err(too_long));
                     assert!(expected > MAX_TOKEN_LEN);
                     // What minting it anyway makes: a token `open` refuses.
-                    let token = l.mint_unchecked(&key());
+                    let token = l.mint_unchecked(keys().current().0, &key());
                     assert_eq!(token.len(), expected);
-                    assert_eq!(Lease::open(&key(), &token), Err(LeaseError::Malformed));
+                    assert_eq!(Lease::open(&keys(), &token, 0), Err(LeaseError::Malformed));
                 }
             }
         }
@@ -492,7 +537,7 @@ mod tests {
         let mut l = lease();
         l.route = "r".repeat(MAX_TOKEN_LEN);
         assert!(matches!(
-            l.try_mint(&key()),
+            l.try_mint(&keys()),
             Err(LeaseError::TooLong { .. })
         ));
     }
@@ -514,6 +559,41 @@ mod tests {
         assert_eq!(v["method"], "GET");
         assert_eq!(v["renewable"], true);
         assert_eq!(v["single_use"], false);
+    }
+
+    #[test]
+    fn tokens_name_their_key_and_open_with_a_previous_key_until_its_window_ends() {
+        let old = LeaseKey::derive(&[1u8; 32]);
+        let token = lease().try_mint(&KeySet::new(old.clone())).unwrap();
+        let rotated = KeySet::new(LeaseKey::derive(&[2u8; 32])).with_previous(old, 500);
+        let opened = Lease::open(&rotated, &token, 499).unwrap();
+        assert_eq!(opened.expires_at, 500, "ends with its key");
+        assert_eq!(
+            Lease {
+                expires_at: lease().expires_at,
+                ..opened
+            },
+            lease()
+        );
+        assert_eq!(
+            Lease::open(&rotated, &token, 500),
+            Err(LeaseError::BadSignature)
+        );
+        // A token from before key ids (version 1) opens with the current key only.
+        let mut v1 = lease().payload(KeyId::of(key().as_bytes()));
+        v1.drain(1..5);
+        v1[0] = VERSION_NO_KEY_ID;
+        let mac = hmac_sha256(&key().0, &[MAC_LABEL, &v1]);
+        let token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&v1),
+            URL_SAFE_NO_PAD.encode(mac)
+        );
+        assert_eq!(Lease::open(&keys(), &token, 0), Ok(lease()));
+        assert_eq!(
+            Lease::open(&rotated, &token, 0),
+            Err(LeaseError::BadSignature)
+        );
     }
 
     #[test]

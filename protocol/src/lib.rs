@@ -25,6 +25,8 @@ pub mod evm;
 pub mod filter_config;
 pub mod headers;
 pub mod hmac;
+pub mod json;
+pub mod keys;
 pub mod l402;
 pub mod lease;
 pub mod lightning;

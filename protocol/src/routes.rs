@@ -11,11 +11,15 @@
 //! 3. a route listing methods beats one accepting any method;
 //! 4. config order.
 //!
-//! Request paths are read the way an upstream would: the query is ignored, empty segments
-//! (`//`, trailing `/`) are skipped, `%XX` escapes are decoded when comparing literals, and `.`
-//! / `..` segments are resolved, so `/free/../paid` cannot dodge the `/paid` route. Matching is
-//! case-sensitive. A route listing `GET` also matches `HEAD` (an unpaid HEAD would otherwise
-//! reach a paid handler); when both a `GET` and a `HEAD` route fit, the usual order decides.
+//! Request paths are read the way the most lenient upstream would: the query is ignored, empty
+//! segments (`//`, trailing `/`) are skipped, `%XX` escapes are decoded when comparing literals
+//! (either hex case), and `.` / `..` segments are resolved, so `/free/../paid` cannot dodge the
+//! `/paid` route. A route is case-insensitive unless its spec says otherwise (Express routes
+//! ignore case by default: `/API/QUOTE` reaches its `/api/quote` handler). Paths an upstream may
+//! read as something else entirely (control characters, `;` parameters, encoded `/` or `\`)
+//! are refused before any route decision: see [`refuse_path`]. A route listing `GET` also
+//! matches `HEAD` (an unpaid HEAD would otherwise reach a paid handler); when both a `GET` and a
+//! `HEAD` route fit, the usual order decides.
 //! Matching reads the path and the authority once, whatever the number of routes (each route
 //! then costs at most its own pattern's length), and allocates nothing unless the path has dot
 //! segments, the matched route captures parameters or a pattern has 16 segments or more.
@@ -34,6 +38,8 @@ pub struct RouteSpec {
     /// Empty = any method.
     pub methods: Vec<String>,
     pub path: String,
+    /// Literal segments compare without regard to ASCII case.
+    pub case_insensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +163,7 @@ struct Route {
     methods: Vec<String>,
     segments: Vec<Segment>,
     captures: bool,
+    case_insensitive: bool,
 }
 
 impl Route {
@@ -176,7 +183,7 @@ impl Route {
             match segment {
                 Segment::Rest => return true,
                 Segment::Literal(literal) => match request.get(i) {
-                    Some(s) if percent_decoded_eq(s, literal) => {}
+                    Some(s) if decoded_eq(s, literal, self.case_insensitive) => {}
                     _ => return false,
                 },
                 Segment::Param(_) | Segment::Star => {
@@ -216,12 +223,18 @@ impl Route {
 
     /// Two routes with the same shape match exactly the same requests.
     fn same_requests_as(&self, other: &Route) -> bool {
-        fn shape(s: &Segment) -> Option<&str> {
-            match s {
-                Segment::Literal(l) => Some(l),
-                _ => None,
-            }
-        }
+        let same_literal = |a: &str, b: &str| match (self.case_insensitive, other.case_insensitive)
+        {
+            (true, true) => a.eq_ignore_ascii_case(b),
+            (false, false) => a == b,
+            // One matches spellings the other does not.
+            _ => false,
+        };
+        let same_segment = |a: &Segment, b: &Segment| match (a, b) {
+            (Segment::Literal(a), Segment::Literal(b)) => same_literal(a, b),
+            (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+            _ => a.rank() == b.rank(),
+        };
         self.host == other.host
             && self.methods == other.methods
             && self.segments.len() == other.segments.len()
@@ -229,7 +242,7 @@ impl Route {
                 .segments
                 .iter()
                 .zip(&other.segments)
-                .all(|(a, b)| a.rank() == b.rank() && shape(a) == shape(b))
+                .all(|(a, b)| same_segment(a, b))
     }
 }
 
@@ -314,6 +327,33 @@ impl RouteTable {
             path.push_str(literal);
         }
         Some(if path.is_empty() { "/".into() } else { path })
+    }
+
+    /// A request path route `index` matches (`[param]` and `*` as `x`, `**` as nothing), and
+    /// the host it names, if any (a `*.` wildcard as its `x.` subdomain): to ask the table what
+    /// other requests on the same path get.
+    pub fn sample(&self, index: usize) -> Option<(String, String)> {
+        let route = self.routes.iter().find(|r| r.index == index)?;
+        let mut path = String::new();
+        for segment in &route.segments {
+            match segment {
+                Segment::Literal(l) => {
+                    path.push('/');
+                    path.push_str(l);
+                }
+                Segment::Param(_) | Segment::Star => path.push_str("/x"),
+                Segment::Rest => {}
+            }
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        let host = match &route.host {
+            HostPattern::Any => String::new(),
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Suffix(s) => format!("x{s}"),
+        };
+        Some((host, path))
     }
 
     /// The most specific route matching the request. `host` is the `:authority` (port
@@ -417,6 +457,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, RouteError> {
         methods,
         captures: !names.is_empty(),
         segments,
+        case_insensitive: spec.case_insensitive,
     })
 }
 
@@ -525,9 +566,22 @@ fn resolve_dot_segments(path: &str) -> Cow<'_, str> {
     Cow::Owned(format!("/{}", kept.join("/")))
 }
 
+/// [`percent_decoded_eq`], ignoring ASCII case when `fold`.
+fn decoded_eq(raw: &str, decoded: &str, fold: bool) -> bool {
+    if fold {
+        percent_decoded_eq_by(raw, decoded, |a, b| a.eq_ignore_ascii_case(&b))
+    } else {
+        percent_decoded_eq(raw, decoded)
+    }
+}
+
 /// Whether `raw`, with valid `%XX` escapes decoded, equals `decoded`. Invalid escapes compare
 /// literally. No allocation.
 fn percent_decoded_eq(raw: &str, decoded: &str) -> bool {
+    percent_decoded_eq_by(raw, decoded, |a, b| a == b)
+}
+
+fn percent_decoded_eq_by(raw: &str, decoded: &str, same: impl Fn(u8, u8) -> bool) -> bool {
     let raw = raw.as_bytes();
     let mut want = decoded.bytes();
     let mut i = 0;
@@ -540,7 +594,7 @@ fn percent_decoded_eq(raw: &str, decoded: &str) -> bool {
             (b'%', Some(hi), Some(lo)) => ((hi << 4) | lo, 3),
             (b, _, _) => (b, 1),
         };
-        if want.next() != Some(byte) {
+        if !want.next().is_some_and(|w| same(w, byte)) {
             return false;
         }
         i += width;
@@ -567,6 +621,50 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Why a request path is refused (400) before any route is looked for, if it is: it holds
+/// something an upstream may read differently from the route table, so no route decision on it
+/// can be trusted. Only the path is looked at (up to `?` or `#`).
+pub fn refuse_path(path: &str) -> Option<&'static str> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let raw = path.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = match (
+            raw[i],
+            raw.get(i + 1).and_then(|&b| hex_val(b)),
+            raw.get(i + 2).and_then(|&b| hex_val(b)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                i += 3;
+                Some((hi << 4) | lo)
+            }
+            (b, _, _) => {
+                i += 1;
+                match b {
+                    b';' => return Some(REFUSED_PATH_PARAMETER),
+                    b'\\' => return Some(REFUSED_BACKSLASH),
+                    b if b < 0x20 || b == 0x7f => return Some(REFUSED_CONTROL),
+                    _ => None,
+                }
+            }
+        };
+        match escaped {
+            Some(b) if b < 0x20 || b == 0x7f => return Some(REFUSED_CONTROL),
+            Some(b';') => return Some(REFUSED_PATH_PARAMETER),
+            Some(b'/') => return Some(REFUSED_ENCODED_SLASH),
+            Some(b'\\') => return Some(REFUSED_BACKSLASH),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// [`refuse_path`] reasons (the `error` of the 400).
+pub const REFUSED_CONTROL: &str = "path_control_character";
+pub const REFUSED_PATH_PARAMETER: &str = "path_parameter";
+pub const REFUSED_ENCODED_SLASH: &str = "path_encoded_slash";
+pub const REFUSED_BACKSLASH: &str = "path_backslash";
+
 fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -586,6 +684,76 @@ mod tests {
             host: host.map(Into::into),
             methods: methods.iter().map(|m| m.to_string()).collect(),
             path: path.into(),
+            case_insensitive: false,
+        }
+    }
+
+    #[test]
+    fn case_insensitive_routes_match_every_spelling() {
+        let ci = |name: &str, path: &str| RouteSpec {
+            case_insensitive: true,
+            ..spec(name, None, &[], path)
+        };
+        let t = RouteTable::compile(vec![
+            ci("quote", "/api/quote"),
+            spec("cs", None, &[], "/Exact"),
+        ])
+        .unwrap();
+        for path in [
+            "/api/quote",
+            "/API/QUOTE",
+            "/Api/Quote",
+            "/api/%51uote",
+            "/api/%71UOTE",
+            "//API//quote/",
+        ] {
+            assert_eq!(t.find("h", "GET", path).map(|m| m.index), Some(0), "{path}");
+        }
+        assert_eq!(t.find("h", "GET", "/Exact").map(|m| m.index), Some(1));
+        assert_eq!(t.find("h", "GET", "/exact"), None);
+        // The same literal in any case, on two case-insensitive routes: the second is shadowed.
+        let twice = RouteTable::compile(vec![ci("a", "/api/quote"), ci("b", "/API/Quote")]);
+        assert!(
+            matches!(twice, Err(RouteError::Shadowed { .. })),
+            "{twice:?}"
+        );
+        // One case-sensitive, one not: both kept (the sensitive one is more specific by order).
+        assert!(RouteTable::compile(vec![
+            ci("a", "/api/quote"),
+            spec("b", None, &[], "/API/Quote")
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn paths_an_upstream_may_read_differently_are_refused() {
+        for (path, reason) in [
+            ("/api/quote%0a", REFUSED_CONTROL),
+            ("/api/quote%0D", REFUSED_CONTROL),
+            ("/api/quote%00", REFUSED_CONTROL),
+            ("/api/quote%7f", REFUSED_CONTROL),
+            ("/api/quote%09x", REFUSED_CONTROL),
+            ("/api/quote\t", REFUSED_CONTROL),
+            ("/api/quote;x=1", REFUSED_PATH_PARAMETER),
+            ("/api/quote%3bx", REFUSED_PATH_PARAMETER),
+            ("/api%2fquote", REFUSED_ENCODED_SLASH),
+            ("/api%2Fquote", REFUSED_ENCODED_SLASH),
+            ("/api%5cquote", REFUSED_BACKSLASH),
+            ("/api\\quote", REFUSED_BACKSLASH),
+        ] {
+            assert_eq!(refuse_path(path), Some(reason), "{path:?}");
+        }
+        for path in [
+            "/api/quote",
+            "/api/quote?x=%0a;y",
+            "/api/%51uote",
+            "/a%20b",
+            "/a%",
+            "/a%zz",
+            "/%25",
+            "/x#;",
+        ] {
+            assert_eq!(refuse_path(path), None, "{path:?}");
         }
     }
 

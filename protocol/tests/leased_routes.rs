@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 use tollway_protocol::filter_config::{ConfigError, FilterConfig, ResourceKind};
+use tollway_protocol::keys::KeySet;
 use tollway_protocol::lease::LeaseKey;
 
 fn offer() -> Value {
@@ -35,7 +36,6 @@ fn config(routes: Vec<Value>) -> Value {
         "verifier_cluster": "tollway_verifier",
         "verifier_timeout_ms": 2000,
         "settle_timeout_ms": 10000,
-        "leases": {"key_hex": LeaseKey::derive(&[1; 32]).to_hex()},
         "routes": routes
     })
 }
@@ -43,8 +43,11 @@ fn config(routes: Vec<Value>) -> Value {
 /// A named change to the `ticker` route.
 type Mutation = (&'static str, Box<dyn Fn(&mut Value)>);
 
+/// Compiled with a lease key (as the filter would get it from its environment).
 fn compile(v: Value) -> Result<tollway_protocol::filter_config::CompiledConfig, ConfigError> {
-    serde_json::from_value::<FilterConfig>(v).unwrap().compile()
+    let mut c = serde_json::from_value::<FilterConfig>(v).unwrap();
+    c.keys.lease = Some(KeySet::new(LeaseKey::derive(&[1; 32])));
+    c.compile()
 }
 
 #[test]
@@ -160,15 +163,13 @@ fn refuses_leases_that_cannot_work() {
         let err = compile(config(vec![route])).unwrap_err().to_string();
         assert!(err.contains(expected), "{expected:?} not in {err:?}");
     }
-    let mut no_key = config(vec![ticker()]);
-    no_key.as_object_mut().unwrap().remove("leases");
-    assert!(compile(no_key)
-        .unwrap_err()
-        .to_string()
-        .contains("no `leases` key"));
-    let mut bad_key = config(vec![ticker()]);
-    bad_key["leases"]["key_hex"] = json!("00");
-    assert_eq!(compile(bad_key).unwrap_err(), ConfigError::BadLeaseKey);
+    let no_key = serde_json::from_value::<FilterConfig>(config(vec![ticker()])).unwrap();
+    assert_eq!(
+        no_key.compile().unwrap_err(),
+        ConfigError::NoLeaseKey {
+            route: "ticker".into()
+        }
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde_json::{json, Value};
 use tollway_protocol::amount::{AmountError, AtomicAmount, UsdPrice, PRICE_SCALE};
 use tollway_protocol::b64::{self, B64Error};
+use tollway_protocol::keys::KeySet;
 use tollway_protocol::l402::{
     filter_key, mint, parse_authorization, verify_credential, L402Error, Macaroon, PaymentHash,
     TokenId,
@@ -114,7 +115,7 @@ fn check(name: &str, property: impl Fn(&mut Rng)) {
 #[test]
 fn lease_mint_then_open() {
     check("lease", |rng| {
-        let key = LeaseKey::derive(&rng.array::<32>());
+        let key = KeySet::new(LeaseKey::derive(&rng.array::<32>()));
         let methods = ["GET", "POST", "HEAD", "PROPFIND"];
         let method = if rng.chance(8) {
             rng.text(12)
@@ -139,7 +140,7 @@ fn lease_mint_then_open() {
                 assert!(token
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
-                assert_eq!(Lease::open(&key, &token).as_ref(), Ok(&lease));
+                assert_eq!(Lease::open(&key, &token, 0).as_ref(), Ok(&lease));
                 let (route, method, path) = (&lease.route, &lease.method, &lease.path);
                 if lease.expires_at > 0 {
                     let now = rng.below(lease.expires_at);
@@ -150,7 +151,7 @@ fn lease_mint_then_open() {
                     Err(LeaseError::Expired)
                 );
                 assert_eq!(
-                    Lease::open(&LeaseKey::derive(b"another secret"), &token),
+                    Lease::open(&KeySet::new(LeaseKey::derive(b"another secret")), &token, 0),
                     Err(LeaseError::BadSignature)
                 );
             }
@@ -228,7 +229,7 @@ fn amount_display_then_parse() {
 #[test]
 fn macaroon_mint_then_verify() {
     check("macaroon", |rng| {
-        let key = filter_key(&rng.array::<32>());
+        let key = KeySet::new(filter_key(&rng.array::<32>()));
         let preimage: [u8; 32] = rng.array();
         let token_id = TokenId(rng.array());
         let service = rng.from(
@@ -246,7 +247,7 @@ fn macaroon_mint_then_verify() {
             .then(|| ["GET", "POST", "DELETE"][rng.below(3) as usize]);
         let hash = PaymentHash::of_preimage(&preimage);
         let m = mint(
-            &key,
+            key.current(),
             &hash,
             &token_id,
             &service,
@@ -279,7 +280,7 @@ fn macaroon_mint_then_verify() {
         let at = |t: u64| verify_credential(&key, &credential, &service, t, req_path, req_method);
         assert_eq!(at(valid_until), Err(L402Error::Expired));
         // Another key, another preimage, another service: refused.
-        let other = filter_key(b"another root secret");
+        let other = KeySet::new(filter_key(b"another root secret"));
         assert!(
             verify_credential(&other, &credential, &service, now, req_path, req_method).is_err()
         );

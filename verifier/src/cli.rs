@@ -1,4 +1,4 @@
-//! Command line: `tollway check | envoy | serve`.
+//! Command line: `tollway check | envoy | filter-keys | serve`.
 
 use std::path::PathBuf;
 
@@ -45,6 +45,12 @@ pub enum Command {
         /// Wasm module to load (filter mode); overrides `envoy.wasm`. Made absolute.
         #[arg(long)]
         wasm: Option<PathBuf>,
+    },
+    /// Print the filter's token keys, the value of TOLLWAY_FILTER_KEYS in Envoy's environment
+    /// (derived from the secrets; a key mints L402 tokens and leases: handle it as a secret).
+    FilterKeys {
+        #[arg(short, long, env = "TOLLWAY_CONFIG", default_value = "tollway.yaml")]
+        config: PathBuf,
     },
     /// Run the verifier sidecar (gRPC filter API + ext_authz, ops HTTP).
     Serve {

@@ -127,6 +127,13 @@ fn main() -> ExitCode {
                         );
                     }
                 }
+                if let Ok(compiled) = c.filter.compile() {
+                    for (route, method, path, through) in compiled.method_gaps() {
+                        println!(
+                            "warning: route {route:?} is not priced for {method}, and {method} {path} reaches the upstream unpaid through {through}; list every method the upstream serves there in `methods`, or deny them (unmatched: deny)"
+                        );
+                    }
+                }
                 if c.leases.is_some() {
                     let leased = c.filter.routes.iter().filter(|r| r.lease.is_some()).count();
                     println!("leases: {leased} routes sold as a lease");
@@ -164,6 +171,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::FilterKeys { config } => match load(&config, Secrets::Resolve) {
+            Ok(c) => {
+                println!("{}", c.filter.keys.render());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Command::Serve { config } => {
             let c = match load(&config, Secrets::Resolve) {
                 Ok(c) => c,

@@ -219,6 +219,13 @@ pub fn lightning_harness_on(
     )
 }
 
+/// A harness on `text` (a whole config, e.g. [`config_text`] plus sections).
+pub fn harness_on(text: &str) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::parse(text, Secrets::Resolve).expect("test config is valid");
+    harness_from(config, dir, Arc::new(crate::clock::unix_now))
+}
+
 fn harness_from(config: Config, dir: tempfile::TempDir, clock: crate::payments::Clock) -> Harness {
     harness_with(config, dir, clock, Arc::new(Metrics::new()), None)
 }

@@ -87,7 +87,7 @@ impl Stream {
             return self.lease_refused(shared, route, target, REASON_REQUIRED);
         };
         let now = host::now_unix();
-        let Some(key) = shared.config.lease_key.as_ref() else {
+        let Some(keys) = shared.config.lease_keys.as_ref() else {
             return self.unavailable(shared);
         };
         let check = |lease: &Lease| {
@@ -99,7 +99,7 @@ impl Stream {
         // A token seen before skips its HMAC; the lease's terms are checked on every request.
         let cached = shared.lease_cache.borrow().get(&*token).map(check);
         let checked = cached.unwrap_or_else(|| {
-            let lease = Lease::open(key, &token)?;
+            let lease = Lease::open(keys, &token, now)?;
             let checked = check(&lease);
             shared
                 .lease_cache
@@ -227,9 +227,9 @@ impl Stream {
                 let now = host::now_unix();
                 let old = shared
                     .config
-                    .lease_key
+                    .lease_keys
                     .as_ref()
-                    .and_then(|key| Lease::open(key, &String::from_utf8_lossy(token)).ok())
+                    .and_then(|keys| Lease::open(keys, &String::from_utf8_lossy(token), now).ok())
                     .filter(|old| {
                         old.route == route.name && old.path == path && old.method == lease.method
                     });
@@ -296,7 +296,7 @@ impl Stream {
         let sale = self.sale.take();
         let compiled = shared.config.routes.get(route);
         let (Some(sale), Some(compiled), Some(key)) =
-            (sale, compiled, shared.config.lease_key.as_ref())
+            (sale, compiled, shared.config.lease_keys.as_ref())
         else {
             self.unavailable(shared);
             return;

@@ -41,11 +41,17 @@ use std::time::Duration;
 use log::warn;
 use prost::Message;
 use tollway_protocol::filter_config::{CompiledL402, LightningPrice, UnknownSettlement};
-use tollway_protocol::headers::{CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE};
+use tollway_protocol::filter_config::{UnmatchedAction, REASON_NO_ROUTE};
+use tollway_protocol::headers::{
+    has_method_override_param, CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
+    METHOD_OVERRIDE_HEADERS, REASON_METHOD_OVERRIDE,
+};
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, REASON_TOKEN_ALREADY_USED,
 };
+use tollway_protocol::lease::HEADER_LEASE;
+use tollway_protocol::routes::{refuse_path, RouteMatch};
 use tollway_protocol::rpc::{
     ChallengeOutcome, ChallengeRequest, ChallengeResponse, ClaimOutcome, ClaimRequest,
     ClaimResponse, ReleaseRequest, SettleOutcome, SettleRequest, SettleResponse, VerifyOutcome,
@@ -358,6 +364,13 @@ impl Stream {
         Action::Pause
     }
 
+    /// `status` with `{"error": reason}` (a constant reason).
+    fn refused(&mut self, status: u32, reason: &str) -> Action {
+        self.answered();
+        reply::json(status, &format!(r#"{{"error":"{reason}"}}"#));
+        Action::Pause
+    }
+
     fn error(&mut self, status: u32, body: &'static str) -> Action {
         self.answered();
         reply::error(status, body);
@@ -376,23 +389,42 @@ impl Stream {
         // such a request matches exactly the routes a byte-wise matcher would give it.
         let path = String::from_utf8_lossy(path);
         let method = String::from_utf8_lossy(method);
+        // A path an upstream may read differently from the table gets no route decision.
+        if let Some(reason) = refuse_path(&path) {
+            return self.refused(400, reason);
+        }
+        if has_method_override_param(&path) {
+            return self.refused(400, REASON_METHOD_OVERRIDE);
+        }
+        for name in METHOD_OVERRIDE_HEADERS {
+            if headers.get(name).is_some() {
+                host::remove_request_header(name);
+            }
+        }
         // Routes that name no host match any authority.
-        let authority = match shared.config.table.uses_hosts() {
+        let authority = match shared.config.uses_hosts() {
             true => headers.get(":authority").map(String::from_utf8_lossy),
             false => None,
         };
+        let authority = authority.as_deref().unwrap_or("");
 
-        let Some(found) =
-            shared
-                .config
-                .table
-                .find(authority.as_deref().unwrap_or(""), &method, &path)
-        else {
-            return Action::Continue;
+        let found = match shared.config.table.find(authority, &method, &path) {
+            Some(found) => found,
+            None => match shared.config.unmatched(authority, &method, &path) {
+                UnmatchedAction::Pass => {
+                    strip_lease_header(&headers);
+                    return Action::Continue;
+                }
+                UnmatchedAction::Deny => return self.refused(404, REASON_NO_ROUTE),
+                UnmatchedAction::Route(index) => RouteMatch {
+                    index,
+                    params: Vec::new(),
+                },
+            },
         };
         let route = found.index;
         let Some(compiled) = shared.config.routes.get(route) else {
-            return Action::Continue;
+            return self.unavailable(shared);
         };
         if compiled.disabled {
             return self.error(404, reply::ROUTE_DISABLED);
@@ -402,6 +434,7 @@ impl Stream {
         }
         let Some(paid) = compiled.paid.as_ref() else {
             inc(shared.metrics.requests_free);
+            strip_lease_header(&headers);
             if compiled.upstream_path.is_some()
                 || compiled.headers.filters_requests()
                 || !compiled.headers.response_headers().is_empty()
@@ -589,7 +622,7 @@ impl Stream {
                 .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
                 .and_then(|credential| {
                     verify_credential(
-                        &request.l402.key,
+                        &request.l402.keys,
                         &credential,
                         &request.l402.service,
                         now,
@@ -965,6 +998,13 @@ impl Stream {
         let header = self.receipt_header();
         self.answered();
         reply::settle_failed(header, &receipt);
+    }
+}
+
+/// A lease token means nothing off a leased route: it never reaches the upstream.
+fn strip_lease_header(headers: &crate::abi::HeaderMap) {
+    if headers.get(HEADER_LEASE).is_some() {
+        host::remove_request_header(HEADER_LEASE);
     }
 }
 

@@ -5,6 +5,7 @@
 //! services=<service>:0
 //! <service>_capabilities=
 //! <service>_valid_until=<unix seconds>
+//! <service>_key=<key id>                     (the filter key it was minted with, see `keys`)
 //! <service>_path=<concrete request path>     (when the token is bound to the request)
 //! <service>_method=<METHOD>                  (idem)
 //! ```
@@ -19,17 +20,32 @@
 
 use super::error::L402Error;
 use super::macaroon::Caveat;
+use crate::keys::KeyId;
+
+/// The key id a token names (its first `<service>_key` caveat), read before its signature is
+/// checked: it only picks the key the signature is then checked with. `None`: a token from
+/// before key ids, or one that does not parse (the signature check refuses it).
+pub fn key_id(caveats: &[Caveat], service: &str) -> Option<KeyId> {
+    caveats.iter().find_map(|c| {
+        let text = std::str::from_utf8(&c.id).ok()?;
+        let (condition, value) = text.split_once('=')?;
+        let suffix = condition.strip_prefix(service)?;
+        (suffix == SUFFIX_KEY).then(|| KeyId::parse(value))?
+    })
+}
 
 pub const CONDITION_SERVICES: &str = "services";
 pub const SUFFIX_CAPABILITIES: &str = "_capabilities";
 pub const SUFFIX_VALID_UNTIL: &str = "_valid_until";
 pub const SUFFIX_PATH: &str = "_path";
 pub const SUFFIX_METHOD: &str = "_method";
+pub const SUFFIX_KEY: &str = "_key";
 
 /// The caveats minted for `service`, in order.
 pub fn mint_caveats(
     service: &str,
     valid_until: u64,
+    key_id: KeyId,
     path: Option<&str>,
     method: Option<&str>,
 ) -> Vec<String> {
@@ -37,6 +53,7 @@ pub fn mint_caveats(
         format!("{CONDITION_SERVICES}={service}:0"),
         format!("{service}{SUFFIX_CAPABILITIES}="),
         format!("{service}{SUFFIX_VALID_UNTIL}={valid_until}"),
+        format!("{service}{SUFFIX_KEY}={key_id}"),
     ];
     if let Some(path) = path {
         out.push(format!("{service}{SUFFIX_PATH}={path}"));
@@ -72,6 +89,7 @@ pub fn evaluate<'a>(caveats: &'a [Caveat], service: &str) -> Result<Restrictions
     let mut valid_until: Option<u64> = None;
     let mut path: Option<&str> = None;
     let mut method: Option<&str> = None;
+    let mut key: Option<&str> = None;
 
     for caveat in caveats {
         let text = std::str::from_utf8(&caveat.id)
@@ -134,6 +152,16 @@ pub fn evaluate<'a>(caveats: &'a [Caveat], service: &str) -> Result<Restrictions
                     return Err(widening());
                 }
                 method = Some(value);
+            }
+            // Which key minted it: one value (a second, different one is refused).
+            SUFFIX_KEY => {
+                if KeyId::parse(value).is_none() {
+                    return Err(bad());
+                }
+                if key.is_some_and(|k| k != value) {
+                    return Err(widening());
+                }
+                key = Some(value);
             }
             _ => return Err(L402Error::UnknownCaveat(text.to_owned())),
         }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use super::*;
 use crate::hmac::{hmac_sha256, sha256};
+use crate::keys::KeySet;
 
 const ROOT_KEY: [u8; 32] = [0x5a; 32];
 const PREIMAGE: [u8; 32] = [0x42; 32];
@@ -94,8 +95,8 @@ const UNTIL: u64 = NOW + 3600;
 const PATH: &str = "/api/quote";
 const METHOD: &str = "GET";
 
-fn key() -> FilterKey {
-    filter_key(b"a root secret of at least thirty-two bytes")
+fn key() -> KeySet<FilterKey> {
+    KeySet::new(filter_key(b"a root secret of at least thirty-two bytes"))
 }
 
 fn hash() -> PaymentHash {
@@ -104,7 +105,7 @@ fn hash() -> PaymentHash {
 
 fn minted() -> Macaroon {
     mint(
-        &key(),
+        key().current(),
         &hash(),
         &TOKEN_ID,
         SERVICE,
@@ -133,7 +134,7 @@ fn reason(r: Result<VerifiedToken, L402Error>) -> &'static str {
 /// key, or the verifier, could mint): exercises the caveat rules past the signature.
 fn with_caveats(caveats: &[&str]) -> Macaroon {
     let id = Identifier::new(hash(), TOKEN_ID);
-    let root = token_root_key(&key(), &id);
+    let root = token_root_key(key().current().1, &id);
     let mut m = Macaroon::new(&root.0, id.to_bytes().to_vec(), Some(LOCATION.to_vec()));
     for c in caveats {
         m.add_first_party_caveat(*c);
@@ -145,18 +146,21 @@ fn with_caveats(caveats: &[&str]) -> Macaroon {
 fn key_derivation_is_as_documented() {
     let secret = b"a root secret of at least thirty-two bytes";
     assert_eq!(
-        key().as_bytes(),
+        key().current().1.as_bytes(),
         &hmac_sha256(secret, &[b"tollway/l402/v1"])
     );
     let id = Identifier::new(hash(), TOKEN_ID);
     assert_eq!(
-        token_root_key(&key(), &id).0,
-        hmac_sha256(key().as_bytes(), &[&sha256(&id.to_bytes())])
+        token_root_key(key().current().1, &id).0,
+        hmac_sha256(key().current().1.as_bytes(), &[&sha256(&id.to_bytes())])
     );
-    assert_eq!(FilterKey::from_hex(&key().to_hex()).unwrap(), key());
+    assert_eq!(
+        FilterKey::from_hex(&key().current().1.to_hex()).unwrap(),
+        *key().current().1
+    );
     assert!(FilterKey::from_hex("abcd").is_err());
     assert!(FilterKey::from_hex(&"zz".repeat(32)).is_err());
-    assert_eq!(format!("{:?}", key()), "FilterKey(..)");
+    assert_eq!(format!("{:?}", key().current().1), "FilterKey(..)");
 }
 
 #[test]
@@ -170,6 +174,7 @@ fn minted_token_verifies() {
             &b"services=tollway:0"[..],
             b"tollway_capabilities=",
             b"tollway_valid_until=1800003600",
+            format!("tollway_key={}", key().current().0).as_bytes(),
             b"tollway_path=/api/quote",
             b"tollway_method=GET",
         ]
@@ -186,9 +191,35 @@ fn minted_token_verifies() {
     let back = Macaroon::decode_lenient(&m.encode_std()).unwrap();
     assert_eq!(back, m);
     // Unbound tokens are valid on any path and method of the service.
-    let unbound = mint(&key(), &hash(), &TOKEN_ID, SERVICE, UNTIL, None, None);
-    assert_eq!(unbound.caveats.len(), 3);
+    let unbound = mint(
+        key().current(),
+        &hash(),
+        &TOKEN_ID,
+        SERVICE,
+        UNTIL,
+        None,
+        None,
+    );
+    assert_eq!(unbound.caveats.len(), 4);
     assert!(verify_credential(&key(), &credential(unbound), SERVICE, NOW, "/x", "POST").is_ok());
+}
+
+#[test]
+fn tokens_minted_before_a_rotation_verify_until_the_window_ends() {
+    let old = key();
+    let rotated = KeySet::new(filter_key(b"the next root secret, also long enough"))
+        .with_previous(old.current().1.clone(), NOW + 10);
+    let cred = credential(minted());
+    assert!(verify_credential(&rotated, &cred, SERVICE, NOW, PATH, METHOD).is_ok());
+    assert_eq!(
+        verify_credential(&rotated, &cred, SERVICE, NOW + 10, PATH, METHOD),
+        Err(L402Error::BadSignature)
+    );
+    // A token naming one key cannot claim another: the signature decides.
+    let mut forged = minted();
+    let other = rotated.current().0;
+    forged.caveats[3].id = format!("{SERVICE}_key={other}").into_bytes();
+    assert!(verify_credential(&rotated, &credential(forged), SERVICE, NOW, PATH, METHOD).is_err());
 }
 
 #[test]
@@ -209,7 +240,7 @@ fn request_mismatches_are_refused() {
     assert_eq!(v(SERVICE, NOW, PATH, "get"), "l402_wrong_method");
     assert!(verify_credential(&key(), &cred, SERVICE, NOW, PATH, "HEAD").is_ok());
     let head = mint(
-        &key(),
+        key().current(),
         &hash(),
         &TOKEN_ID,
         SERVICE,
@@ -224,7 +255,15 @@ fn request_mismatches_are_refused() {
         "l402_wrong_method"
     );
     // Other service, minted under the same key: its caveats name another service.
-    let other = mint(&key(), &hash(), &TOKEN_ID, "other", UNTIL, None, None);
+    let other = mint(
+        key().current(),
+        &hash(),
+        &TOKEN_ID,
+        "other",
+        UNTIL,
+        None,
+        None,
+    );
     assert_eq!(reason(check(other)), "l402_unknown_caveat");
     let other = with_caveats(&["services=other:0", "tollway_valid_until=1800003600"]);
     assert_eq!(reason(check(other)), "l402_wrong_service");
@@ -240,7 +279,7 @@ fn wrong_preimage_and_wrong_key() {
             .reason(),
         "l402_wrong_preimage"
     );
-    let other_key = filter_key(b"another root secret, also long enough");
+    let other_key = KeySet::new(filter_key(b"another root secret, also long enough"));
     let cred = credential(minted());
     assert_eq!(
         verify_credential(&other_key, &cred, SERVICE, NOW, PATH, METHOD)
@@ -295,7 +334,7 @@ fn third_party_caveats_are_refused_before_hmac() {
     });
     // Survives the codec (so it is named, not just "malformed").
     let m = Macaroon::from_bytes(&m.to_bytes()).unwrap();
-    assert!(m.caveats[5].is_third_party());
+    assert!(m.caveats[6].is_third_party());
     assert_eq!(reason(check(m)), "l402_third_party_caveat");
 
     // A VID without location is third-party as well.
@@ -596,7 +635,16 @@ fn authorization_duplicates() {
         want
     );
     // Differing credentials.
-    let other = mint(&key(), &hash(), &TOKEN_ID, SERVICE, UNTIL - 1, None, None).encode_std();
+    let other = mint(
+        key().current(),
+        &hash(),
+        &TOKEN_ID,
+        SERVICE,
+        UNTIL - 1,
+        None,
+        None,
+    )
+    .encode_std();
     assert_eq!(
         parse(&[&lsat, &format!("L402 {other}:{p}")]).unwrap_err(),
         L402Error::ConflictingCredentials

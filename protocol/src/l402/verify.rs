@@ -4,11 +4,12 @@
 use subtle::ConstantTimeEq;
 
 use super::authorization::Credential;
-use super::caveats::evaluate;
+use super::caveats::{evaluate, key_id};
 use super::error::L402Error;
 use super::identifier::{Identifier, PaymentHash, TokenId};
 use super::keys::{token_root_key, FilterKey};
 use super::macaroon::SignatureError;
+use crate::keys::KeySet;
 
 /// A genuine, paid, unexpired token for this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub struct VerifiedToken {
 
 /// `path` is the concrete request path without the query string.
 pub fn verify_credential(
-    filter_key: &FilterKey,
+    keys: &KeySet<FilterKey>,
     credential: &Credential,
     service: &str,
     now: u64,
@@ -34,6 +35,10 @@ pub fn verify_credential(
     if !bool::from(paid.0.ct_eq(&identifier.payment_hash.0)) {
         return Err(L402Error::WrongPreimage);
     }
+    // The key the token names (if still accepted at `now`); the signature then decides.
+    let (filter_key, key_until) = keys
+        .get(key_id(&macaroon.caveats, service), now)
+        .ok_or(L402Error::BadSignature)?;
     let root_key = token_root_key(filter_key, &identifier);
     macaroon
         .verify_signature(&root_key.0)
@@ -46,6 +51,7 @@ pub fn verify_credential(
     Ok(VerifiedToken {
         payment_hash: identifier.payment_hash,
         token_id: identifier.token_id,
-        valid_until: restrictions.valid_until,
+        // Until the token's expiry or its key's retirement, whichever is first.
+        valid_until: restrictions.valid_until.min(key_until),
     })
 }

@@ -25,6 +25,10 @@ pub const MAX_PAYMENT_BYTES: usize = 8192;
 /// `validBefore` must leave at least this many seconds, as the official facilitators require,
 /// so a payment accepted here does not expire on its way to settlement.
 pub const VALID_BEFORE_MARGIN_SECONDS: u64 = 6;
+/// How far past `now + maxTimeoutSeconds` a `validBefore` may lie (the client's clock may be
+/// ahead of ours). Clients sign `validBefore = now + maxTimeoutSeconds`; an authorization valid
+/// for longer is not what the offer asked for (a year-long one could be settled any time).
+pub const VALID_BEFORE_SKEW_SECONDS: u64 = 60;
 
 /// Decodes a `PAYMENT-SIGNATURE` / `X-PAYMENT` value: strict base64, bounded size, JSON, and a
 /// known `x402Version`.
@@ -37,7 +41,9 @@ pub fn decode_payment(header_value: &str) -> Result<PaymentPayload, ErrorReason>
 pub fn decode_payment_json(header_value: &str) -> Result<(PaymentPayload, Value), ErrorReason> {
     let json = b64::decode_strict(header_value, MAX_PAYMENT_BYTES)
         .map_err(|_| ErrorReason::InvalidPayload)?;
-    let value: Value = serde_json::from_slice(&json).map_err(|_| ErrorReason::InvalidPayload)?;
+    // A repeated key would let two readers see two payments in one header.
+    let value: Value =
+        crate::json::parse_unique_keys(&json).map_err(|_| ErrorReason::InvalidPayload)?;
     let payment = PaymentPayload::from_value(&value).map_err(|e| match e {
         PayloadShapeError::Version => ErrorReason::InvalidX402Version,
         PayloadShapeError::Shape(_) => ErrorReason::InvalidPayload,
@@ -147,7 +153,12 @@ pub fn check_payment(
     if auth.to != offer.pay_to {
         return Err(ErrorReason::InvalidExactEvmPayloadRecipientMismatch);
     }
-    if auth.valid_before < now.saturating_add(VALID_BEFORE_MARGIN_SECONDS) {
+    let latest = now
+        .saturating_add(u64::from(offer.max_timeout_seconds))
+        .saturating_add(VALID_BEFORE_SKEW_SECONDS);
+    if auth.valid_before < now.saturating_add(VALID_BEFORE_MARGIN_SECONDS)
+        || auth.valid_before > latest
+    {
         return Err(ErrorReason::InvalidExactEvmPayloadAuthorizationValidBefore);
     }
     if auth.valid_after > now {
@@ -555,6 +566,18 @@ mod tests {
             Err(expired)
         );
         assert!(check_payment(&offers(), &before(NOW + 6), NOW).is_ok());
+        // At most the offer's max_timeout_seconds ahead (plus clock skew), never a year.
+        let max = u64::from(base_sepolia_offer().max_timeout_seconds);
+        let latest = NOW + max + VALID_BEFORE_SKEW_SECONDS;
+        assert!(check_payment(&offers(), &before(latest), NOW).is_ok());
+        assert_eq!(
+            check_payment(&offers(), &before(latest + 1), NOW),
+            Err(expired)
+        );
+        assert_eq!(
+            check_payment(&offers(), &before(NOW + 1_000_000_000), NOW),
+            Err(expired)
+        );
         assert_eq!(check_payment(&offers(), &after(NOW + 1), NOW), Err(early));
         assert!(check_payment(&offers(), &after(NOW), NOW).is_ok());
         assert!(check_payment(&offers(), &after(NOW - 600), NOW).is_ok());
@@ -627,7 +650,7 @@ mod tests {
         // validBefore moved after signing: static checks pass, recovery does not.
         let o = base_sepolia_offer();
         let mut payload = signed(&o, authorization(&o));
-        payload["authorization"]["validBefore"] = json!((NOW + 3600).to_string());
+        payload["authorization"]["validBefore"] = json!((NOW + 61).to_string());
         let checked =
             check_payment(&offers(), &v2(o.requirements_v2_value(), payload), NOW).unwrap();
         assert_eq!(

@@ -37,9 +37,11 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tollway_protocol::filter_config::{
     CompiledConfig, CompiledLease, CompiledPaid, CompiledRoute, LightningPrice, UnknownSettlement,
+    UnmatchedAction, REASON_NO_ROUTE,
 };
 use tollway_protocol::headers::{
-    CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
+    has_method_override_param, CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL,
+    CONTEXT_RESOURCE, METHOD_OVERRIDE_HEADERS, REASON_METHOD_OVERRIDE,
 };
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
@@ -50,7 +52,7 @@ use tollway_protocol::lease::{
     strip_query_token, Lease, HEADER_LEASE, REASON_ALREADY_USED, REASON_REQUIRED,
 };
 use tollway_protocol::resource_url;
-use tollway_protocol::routes::canonical_path;
+use tollway_protocol::routes::{canonical_path, refuse_path, RouteMatch};
 use tollway_protocol::x402::{
     is_json_object, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE,
     HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE,
@@ -94,13 +96,13 @@ fn header_with(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValu
 }
 
 /// Allowed, with nothing changed (see [`allowed`] for what an allowed route gets).
-fn ok() -> CheckResponse {
+fn ok(response: OkHttpResponse) -> CheckResponse {
     CheckResponse {
         status: Some(RpcStatus {
             code: GRPC_OK,
             ..RpcStatus::default()
         }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        http_response: Some(HttpResponse::OkResponse(response)),
         ..CheckResponse::default()
     }
 }
@@ -234,8 +236,20 @@ struct Forward<'a> {
     strip_lease_query: bool,
 }
 
+/// Headers no upstream gets from a client: method overrides always, a lease token off a
+/// leased route (as the filter removes them).
+fn strip_client_headers(http: &HttpRequest, leased: bool, ok: &mut OkHttpResponse) {
+    let lease = (!leased).then_some(HEADER_LEASE);
+    for name in METHOD_OVERRIDE_HEADERS.into_iter().chain(lease) {
+        if http.headers.contains_key(name) && !ok.headers_to_remove.iter().any(|h| h == name) {
+            ok.headers_to_remove.push(name.to_owned());
+        }
+    }
+}
+
 impl Forward<'_> {
     fn apply(&self, ok: &mut OkHttpResponse) {
+        strip_client_headers(self.http, self.route.lease.is_some(), ok);
         if !self.context.is_empty() {
             // Ours replace any client copy; the ones we do not set go.
             for name in CONTEXT_HEADERS {
@@ -303,21 +317,14 @@ fn allowed(
     strip: &[&str],
     response_headers: Vec<HeaderValueOption>,
 ) -> CheckResponse {
-    let mut ok = OkHttpResponse {
+    let mut response = OkHttpResponse {
         headers: set,
         headers_to_remove: strip.iter().map(|h| (*h).to_owned()).collect(),
         response_headers_to_add: response_headers,
         ..OkHttpResponse::default()
     };
-    forward.apply(&mut ok);
-    CheckResponse {
-        status: Some(RpcStatus {
-            code: GRPC_OK,
-            ..RpcStatus::default()
-        }),
-        http_response: Some(HttpResponse::OkResponse(ok)),
-        ..CheckResponse::default()
-    }
+    forward.apply(&mut response);
+    ok(response)
 }
 
 /// `cache-control: private` unless the upstream (or a preset) set one: paid content must not
@@ -400,7 +407,7 @@ impl ExtAuthz {
             .and_then(|c| c.ok_or(L402Error::BadHeader("no credential")))
             .and_then(|credential| {
                 verify_credential(
-                    rail.filter_key(),
+                    rail.keys(),
                     &credential,
                     rail.service(),
                     now,
@@ -523,12 +530,12 @@ impl ExtAuthz {
         let Some(token) = header_token.or(query_token.filter(|t| !t.is_empty())) else {
             return self.lease_refused(&refusal, REASON_REQUIRED).await;
         };
-        let Some(key) = compiled.lease_key.as_ref() else {
+        let Some(keys) = compiled.lease_keys.as_ref() else {
             self.metrics.check("unavailable");
             return unavailable();
         };
         let now = self.payments.now();
-        let checked = Lease::open(key, token).and_then(|l| {
+        let checked = Lease::open(keys, token, now).and_then(|l| {
             l.check(&route.name, &http.method, &canonical_path(&http.path), now)
                 .map(|()| l)
         });
@@ -585,14 +592,38 @@ impl ExtAuthz {
             self.metrics.check("malformed");
             return denied(GRPC_PERMISSION_DENIED, 400, Vec::new(), String::new());
         };
+        // As in the filter: no route decision on a path an upstream may read differently.
+        if let Some(reason) = refuse_path(&http.path) {
+            self.metrics.check("path_refused");
+            return bad_request(400, &format!(r#"{{"error":"{reason}"}}"#));
+        }
+        if has_method_override_param(&http.path) {
+            self.metrics.check("path_refused");
+            return bad_request(400, &format!(r#"{{"error":"{REASON_METHOD_OVERRIDE}"}}"#));
+        }
         let compiled = self.payments.compiled();
-        let Some(m) = compiled.table.find(&http.host, &http.method, &http.path) else {
-            self.metrics.check("unmatched");
-            return ok();
+        let m = match compiled.table.find(&http.host, &http.method, &http.path) {
+            Some(m) => m,
+            None => match compiled.unmatched(&http.host, &http.method, &http.path) {
+                UnmatchedAction::Pass => {
+                    self.metrics.check("unmatched");
+                    let mut pass = OkHttpResponse::default();
+                    strip_client_headers(http, false, &mut pass);
+                    return ok(pass);
+                }
+                UnmatchedAction::Deny => {
+                    self.metrics.check("no_route");
+                    return bad_request(404, &format!(r#"{{"error":"{REASON_NO_ROUTE}"}}"#));
+                }
+                UnmatchedAction::Route(index) => RouteMatch {
+                    index,
+                    params: Vec::new(),
+                },
+            },
         };
         let Some(route) = compiled.routes.get(m.index) else {
-            self.metrics.check("unmatched");
-            return ok();
+            self.metrics.check("unavailable");
+            return unavailable();
         };
         if route.disabled {
             // Kept in the table so no broader (free) route serves it.
@@ -868,21 +899,70 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn free_and_unmatched_pass() {
+    async fn free_routes_pass_and_unmatched_requests_follow_the_rules() {
         let fake = FakeFacilitator::start().await;
         let h = harness(&fake.url);
         let a = authz(&h);
         let r = a.ask("GET", "/free?x=1", &[]).await;
         assert!(ok_of(&r).headers_to_remove.is_empty());
-        let r = a.ask("GET", "/somewhere/else", &[]).await;
-        ok_of(&r);
-        // POST to a GET-only paid path is not that route.
-        let r = a.ask("POST", "/api/quote", &[]).await;
-        ok_of(&r);
+        // A lease token or a method override never reaches the upstream.
+        let r = a
+            .ask(
+                "GET",
+                "/free",
+                &[("x-x402-lease", "t"), ("x-http-method-override", "GET")],
+            )
+            .await;
+        let mut removed = ok_of(&r).headers_to_remove.clone();
+        removed.sort();
+        assert_eq!(removed, ["x-http-method-override", "x-x402-lease"]);
+        // No `unmatched:`: whatever no route prices is refused, including the other methods of a
+        // GET-only paid path.
+        for (method, path) in [("GET", "/somewhere/else"), ("POST", "/api/quote")] {
+            let r = a.ask(method, path, &[]).await;
+            let (status, body) = error_of(&r);
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (404, Some("no_route")),
+                "{method} {path}"
+            );
+        }
+        // Paths an upstream may read differently, and `_method`, get no route decision.
+        for (path, reason) in [
+            ("/api/quote%0a", "path_control_character"),
+            ("/free;x=1", "path_parameter"),
+            ("/api%2Fquote", "path_encoded_slash"),
+            ("/free?_method=GET", "method_override_refused"),
+        ] {
+            let r = a.ask("POST", path, &[]).await;
+            let (status, body) = error_of(&r);
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some(reason)),
+                "{path}"
+            );
+        }
+        // Case variants are the route (case-insensitive by default).
+        let r = a.ask("GET", "/API/Quote", &[]).await;
+        assert_eq!(denied_of(&r).status.as_ref().map(|s| s.code), Some(402));
         assert!(h
             .metrics
             .encode()
-            .contains("tollway_check_total{result=\"free\"} 1"));
+            .contains("tollway_check_total{result=\"free\"} 2"));
+
+        // Rules: a space opened with `pass`, another priced as a route.
+        let text = format!(
+            "{}unmatched:\n  - {{ path: /open/**, action: pass }}\n  - {{ path: /v2/**, action: quote }}\n",
+            crate::testkit::config_text(&fake.url)
+        );
+        let h = crate::testkit::harness_on(&text);
+        let a = authz(&h);
+        let r = a.ask("GET", "/open/x", &[("x-x402-lease", "t")]).await;
+        assert_eq!(ok_of(&r).headers_to_remove, ["x-x402-lease"]);
+        let r = a.ask("GET", "/v2/anything", &[]).await;
+        assert_eq!(denied_of(&r).status.as_ref().map(|s| s.code), Some(402));
+        let r = a.ask("GET", "/elsewhere", &[]).await;
+        assert_eq!(error_of(&r).0, 404);
     }
 
     #[tokio::test]
@@ -1286,10 +1366,11 @@ pub(crate) mod tests {
 
     // ---- leases ----------------------------------------------------------------------------
 
+    use tollway_protocol::keys::KeySet;
     use tollway_protocol::lease::LeaseKey;
 
-    fn lease_key() -> LeaseKey {
-        LeaseKey::derive(crate::testkit::LEASE_SECRET.as_bytes())
+    fn lease_key() -> KeySet<LeaseKey> {
+        KeySet::new(LeaseKey::derive(crate::testkit::LEASE_SECRET.as_bytes()))
     }
 
     fn lease(route: &str, path: &str, expires_at: u64, single_use: bool) -> Lease {
@@ -1418,7 +1499,7 @@ pub(crate) mod tests {
             ("garbage".into(), "lease_invalid"),
             (
                 lease("ticker", "/stream/ticker/BTC", now + 60, false)
-                    .try_mint(&LeaseKey::derive(&[1u8; 32]))
+                    .try_mint(&KeySet::new(LeaseKey::derive(&[1u8; 32])))
                     .expect("mint"),
                 "lease_invalid",
             ),

@@ -688,7 +688,7 @@ mod tests {
             .expect("credential");
         let rail = h.payments.lightning().expect("rail");
         let token = tollway_protocol::l402::verify_credential(
-            rail.filter_key(),
+            rail.keys(),
             &credential,
             rail.service(),
             unix_now(),

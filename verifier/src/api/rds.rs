@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tollway_protocol::filter_config::{Bypass, NOT_ANSWERED_WITH};
+use tollway_protocol::lease::HEADER_LEASE;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::envoy::{
@@ -144,6 +145,9 @@ fn bypass_route(b: &Bypass) -> Route {
         typed_per_filter_config: HashMap::from([(WASM_FILTER.into(), filter_off())]),
         action: Some(action),
         response_headers_to_add,
+        // A lease token means nothing here and never reaches the upstream (the filter removes
+        // it on the requests it sees).
+        request_headers_to_remove: vec![HEADER_LEASE.into()],
         ..Route::default()
     }
 }

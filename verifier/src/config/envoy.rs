@@ -14,12 +14,24 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use tollway_protocol::filter_config::FilterConfig;
-use tollway_protocol::headers::CONTEXT_PREFIX;
+use tollway_protocol::headers::{CONTEXT_PREFIX, METHOD_OVERRIDE_HEADERS};
+use tollway_protocol::keys::ENV_FILTER_KEYS;
 
 use crate::config::tls::EnvoyVerifierTls;
 use crate::config::{Config, HostPort, SYNC_INTERVAL_MS, VERIFIER_CLUSTER};
 
 pub const UPSTREAM_CLUSTER: &str = "upstream";
+
+/// Header removals before any route or filter: `remove_on_match` by prefix for the context,
+/// `remove` by name for the method overrides.
+fn early_removals() -> serde_json::Value {
+    let mut mutations =
+        vec![json!({ "remove_on_match": { "key_matcher": { "prefix": CONTEXT_PREFIX } } })];
+    for name in METHOD_OVERRIDE_HEADERS {
+        mutations.push(json!({ "remove": name }));
+    }
+    serde_json::Value::Array(mutations)
+}
 /// The wasm filter's name in the connection manager (per-route configs refer to it).
 pub const WASM_FILTER: &str = "envoy.filters.http.wasm";
 /// The route configuration the verifier serves over RDS in filter mode (see `api/rds.rs`).
@@ -183,7 +195,10 @@ fn wasm_filter(config: &Config, wasm: &Path) -> Result<Value, EnvoyConfigError> 
                 "vm_config": {
                     "vm_id": "tollway",
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": { "local": { "filename": wasm.display().to_string() } }
+                    "code": { "local": { "filename": wasm.display().to_string() } },
+                    // The token keys: from Envoy's own environment, never in this file
+                    // (`tollway filter-keys` prints the value).
+                    "environment_variables": { "host_env_keys": [ENV_FILTER_KEYS] }
                 }
             }
         }
@@ -269,9 +284,9 @@ pub fn bootstrap(
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{
-                        "remove_on_match": { "key_matcher": { "prefix": CONTEXT_PREFIX } }
-                    }],
+                    // Client copies of the trusted context, and method overrides (a framework would
+                    // read `POST` + `X-HTTP-Method-Override: GET` as an unpriced GET).
+                    "mutations": early_removals(),
                 }
             }],
             "http_filters": [auth_filter, router_filter()]
@@ -424,6 +439,15 @@ mod tests {
             .collect()
     }
 
+    fn early_removed_names(hcm: &serde_yaml::Value) -> Vec<&str> {
+        hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+            .as_sequence()
+            .expect("mutations")
+            .iter()
+            .filter_map(|m| m["remove"].as_str())
+            .collect()
+    }
+
     #[test]
     fn filter_mode() {
         let c = example();
@@ -436,6 +460,7 @@ mod tests {
         assert_eq!(hcm["merge_slashes"], true);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         assert_eq!(early_removals(hcm), [CONTEXT_PREFIX]);
+        assert_eq!(early_removed_names(hcm), METHOD_OVERRIDE_HEADERS);
         // Routes come from the verifier's RDS (their shape is tested in api/rds.rs), and Envoy
         // routes nothing until the first answer.
         assert!(hcm["route_config"].is_null());
@@ -476,18 +501,30 @@ mod tests {
             FilterConfig {
                 sync_interval_ms: Some(1000),
                 envoy_strips_context: true,
+                // Never rendered (the filter reads them from its environment).
+                keys: Default::default(),
                 ..c.filter.clone()
             }
         );
-        // The filter verifies L402 with the derived key; the root secret is never rendered.
-        let l402 = fc.l402.as_ref().expect("l402 section");
-        assert_eq!(
-            l402.key_hex,
-            tollway_protocol::l402::filter_key(crate::testkit::L402_SECRET.as_bytes()).to_hex()
-        );
+        // No secret and no key derived from one is rendered: the filter reads its keys from
+        // the environment variable the VM is given.
+        assert!(fc.l402.is_some());
         assert!(!text.contains(crate::testkit::L402_SECRET));
+        let derived = tollway_protocol::l402::filter_key(crate::testkit::L402_SECRET.as_bytes());
+        assert!(!text.contains(&derived.to_hex()));
+        assert!(!text.contains(&c.filter.keys.render()));
+        assert_eq!(
+            wasm["vm_config"]["environment_variables"]["host_env_keys"][0],
+            tollway_protocol::keys::ENV_FILTER_KEYS
+        );
         assert_eq!(fc.verifier_cluster, "tollway_verifier");
-        assert!(fc.compile().is_ok());
+        // With the keys from its environment, the filter compiles it; without, it refuses.
+        assert!(fc.compile().is_err());
+        let with_keys = FilterConfig {
+            keys: c.filter.keys.clone(),
+            ..fc.clone()
+        };
+        assert!(with_keys.compile().is_ok());
 
         let clusters = y["static_resources"]["clusters"]
             .as_sequence()
@@ -558,6 +595,7 @@ mod tests {
             ["typed_config"];
         // Client copies of the trusted context go before ext_authz runs, as in filter mode.
         assert_eq!(early_removals(hcm), [CONTEXT_PREFIX]);
+        assert_eq!(early_removed_names(hcm), METHOD_OVERRIDE_HEADERS);
         assert_eq!(hcm["upgrade_configs"][0]["upgrade_type"], "websocket");
         let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
         assert_eq!(route["timeout"], "0s");

@@ -22,9 +22,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tollway_protocol::amount::{AmountError, UsdPrice};
 use tollway_protocol::evm::EvmAddress;
 use tollway_protocol::filter_config::{
-    CompiledConfig, FilterConfig, L402Filter, LeaseConfig, LeaseFilter, LightningPrice, PaidRoute,
-    ResourceKind, RouteConfig, UnknownSettlement,
+    CompiledConfig, FilterConfig, L402Filter, LeaseConfig, LightningPrice, PaidRoute, PathCase,
+    ResourceKind, RouteConfig, UnknownSettlement, UnmatchedRule,
 };
+use tollway_protocol::keys::{FilterKeys, KeySet};
 use tollway_protocol::l402::caveats::is_valid_service;
 use tollway_protocol::l402::{filter_key, FilterKey};
 use tollway_protocol::lease::LeaseKey;
@@ -190,6 +191,30 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     stores: Option<RawStores>,
+    /// `case_insensitive` (default) or `case_sensitive`.
+    #[serde(default)]
+    paths: Option<PathCase>,
+    #[serde(default)]
+    unmatched: Option<RawUnmatched>,
+}
+
+/// `unmatched: deny` (or `pass`, or a route name) for every request no route matches, or a list
+/// of rules `{ host, path, action }`, first match first.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUnmatched {
+    All(String),
+    Rules(Vec<RawUnmatchedRule>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnmatchedRule {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    action: String,
 }
 
 /// `stores: { replay: ... }`. The value is read loosely (a URL string or a mapping) and checked
@@ -205,11 +230,22 @@ struct RawStores {
     allow_volatile_replay: bool,
 }
 
-/// `leases: { secret: env:NAME }`.
+/// `leases: { secret: env:NAME, previous: { secret: env:OLD, until: <unix seconds> } }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLeases {
     secret: String,
+    #[serde(default)]
+    previous: Option<RawPreviousSecret>,
+}
+
+/// The secret a rotation replaced, still accepted for tokens minted with it until `until`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreviousSecret {
+    #[serde(alias = "root_secret")]
+    secret: String,
+    until: u64,
 }
 
 /// `admin: { token: env:NAME }`: the bearer token of the admin API.
@@ -287,6 +323,9 @@ struct RawL402 {
     service: Option<String>,
     #[serde(default)]
     valid_seconds: Option<u64>,
+    /// `{ root_secret: env:OLD, until: <unix seconds> }` during a rotation.
+    #[serde(default)]
+    previous: Option<RawPreviousSecret>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,6 +490,9 @@ pub struct RawRoute {
     /// unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_unknown_settlement: Option<UnknownSettlement>,
+    /// `case_insensitive` or `case_sensitive`: overrides the top-level `paths`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<PathCase>,
 }
 
 /// `lease: { path, seconds, single_use, renewal: { window_seconds } }`.
@@ -616,6 +658,8 @@ pub struct L402Settings {
     pub filter_key: FilterKey,
     pub service: String,
     pub valid_seconds: u64,
+    /// The filter key of the previous root secret, accepted until the time given (rotation).
+    pub previous: Option<(FilterKey, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -656,6 +700,8 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
     pub key: LeaseKey,
+    /// The key of the previous secret, accepted until the time given (rotation).
+    pub previous: Option<(LeaseKey, u64)>,
 }
 
 /// `admin:`. The token is `None` when loaded with [`Secrets::Skip`].
@@ -713,6 +759,7 @@ impl Config {
             lightning_block: self.lightning.is_some(),
             lightning: self.lightning.as_ref(),
             leases_block: self.leases.is_some(),
+            paths: self.filter.paths,
         };
         let mut p = Problems::default();
         let (routes, configs) = validate_routes(&mut p, &ctx, raw);
@@ -1681,9 +1728,13 @@ fn l402(p: &mut Problems, raw: &RawL402) -> Option<L402Settings> {
             "how long a paid token stays valid; 3600 is common",
         );
     }
-    // Always resolved, even for `tollway envoy`: the filter config carries the derived key.
+    // Always resolved, even for `tollway envoy` (which validates the filter config whole).
     let secret = secret_ref(p, "l402.root_secret", raw.root_secret.trim())
         .and_then(|r| resolve(p, "l402.root_secret", &r, MIN_SECRET_BYTES));
+    let previous = raw
+        .previous
+        .as_ref()
+        .and_then(|prev| previous_secret(p, "l402.previous", prev));
     if p.0.len() != before {
         return None;
     }
@@ -1691,6 +1742,7 @@ fn l402(p: &mut Problems, raw: &RawL402) -> Option<L402Settings> {
         filter_key: filter_key(secret?.expose().as_bytes()),
         service,
         valid_seconds,
+        previous: previous.map(|(s, until)| (filter_key(s.expose().as_bytes()), until)),
     })
 }
 
@@ -1836,6 +1888,8 @@ struct RouteCtx<'a> {
     lightning: Option<&'a LightningSettings>,
     /// A `leases:` section is present.
     leases_block: bool,
+    /// The top-level `paths`.
+    paths: PathCase,
 }
 
 /// Every route on its own (cross-route rules are [`compile_filter`]'s): the validated routes
@@ -1893,6 +1947,7 @@ fn validate_routes(
             host: r.host.clone(),
             methods: methods.clone(),
             path: r.path.clone(),
+            case_insensitive: r.paths.unwrap_or(ctx.paths) == PathCase::CaseInsensitive,
         };
         // Syntax of this route alone, so each route reports its own errors.
         if let Err(e) = RouteTable::compile(vec![spec]) {
@@ -2046,6 +2101,7 @@ fn validate_routes(
             request_headers: r.request_headers.clone(),
             response_headers: r.response_headers.clone().unwrap_or_default(),
             disabled: r.disabled,
+            paths: r.paths,
         };
         // What only the filter's compile knows (path templates, header names), per route so
         // each route reports its own problem.
@@ -2199,6 +2255,7 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         lightning_block: raw.lightning.is_some(),
         lightning: lightning_settings.as_ref(),
         leases_block: raw.leases.is_some(),
+        paths: raw.paths.unwrap_or_default(),
     };
     let (routes, route_configs) = validate_routes(p, &ctx, &raw.routes);
 
@@ -2217,11 +2274,14 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         .unwrap_or(DEFAULT_FACILITATOR_TIMEOUT_MS);
     let l402_filter = match (&lightning_settings, &l402_settings) {
         (Some(_), Some(l)) => Some(L402Filter {
-            key_hex: l.filter_key.to_hex(),
             service: l.service.clone(),
         }),
         _ => None,
     };
+    let keys = filter_keys(
+        l402_filter.as_ref().and(l402_settings.as_ref()),
+        leases.as_ref(),
+    );
     let filter = FilterConfig {
         verifier_cluster: VERIFIER_CLUSTER.to_owned(),
         verifier_timeout_ms: max_timeout + VERIFIER_TIMEOUT_MARGIN_MS,
@@ -2229,11 +2289,11 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
         public_url,
         routes: route_configs,
         l402: l402_filter,
-        leases: leases.as_ref().map(|l| LeaseFilter {
-            key_hex: l.key.to_hex(),
-        }),
+        keys,
         sync_interval_ms: None,
         envoy_strips_context: false,
+        paths: raw.paths.unwrap_or_default(),
+        unmatched: unmatched_rules(raw.unmatched.as_ref()),
     };
     compile_filter(p, &filter, &raw.routes)?;
 
@@ -2263,10 +2323,30 @@ fn validate(raw: RawConfig, secrets: Secrets, p: &mut Problems) -> Option<Config
 /// `leases:`: the secret is always read (the filter config carries the key derived from it).
 fn lease_settings(p: &mut Problems, raw: &RawLeases) -> Option<LeaseSettings> {
     let secret = secret_ref(p, "leases.secret", raw.secret.trim())
-        .and_then(|r| resolve(p, "leases.secret", &r, MIN_SECRET_BYTES))?;
+        .and_then(|r| resolve(p, "leases.secret", &r, MIN_SECRET_BYTES));
+    let previous = raw
+        .previous
+        .as_ref()
+        .and_then(|prev| previous_secret(p, "leases.previous", prev));
     Some(LeaseSettings {
-        key: LeaseKey::derive(secret.expose().as_bytes()),
+        key: LeaseKey::derive(secret?.expose().as_bytes()),
+        previous: previous.map(|(s, until)| (LeaseKey::derive(s.expose().as_bytes()), until)),
     })
+}
+
+/// A rotation's previous secret and the end of its window.
+fn previous_secret(p: &mut Problems, base: &str, raw: &RawPreviousSecret) -> Option<(Secret, u64)> {
+    let secret = secret_ref(p, &format!("{base}.secret"), raw.secret.trim())
+        .and_then(|r| resolve(p, &format!("{base}.secret"), &r, MIN_SECRET_BYTES))?;
+    if raw.until < 1_000_000_000 {
+        p.hint(
+            format!("{base}.until"),
+            format!("{} is not a unix time", raw.until),
+            "when tokens minted with the previous secret stop working, in unix seconds: at least the longest token lifetime after the rotation",
+        );
+        return None;
+    }
+    Some((secret, raw.until))
 }
 
 /// `admin:`: the token is read only when secrets are resolved (`check`, `serve`).
@@ -2566,10 +2646,49 @@ fn route_shape(
     ))
 }
 
+/// The filter's token keys (current and, during a rotation, previous), derived from the secrets.
+fn filter_keys(l402: Option<&L402Settings>, leases: Option<&LeaseSettings>) -> FilterKeys {
+    FilterKeys {
+        l402: l402.map(|l| {
+            let set = KeySet::new(l.filter_key.clone());
+            match &l.previous {
+                Some((key, until)) => set.with_previous(key.clone(), *until),
+                None => set,
+            }
+        }),
+        lease: leases.map(|l| {
+            let set = KeySet::new(l.key.clone());
+            match &l.previous {
+                Some((key, until)) => set.with_previous(key.clone(), *until),
+                None => set,
+            }
+        }),
+    }
+}
+
+/// The `unmatched` rules as the filter reads them (checked when the filter config compiles).
+fn unmatched_rules(raw: Option<&RawUnmatched>) -> Vec<UnmatchedRule> {
+    match raw {
+        None => Vec::new(),
+        Some(RawUnmatched::All(action)) => vec![UnmatchedRule {
+            host: None,
+            path: "/**".into(),
+            action: action.trim().to_owned(),
+        }],
+        Some(RawUnmatched::Rules(rules)) => rules
+            .iter()
+            .map(|r| UnmatchedRule {
+                host: r.host.clone(),
+                path: r.path.clone().unwrap_or_else(|| "/**".into()),
+                action: r.action.trim().to_owned(),
+            })
+            .collect(),
+    }
+}
+
 /// Compiles `rc` alone (with stand-in keys: the sections are checked elsewhere) and reports
 /// what the filter refuses at the route's field. True when it compiles.
 fn probe_route(p: &mut Problems, base: &str, rc: &RouteConfig) -> bool {
-    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
     let probe = FilterConfig {
         verifier_cluster: VERIFIER_CLUSTER.to_owned(),
         verifier_timeout_ms: 1,
@@ -2577,14 +2696,17 @@ fn probe_route(p: &mut Problems, base: &str, rc: &RouteConfig) -> bool {
         public_url: None,
         routes: vec![rc.clone()],
         l402: Some(L402Filter {
-            key_hex: KEY.to_owned(),
             service: DEFAULT_L402_SERVICE.to_owned(),
         }),
-        leases: Some(LeaseFilter {
-            key_hex: KEY.to_owned(),
-        }),
+        // Stand-ins: the sections are checked elsewhere.
+        keys: FilterKeys {
+            l402: Some(KeySet::new(FilterKey::from_bytes([0; 32]))),
+            lease: Some(KeySet::new(LeaseKey::from_bytes([0; 32]))),
+        },
         sync_interval_ms: None,
         envoy_strips_context: false,
+        paths: PathCase::default(),
+        unmatched: Vec::new(),
     };
     match probe.compile() {
         Ok(_) => true,
@@ -2719,6 +2841,11 @@ fn compile_filter(
                 index_of(&name).map_or_else(|| "routes".to_owned(), |i| format!("routes[{i}]"));
             filter_error(p, &base, &e);
         }
+        (E::Unmatched { rule, message }, _) => p.hint(
+            format!("unmatched[{rule}]"),
+            message.clone(),
+            "action is pass, deny or the name of a plain (not leased) route",
+        ),
         (_, None) => p.add("routes", e.to_string()),
     }
     None
@@ -3174,10 +3301,15 @@ routes:
         let k = c.l402.as_ref().expect("l402");
         assert_eq!(k.service, "svc");
         assert_eq!(k.valid_seconds, 600);
-        // The filter gets the derived key, never the root secret.
+        // The filter gets the derived key (in its environment, never in its JSON), never the
+        // root secret.
         let expected = filter_key(crate::testkit::L402_SECRET.as_bytes());
         let f = c.filter.l402.as_ref().expect("filter l402");
-        assert_eq!(f.key_hex, expected.to_hex());
+        let keys = c.filter.keys.l402.as_ref().expect("l402 keys");
+        assert_eq!(keys.current().1, &expected);
+        assert!(!serde_json::to_string(&c.filter)
+            .expect("json")
+            .contains(&expected.to_hex()));
         assert_eq!(f.service, "svc");
         let json = serde_json::to_string(&c.filter).expect("json");
         assert!(!json.contains(crate::testkit::L402_SECRET));
@@ -3556,10 +3688,10 @@ routes:
         assert!(!t.disabled);
         assert!(c.filter.routes[1].disabled, "echo is disabled");
         // The filter gets the derived lease key, never the secret.
-        let key = LeaseKey::derive(crate::testkit::LEASE_SECRET.as_bytes()).to_hex();
+        let key = LeaseKey::derive(crate::testkit::LEASE_SECRET.as_bytes());
         assert_eq!(
-            c.filter.leases.as_ref().map(|l| l.key_hex.as_str()),
-            Some(key.as_str())
+            c.filter.keys.lease.as_ref().map(|l| l.current().1),
+            Some(&key)
         );
         let json = serde_json::to_string(&c.filter).expect("json");
         assert!(!json.contains(crate::testkit::LEASE_SECRET));
@@ -3918,7 +4050,7 @@ routes:
             Some(Some(30))
         );
         assert!(c.admin.as_ref().is_some_and(|a| a.token.is_some()));
-        assert!(c.filter.leases.is_some());
+        assert!(c.filter.keys.lease.is_some());
         assert!(matches!(
             c.lightning.as_ref().map(|l| &l.node),
             Some(NodeSettings::Dev)

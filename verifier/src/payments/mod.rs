@@ -44,6 +44,7 @@ use crate::rails::lightning::{bolt11, InvoiceState, NodeError};
 use crate::stores::ledger::{EventKind, Ledger, LedgerEvent, Op};
 use crate::stores::replay::{Claim, ReplayGuard, EXPIRY_MARGIN_SECS};
 use tollway_protocol::lease::Renewal;
+use tollway_protocol::routes::canonical_path;
 
 pub use self::purchase::{Purchase, Reservation};
 
@@ -56,6 +57,8 @@ pub const REASON_CALLER_GONE: &str = "caller_deadline_passed";
 pub const REASON_LEDGER_UNAVAILABLE: &str = "ledger_unavailable";
 pub const REASON_UNKNOWN_PAYMENT: &str = "unknown_payment_id";
 pub const REASON_UNKNOWN_ROUTE: &str = "unknown_route";
+/// A v2 payment whose `resource` names another path than the one it is presented on.
+pub const REASON_RESOURCE_MISMATCH: &str = "payment_resource_mismatch";
 /// x402 over Lightning: the invoice is not one we minted for this route (or we forgot it).
 pub const REASON_INVOICE_UNKNOWN: &str = "invoice_unknown";
 pub const REASON_INVOICE_EXPIRED: &str = "invoice_expired";
@@ -567,6 +570,17 @@ impl Payments {
             Ok(c) => c,
             Err(reason) => return self.reject(route, reason.as_str(), base_event),
         };
+        // A payment names the resource it was signed for (v2): it buys that one, not another
+        // route (or path) with the same price and payee.
+        if let PaymentPayload::V2(p) = &payment {
+            let signed_for = p
+                .resource
+                .as_ref()
+                .map(|r| canonical_path(url_path(&r.url)));
+            if signed_for.is_some_and(|signed| signed != canonical_path(url_path(resource_url))) {
+                return self.reject(route, REASON_RESOURCE_MISMATCH, base_event);
+            }
+        }
         let Some(offer) = info.offers.get(checked.offer_index) else {
             return self.reject(
                 route,
@@ -2104,6 +2118,43 @@ pub(crate) mod tests {
             .await;
         assert!(matches!(v, Verified::Invalid { .. }), "{v:?}");
 
+        // Signed for another resource (same price and payee) than the one it is presented on.
+        let auth = payer.authorization(&offer, now, 2);
+        let elsewhere = "http://api.test/api/other";
+        let v = h
+            .payments
+            .verify(
+                "quote",
+                "payment-signature",
+                &payer.header_v2(&offer, &auth, elsewhere),
+                URL,
+            )
+            .await;
+        assert!(
+            matches!(v, Verified::Invalid { ref reason, .. } if reason == REASON_RESOURCE_MISMATCH),
+            "{v:?}"
+        );
+
+        // The same key twice in the JSON: two readers could see two payments.
+        let twice = format!(
+            r#"{{"x402Version":2,"x402Version":2,"accepted":{},"payload":{}}}"#,
+            offer.requirements_v2_value(),
+            payer.exact_payload(&offer, &auth)
+        );
+        let v = h
+            .payments
+            .verify(
+                "quote",
+                "payment-signature",
+                &b64::encode(twice.as_bytes()),
+                URL,
+            )
+            .await;
+        assert!(
+            matches!(v, Verified::Invalid { ref reason, .. } if reason == "invalid_payload"),
+            "{v:?}"
+        );
+
         // Unknown or free route.
         let v = h
             .payments
@@ -2116,12 +2167,13 @@ pub(crate) mod tests {
         assert!(fake.calls().is_empty());
         h.ledger.flush().await.expect("flush");
         let events = h.ledger.recent(10).await.expect("events");
-        assert_eq!(events.len(), 4);
+        assert_eq!(events.len(), 6);
         assert!(events.iter().all(|e| e.event == EventKind::Rejected));
         assert_eq!(
-            events[2].reason.as_deref(),
+            events[4].reason.as_deref(),
             Some("invalid_exact_evm_payload_signature")
         );
+        assert_eq!(events[2].reason.as_deref(), Some(REASON_RESOURCE_MISMATCH));
         assert!(h.metrics.encode().contains(
             "tollway_verify_total{outcome=\"invalid\",reason=\"invalid_exact_evm_payload_signature\"} 1"
         ));

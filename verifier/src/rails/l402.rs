@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use tollway_protocol::filter_config::LightningPrice;
+use tollway_protocol::keys::KeySet;
 use tollway_protocol::l402::{mint, FilterKey, PaymentHash, TokenId};
 use tollway_protocol::lightning::LightningNetwork;
 use tollway_protocol::x402::lightning_offer_v2;
@@ -83,7 +84,8 @@ pub struct LightningRail {
     node: Node,
     network: LightningNetwork,
     invoice_expiry_seconds: u64,
-    key: FilterKey,
+    /// The current filter key mints; a previous one (rotation) still verifies until its time.
+    keys: KeySet<FilterKey>,
     service: String,
     valid_seconds: u64,
     minted: Mutex<HashMap<[u8; 32], Minted>>,
@@ -193,7 +195,12 @@ impl LightningRail {
             network: node.network(),
             node,
             invoice_expiry_seconds,
-            key: l402.filter_key.clone(),
+            keys: match &l402.previous {
+                Some((key, until)) => {
+                    KeySet::new(l402.filter_key.clone()).with_previous(key.clone(), *until)
+                }
+                None => KeySet::new(l402.filter_key.clone()),
+            },
             service: l402.service.clone(),
             valid_seconds: l402.valid_seconds,
             minted: Mutex::new(HashMap::new()),
@@ -215,8 +222,9 @@ impl LightningRail {
         self.network
     }
 
-    pub fn filter_key(&self) -> &FilterKey {
-        &self.key
+    /// The filter keys tokens are verified with (the current one mints).
+    pub fn keys(&self) -> &KeySet<FilterKey> {
+        &self.keys
     }
 
     pub fn service(&self) -> &str {
@@ -259,7 +267,7 @@ impl LightningRail {
             .create_invoice(price.amount_msat, memo, self.invoice_expiry_seconds, now)
             .await?;
         let macaroon = mint(
-            &self.key,
+            self.keys.current(),
             &PaymentHash(invoice.payment_hash),
             &TokenId(rand::random()),
             &self.service,
@@ -361,6 +369,7 @@ mod tests {
             filter_key: tollway_protocol::l402::filter_key(&[7; 32]),
             service: "svc".into(),
             valid_seconds: 3600,
+            previous: None,
         }
     }
 
@@ -427,7 +436,7 @@ mod tests {
             .expect("parse")
             .expect("credential");
         let token = verify_credential(
-            &settings().filter_key,
+            &KeySet::new(settings().filter_key),
             &credential,
             "svc",
             now,
@@ -439,7 +448,7 @@ mod tests {
         assert_eq!(token.valid_until, now + 3600);
         // Bound to the path and method.
         assert!(verify_credential(
-            &settings().filter_key,
+            &KeySet::new(settings().filter_key),
             &credential,
             "svc",
             now,
@@ -448,7 +457,7 @@ mod tests {
         )
         .is_err());
         assert!(verify_credential(
-            &settings().filter_key,
+            &KeySet::new(settings().filter_key),
             &credential,
             "svc",
             now,

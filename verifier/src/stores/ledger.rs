@@ -164,6 +164,8 @@ trait Store: Send {
     /// Unfinished payments nobody has touched since `stale_before_ms` (a replica that died, or
     /// verified ones past expiry), touched now so other replicas leave them.
     fn adopt(&mut self, stale_before_ms: i64, now_ms: i64) -> Result<Vec<JournalRow>, StoreError>;
+    /// Whether a live claim (one ending after `now`, unix seconds) holds `key`: a read.
+    fn claim_held(&mut self, key: &str, now: i64) -> Result<bool, StoreError>;
     /// A server that can go away while this replica is idle: probed when nothing is written,
     /// so every replica reports it down (and answers 503) at once.
     fn probed_when_idle(&self) -> bool {
@@ -236,6 +238,7 @@ struct Group {
 enum Msg {
     Write(Box<Group>),
     Adopt(i64, oneshot::Sender<Result<Vec<JournalRow>, LedgerError>>),
+    Held(String, i64, oneshot::Sender<Result<bool, LedgerError>>),
     #[cfg(test)]
     Recent(
         usize,
@@ -408,6 +411,16 @@ impl Ledger {
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
             .unwrap_or_default()
+    }
+
+    /// Whether a live claim holds `key` at `now` (unix seconds), after what was queued before
+    /// is written. A read: nothing is written.
+    pub async fn claim_held(&self, key: &str, now: i64) -> Result<bool, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Held(key.to_owned(), now, tx))
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
     /// The last `limit` events, newest first.
@@ -644,6 +657,9 @@ fn writer_loop(
                 Msg::Adopt(stale_before, reply) => {
                     let now = unix_now_millis();
                     let _ = reply.send(store.adopt(stale_before, now).map_err(read_err));
+                }
+                Msg::Held(key, now, reply) => {
+                    let _ = reply.send(store.claim_held(&key, now).map_err(read_err));
                 }
                 #[cfg(test)]
                 Msg::Recent(limit, reply) => {

@@ -151,6 +151,15 @@ impl ReplayGuard for LedgerReplayGuard {
         })
     }
 
+    fn held<'a>(&'a self, key: &'a str, now: u64) -> BoxFuture<'a, Result<bool, ReplayStoreError>> {
+        Box::pin(async move {
+            self.ledger
+                .claim_held(key, secs(now))
+                .await
+                .map_err(|e| ReplayStoreError(e.to_string()))
+        })
+    }
+
     fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplayStoreError>> {
         Box::pin(async move {
             self.ledger

@@ -17,8 +17,12 @@ use tollway_protocol::lightning::LightningNetwork;
 /// Invoices kept at most (the oldest expired ones go first; a flood of 402s cannot grow the
 /// map without bound).
 const MAX_INVOICES: usize = 100_000;
-/// Paid or expired invoices are forgotten this long after their expiry.
-const KEEP_AFTER_EXPIRY_SECS: u64 = 3600;
+/// Paid or expired invoices are forgotten this long after their expiry (nothing accepts an
+/// expired invoice; the margin only keeps "expired" rather than "unknown" in answers).
+const KEEP_AFTER_EXPIRY_SECS: u64 = 300;
+/// Creating this many invoices sweeps the forgotten ones: an unpaid flood never looks an invoice
+/// up, so the read path's housekeeping alone would let the map grow to [`MAX_INVOICES`].
+const SWEEP_EVERY_CREATES: usize = 256;
 
 struct DevInvoice {
     bolt11: String,
@@ -31,6 +35,8 @@ pub struct DevNode {
     key: SecretKey,
     network: LightningNetwork,
     invoices: Mutex<HashMap<[u8; 32], DevInvoice>>,
+    /// Invoices created, for the sweep every [`SWEEP_EVERY_CREATES`].
+    created: std::sync::atomic::AtomicUsize,
 }
 
 /// Why the dev node refuses to pay.
@@ -69,6 +75,7 @@ impl DevNode {
             key: bolt11::random_key(),
             network,
             invoices: Mutex::new(HashMap::new()),
+            created: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -105,6 +112,12 @@ impl DevNode {
             .invoices
             .lock()
             .map_err(|_| NodeError::Node("dev node state poisoned".into()))?;
+        let created = self
+            .created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if created.is_multiple_of(SWEEP_EVERY_CREATES) {
+            invoices.retain(|_, i| i.expires_at.saturating_add(KEEP_AFTER_EXPIRY_SECS) > now);
+        }
         if invoices.len() >= MAX_INVOICES {
             invoices.retain(|_, i| i.expires_at > now);
             if invoices.len() >= MAX_INVOICES {

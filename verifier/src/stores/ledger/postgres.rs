@@ -355,6 +355,16 @@ impl Store for Postgres {
         rows.iter().map(payment_row).collect()
     }
 
+    fn claim_held(&mut self, key: &str, now: i64) -> Result<bool, StoreError> {
+        let row = self.with(|client| {
+            client.query_one(
+                "SELECT EXISTS (SELECT 1 FROM claims WHERE key = $1 AND until > $2)",
+                &[&key, &now],
+            )
+        })?;
+        row.try_get(0).map_err(err)
+    }
+
     fn probed_when_idle(&self) -> bool {
         true
     }

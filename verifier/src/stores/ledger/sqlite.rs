@@ -274,6 +274,13 @@ impl Store for Sqlite {
         rows.collect::<rusqlite::Result<_>>().map_err(err)
     }
 
+    fn claim_held(&mut self, key: &str, now: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM claims WHERE key = ?1 AND until > ?2)")
+            .and_then(|mut stmt| stmt.query_row(params![key, now], |r| r.get(0)))
+            .map_err(err)
+    }
+
     fn adopt(&mut self, stale_before_ms: i64, now_ms: i64) -> Result<Vec<JournalRow>, StoreError> {
         let tx = self.conn.transaction().map_err(err)?;
         let rows: Vec<JournalRow> = {
