@@ -256,3 +256,19 @@ def test_websocket_without_lease_is_402_lease_required(authz_stack):
     r = ws_refused(authz_stack, f"/ws/chat/{room}")
     assert_lease_refusal(authz_stack, r.status_code, r.headers, r.body, f"/lease/chat/{room}", "lease_required")
     assert authz_stack.upstream_hits().get(f"/v1/ws/{room}", 0) == 0
+
+
+def test_verifier_down_is_503_with_retry_after_and_a_json_reason_then_recovers(authz_stack):
+    """Envoy's own answer while the Check cannot reach the verifier: 503, Retry-After, JSON."""
+    stack = authz_stack
+    stack.stop_verifier()
+    try:
+        r = httpx.get(stack.url + "/api/quote", timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"] == "payment verifier unavailable"
+    finally:
+        stack.start_verifier()
+    r = httpx.get(stack.url + "/api/quote", timeout=30)
+    assert r.status_code == 402, r.text

@@ -239,6 +239,34 @@ fn ext_authz_filter(config: &Config) -> Value {
     })
 }
 
+/// ext_authz mode, verifier unreachable: Envoy's own 503 (`status_on_error`) gets what the
+/// filter's 503 has, `Retry-After` and a JSON reason (the verifier's own 503s say the same).
+fn ext_authz_unavailable_reply() -> Value {
+    json!({
+        "mappers": [{
+            "filter": { "and_filter": { "filters": [
+                { "status_code_filter": { "comparison": {
+                    "op": "EQ",
+                    "value": { "default_value": 503, "runtime_key": "tollway.ext_authz.unavailable_status" }
+                } } },
+                { "response_flag_filter": { "flags": ["UAEX"] } }
+            ] } },
+            "headers_to_add": [{
+                "header": { "key": "retry-after", "value": "1" },
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+            }],
+            "body": { "inline_string": EXT_AUTHZ_UNAVAILABLE_BODY },
+            "body_format_override": {
+                "text_format": "%LOCAL_REPLY_BODY%",
+                "content_type": "application/json"
+            }
+        }]
+    })
+}
+
+/// The body of a 503 while the verifier cannot be asked (ext_authz mode).
+pub const EXT_AUTHZ_UNAVAILABLE_BODY: &str = r#"{"error":"payment verifier unavailable","retry":"the gateway cannot check payments right now; retry shortly"}"#;
+
 fn absolute(path: &Path) -> Result<PathBuf, EnvoyConfigError> {
     if path.is_absolute() {
         return Ok(path.to_owned());
@@ -294,6 +322,9 @@ pub fn bootstrap(
     });
     let mut hcm = hcm;
     hcm["typed_config"][routes_key(mode)] = routes(mode);
+    if mode == Mode::ExtAuthz {
+        hcm["typed_config"]["local_reply_config"] = ext_authz_unavailable_reply();
+    }
     Ok(json!({
         // xDS (RDS in filter mode) needs a node identity.
         "node": { "id": "tollway", "cluster": "tollway" },
@@ -578,6 +609,14 @@ mod tests {
         assert_eq!(t["grpc_service"]["timeout"], "21.000s");
         assert_eq!(t["failure_mode_allow"], false);
         assert_eq!(t["status_on_error"]["code"], 503);
+        // That 503 carries Retry-After and a JSON reason.
+        let hcm = &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+        let mapper = &hcm["typed_config"]["local_reply_config"]["mappers"][0];
+        assert_eq!(mapper["headers_to_add"][0]["header"]["key"], "retry-after");
+        assert_eq!(
+            mapper["body_format_override"]["content_type"],
+            "application/json"
+        );
         // Every request header reaches the Check (credentials, and every name for a route's
         // allow-list); no body; no mutation rules (they would vet the `:path` rewrite).
         for absent in [
