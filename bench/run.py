@@ -573,7 +573,9 @@ class Bench:
         argv = [
                 self.tool("bench-payments"), "--count", count, "--out", out, "--network", NETWORK,
                 "--asset", ASSET, "--pay-to", PAY_TO, "--amount", amount, "--max-timeout", MAX_TIMEOUT,
-                "--valid-seconds", 3600,
+                # What clients sign: validBefore = now + maxTimeoutSeconds (the gateway refuses
+                # an authorization valid for longer than its offer asks).
+                "--valid-seconds", MAX_TIMEOUT,
         ]  # fmt: skip
         subprocess.run([str(a) for a in argv], check=True, capture_output=True)
         return out
