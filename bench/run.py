@@ -746,7 +746,8 @@ def ratio_text(vals: list[float]) -> str:
     return f"{med:.2f}" if len(vals) == 1 else f"{med:.2f} ({min(vals):.2f}–{max(vals):.2f})"
 
 
-def machine() -> dict:
+def host() -> dict:
+    """CPU, cores, kernel and Envoy version: what every report (bench, soak) names first."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -754,16 +755,18 @@ def machine() -> dict:
             break
     envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version: (\S+)", envoy)
-    wrk_v = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
-    node_v = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "kernel": f"{platform.system()} {platform.release()}",
         "envoy": m.group(1) if m else envoy.strip(),
-        "wrk": (wrk_v.split(" [")[0] or "wrk").strip(),
-        "node": node_v,
     }
+
+
+def machine() -> dict:
+    wrk_v = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    node_v = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {**host(), "wrk": (wrk_v.split(" [")[0] or "wrk").strip(), "node": node_v}
 
 
 GOALS = [

@@ -34,7 +34,6 @@ import datetime as dt
 import http.client
 import ipaddress
 import os
-import platform
 import re
 import resource
 import shutil
@@ -55,7 +54,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dev.stack import Stack, envoy_binary  # noqa: E402
+from dev.stack import Stack  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from run import host  # noqa: E402  (bench/run.py: the machine facts every report names)
 
 REPORT = ROOT / "BENCHMARKS.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -353,18 +355,12 @@ def kib_text(b: float) -> str:
 
 
 def machine_rows() -> list[str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"version: (\S+)", envoy)
+    h = host()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return [
-        f"| CPU | {cpu}, {os.cpu_count()} cores |",
-        f"| kernel | {platform.system()} {platform.release()} |",
-        f"| Envoy | {m.group(1) if m else envoy.strip() or 'unknown'} |",
+        f"| CPU | {h['cpu']}, {h['cores']} cores |",
+        f"| kernel | {h['kernel']} |",
+        f"| Envoy | {h['envoy'] or 'unknown'} |",
         f"| commit | {commit or 'unknown'} |",
     ]
 

@@ -45,6 +45,14 @@ pub fn has_method_override_param(path: &str) -> bool {
     })
 }
 
+/// Why a request is refused (400) before any route decision, if it is: a path an upstream may
+/// read differently from the route table ([`crate::routes::refuse_path`]), or a `_method`
+/// parameter. The filter and ext_authz both ask this.
+pub fn refuse_request(path: &str) -> Option<&'static str> {
+    crate::routes::refuse_path(path)
+        .or_else(|| has_method_override_param(path).then_some(REASON_METHOD_OVERRIDE))
+}
+
 /// What every request needs whatever the allow-list says (pseudo-headers always pass).
 const BASICS: &[&str] = &[
     "host",

@@ -43,15 +43,15 @@ use prost::Message;
 use tollway_protocol::filter_config::{CompiledL402, LightningPrice, UnknownSettlement};
 use tollway_protocol::filter_config::{UnmatchedAction, REASON_NO_ROUTE};
 use tollway_protocol::headers::{
-    has_method_override_param, CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
-    METHOD_OVERRIDE_HEADERS, REASON_METHOD_OVERRIDE,
+    refuse_request, CONTEXT_AMOUNT, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
+    METHOD_OVERRIDE_HEADERS,
 };
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
     L402Error, HEADER_AUTHORIZATION, REASON_TOKEN_ALREADY_USED,
 };
 use tollway_protocol::lease::HEADER_LEASE;
-use tollway_protocol::routes::{refuse_path, RouteMatch};
+use tollway_protocol::routes::RouteMatch;
 use tollway_protocol::rpc::{
     ChallengeOutcome, ChallengeRequest, ChallengeResponse, ClaimOutcome, ClaimRequest,
     ClaimResponse, ReleaseRequest, SettleOutcome, SettleRequest, SettleResponse, VerifyOutcome,
@@ -390,11 +390,8 @@ impl Stream {
         let path = String::from_utf8_lossy(path);
         let method = String::from_utf8_lossy(method);
         // A path an upstream may read differently from the table gets no route decision.
-        if let Some(reason) = refuse_path(&path) {
+        if let Some(reason) = refuse_request(&path) {
             return self.refused(400, reason);
-        }
-        if has_method_override_param(&path) {
-            return self.refused(400, REASON_METHOD_OVERRIDE);
         }
         for name in METHOD_OVERRIDE_HEADERS {
             if headers.get(name).is_some() {

@@ -40,8 +40,8 @@ use tollway_protocol::filter_config::{
     UnmatchedAction, REASON_NO_ROUTE,
 };
 use tollway_protocol::headers::{
-    has_method_override_param, CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL,
-    CONTEXT_RESOURCE, METHOD_OVERRIDE_HEADERS, REASON_METHOD_OVERRIDE,
+    refuse_request, CONTEXT_AMOUNT, CONTEXT_HEADERS, CONTEXT_PAYER, CONTEXT_RAIL, CONTEXT_RESOURCE,
+    METHOD_OVERRIDE_HEADERS,
 };
 use tollway_protocol::l402::{
     carries_l402, parse_authorization, verify_credential, without_l402, www_authenticate,
@@ -52,7 +52,7 @@ use tollway_protocol::lease::{
     strip_query_token, Lease, HEADER_LEASE, REASON_ALREADY_USED, REASON_REQUIRED,
 };
 use tollway_protocol::resource_url;
-use tollway_protocol::routes::{canonical_path, refuse_path, RouteMatch};
+use tollway_protocol::routes::{canonical_path, RouteMatch};
 use tollway_protocol::x402::{
     is_json_object, CHALLENGE_HEADERS, HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE,
     HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT, HEADER_X_PAYMENT_RESPONSE,
@@ -593,13 +593,9 @@ impl ExtAuthz {
             return denied(GRPC_PERMISSION_DENIED, 400, Vec::new(), String::new());
         };
         // As in the filter: no route decision on a path an upstream may read differently.
-        if let Some(reason) = refuse_path(&http.path) {
+        if let Some(reason) = refuse_request(&http.path) {
             self.metrics.check("path_refused");
             return bad_request(400, &format!(r#"{{"error":"{reason}"}}"#));
-        }
-        if has_method_override_param(&http.path) {
-            self.metrics.check("path_refused");
-            return bad_request(400, &format!(r#"{{"error":"{REASON_METHOD_OVERRIDE}"}}"#));
         }
         let compiled = self.payments.compiled();
         let m = match compiled.table.find(&http.host, &http.method, &http.path) {

@@ -86,6 +86,21 @@ fn verify_response(v: Verified) -> rpc::VerifyResponse {
     }
 }
 
+/// The purchase a request names (`None`: an ordinary one). The filter only sends keys it made,
+/// so a malformed one is refused (fail closed) and logged.
+fn purchase_of(key: &str, call: &str) -> Result<Option<Renewal>, ()> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    match Renewal::parse(key) {
+        Some(p) => Ok(Some(p)),
+        None => {
+            tracing::error!(key_len = key.len(), call, "malformed purchase key");
+            Err(())
+        }
+    }
+}
+
 /// The answer to a Verify for a purchase that takes no payment (see `payments::purchase`).
 fn purchase_response(outcome: rpc::VerifyOutcome) -> rpc::VerifyResponse {
     rpc::VerifyResponse {
@@ -116,20 +131,12 @@ impl generated::payments_server::Payments for PaymentsService {
         // Detached: a Verify whose caller has gone (the call was reset) still runs to its end,
         // so whatever it claimed is given back rather than held by a dropped future.
         let payments = self.payments.clone();
-        let purchase = match r.purchase.as_str() {
-            "" => None,
-            key => match Renewal::parse(key) {
-                Some(p) => Some(p),
-                None => {
-                    // The filter only sends keys it made: refuse (fail closed) and say so.
-                    tracing::error!(key_len = key.len(), "verify: malformed purchase key");
-                    return Ok(tonic::Response::new(verify_response(
-                        Verified::Unavailable {
-                            reason: crate::payments::REASON_UNAVAILABLE.into(),
-                        },
-                    )));
-                }
-            },
+        let Ok(purchase) = purchase_of(&r.purchase, "verify") else {
+            return Ok(tonic::Response::new(verify_response(
+                Verified::Unavailable {
+                    reason: crate::payments::REASON_UNAVAILABLE.into(),
+                },
+            )));
         };
         let task = tokio::spawn(async move {
             let v = match &purchase {
@@ -261,15 +268,8 @@ impl generated::payments_server::Payments for PaymentsService {
         }
         // Detached, like Verify: a claim taken for a caller that is gone is given back.
         let payments = self.payments.clone();
-        let purchase = match r.purchase.as_str() {
-            "" => None,
-            key => match Renewal::parse(key) {
-                Some(p) => Some(p),
-                None => {
-                    tracing::error!(key_len = key.len(), "claim: malformed purchase key");
-                    return Ok(unavailable());
-                }
-            },
+        let Ok(purchase) = purchase_of(&r.purchase, "claim") else {
+            return Ok(unavailable());
         };
         let task = tokio::spawn(async move {
             let result = match &purchase {

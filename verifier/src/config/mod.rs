@@ -25,7 +25,7 @@ use tollway_protocol::filter_config::{
     CompiledConfig, FilterConfig, L402Filter, LeaseConfig, LightningPrice, PaidRoute, PathCase,
     ResourceKind, RouteConfig, UnknownSettlement, UnmatchedRule,
 };
-use tollway_protocol::keys::{FilterKeys, KeySet};
+use tollway_protocol::keys::{FilterKeys, KeySet, TokenKey};
 use tollway_protocol::l402::caveats::is_valid_service;
 use tollway_protocol::l402::{filter_key, FilterKey};
 use tollway_protocol::lease::LeaseKey;
@@ -2649,20 +2649,17 @@ fn route_shape(
 /// The filter's token keys (current and, during a rotation, previous), derived from the secrets.
 fn filter_keys(l402: Option<&L402Settings>, leases: Option<&LeaseSettings>) -> FilterKeys {
     FilterKeys {
-        l402: l402.map(|l| {
-            let set = KeySet::new(l.filter_key.clone());
-            match &l.previous {
-                Some((key, until)) => set.with_previous(key.clone(), *until),
-                None => set,
-            }
-        }),
-        lease: leases.map(|l| {
-            let set = KeySet::new(l.key.clone());
-            match &l.previous {
-                Some((key, until)) => set.with_previous(key.clone(), *until),
-                None => set,
-            }
-        }),
+        l402: l402.map(|l| key_set(&l.filter_key, l.previous.as_ref())),
+        lease: leases.map(|l| key_set(&l.key, l.previous.as_ref())),
+    }
+}
+
+/// The current key, and the previous one with the end of its window during a rotation.
+pub fn key_set<K: TokenKey>(current: &K, previous: Option<&(K, u64)>) -> KeySet<K> {
+    let set = KeySet::new(current.clone());
+    match previous {
+        Some((key, until)) => set.with_previous(key.clone(), *until),
+        None => set,
     }
 }
 

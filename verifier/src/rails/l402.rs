@@ -195,12 +195,7 @@ impl LightningRail {
             network: node.network(),
             node,
             invoice_expiry_seconds,
-            keys: match &l402.previous {
-                Some((key, until)) => {
-                    KeySet::new(l402.filter_key.clone()).with_previous(key.clone(), *until)
-                }
-                None => KeySet::new(l402.filter_key.clone()),
-            },
+            keys: crate::config::key_set(&l402.filter_key, l402.previous.as_ref()),
             service: l402.service.clone(),
             valid_seconds: l402.valid_seconds,
             minted: Mutex::new(HashMap::new()),
